@@ -1,0 +1,99 @@
+#pragma once
+// Collective algorithms: one options struct + one free function each (the
+// gloo style), over raw pointers and element counts of ctx.dtype. Every
+// function is called by all ranks of ctx.transport with the same ctx.seq.
+// Buffers must stay valid until the function returns; when it throws, the
+// transport has been aborted (no message will land in a buffer afterwards).
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "algorithms/context.h"
+
+namespace agentcomm::algorithms {
+
+enum class AllReduceAlgo { Auto, Ring, Direct };
+
+struct AllReduceOptions {
+  void* data = nullptr;  // in place
+  size_t count = 0;
+  double premulFactor = 1.0;  // for PREMUL_SUM
+  AllReduceAlgo algo = AllReduceAlgo::Auto;
+};
+
+// Picks an algorithm: `requested` unless Auto, then AGENTCOMM_ALGO (ring|direct),
+// then by size (direct for small messages, ring otherwise).
+AllReduceAlgo chooseAllReduceAlgo(size_t bytes, int worldSize, AllReduceAlgo requested);
+const char* allReduceAlgoName(AllReduceAlgo algo);
+
+void allReduce(Context& ctx, const AllReduceOptions& opts);
+// Chunked, pipelined ring: reduce-scatter then all-gather, 2(n-1)/n * S bytes per rank.
+void allReduceRing(Context& ctx, const AllReduceOptions& opts);
+// One step: every rank sends its whole buffer to every peer and reduces all
+// n contributions in rank order. (n-1) * S bytes per rank; latency of one hop.
+void allReduceDirect(Context& ctx, const AllReduceOptions& opts);
+
+struct BroadcastOptions {
+  void* data = nullptr;  // root: source; others: destination
+  size_t count = 0;
+  int root = 0;
+};
+// Small messages: root sends to every rank. Large: a pipelined chain from the root.
+void broadcast(Context& ctx, const BroadcastOptions& opts);
+
+struct ReduceOptions {
+  void* data = nullptr;  // root: replaced by the result; others: left unchanged
+  size_t count = 0;
+  int root = 0;
+  double premulFactor = 1.0;
+};
+// Ring reduce-scatter, then every rank sends its reduced block to the root.
+void reduce(Context& ctx, const ReduceOptions& opts);
+
+struct AllGatherOptions {
+  const void* input = nullptr;    // counts[rank] elements; may alias outputs[rank]
+  std::vector<void*> outputs;     // outputs[i]: counts[i] elements from rank i
+  std::vector<size_t> counts;
+};
+// Chunked, pipelined ring; blocks may have different sizes.
+void allGather(Context& ctx, const AllGatherOptions& opts);
+
+struct ReduceScatterOptions {
+  std::vector<const void*> inputs;  // inputs[i]: counts[i] elements, this rank's contribution to block i
+  std::vector<size_t> counts;
+  void* output = nullptr;           // counts[rank] elements; inputs are not modified
+  double premulFactor = 1.0;
+};
+void reduceScatter(Context& ctx, const ReduceScatterOptions& opts);
+
+struct GatherOptions {
+  const void* input = nullptr;
+  size_t count = 0;
+  std::vector<void*> outputs;   // root only: outputs[i] receives rank i's input
+  std::vector<size_t> counts;   // root only
+  int root = 0;
+};
+void gather(Context& ctx, const GatherOptions& opts);
+
+struct ScatterOptions {
+  std::vector<const void*> inputs;  // root only
+  std::vector<size_t> counts;       // root only
+  void* output = nullptr;
+  size_t count = 0;
+  int root = 0;
+};
+void scatter(Context& ctx, const ScatterOptions& opts);
+
+struct AllToAllOptions {
+  const void* input = nullptr;
+  std::vector<size_t> inOffsets, inCounts;    // elements, per destination rank
+  void* output = nullptr;
+  std::vector<size_t> outOffsets, outCounts;  // elements, per source rank
+};
+// Pairwise exchange: receives posted first, then rank r sends to r+1, r+2, ...
+void allToAll(Context& ctx, const AllToAllOptions& opts);
+
+// Dissemination barrier: ceil(log2 n) rounds of empty messages.
+void barrier(Context& ctx);
+
+}  // namespace agentcomm::algorithms

@@ -1,0 +1,41 @@
+#include "algorithms/context.h"
+
+#include "core/error.h"
+
+namespace agentcomm::algorithms {
+
+void Context::send(int peer, uint64_t tag, const void* data, size_t nbytes) const {
+  transport::Header h;
+  h.kind = static_cast<uint8_t>(transport::MsgKind::Collective);
+  h.collective = static_cast<uint8_t>(collective);
+  h.dtype = static_cast<uint8_t>(dtype);
+  h.op = static_cast<uint8_t>(op);
+  h.seq = seq;
+  h.tag = tag;
+  h.count = signature;
+  h.nbytes = nbytes;
+  transport.send(peer, h, data, deadline);
+}
+
+RecvHandle Context::postRecv(int peer, uint64_t tag, void* data, size_t nbytes) const {
+  transport::RecvSpec spec;
+  spec.kind = transport::MsgKind::Collective;
+  spec.src = peer;
+  spec.seq = seq;
+  spec.tag = tag;
+  spec.buffer = data;
+  spec.nbytes = nbytes;
+  spec.collective = collective;
+  spec.dtype = static_cast<uint8_t>(dtype);
+  spec.op = static_cast<uint8_t>(op);
+  spec.count = signature;
+  return transport.post(std::move(spec));
+}
+
+void Context::wait(const RecvHandle& h) const {
+  transport.wait(h, deadline,
+                 strCat("in ", transport::collectiveName(collective), " (sequence number ", seq,
+                        ") waiting for rank ", h->spec().src));
+}
+
+}  // namespace agentcomm::algorithms

@@ -1,0 +1,46 @@
+#pragma once
+// What every algorithm receives: the transport plus the identity of this
+// collective (sequence number, kind, dtype, op, signature) stamped into every
+// header, and the deadline every wait honours.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "core/dtype.h"
+#include "core/reduce_op.h"
+#include "transport/transport.h"
+
+namespace agentcomm::algorithms {
+
+using transport::Deadline;
+using transport::RecvHandle;
+
+struct Context {
+  transport::Transport& transport;
+  uint64_t seq = 0;
+  transport::CollectiveKind collective = transport::CollectiveKind::None;
+  DataType dtype = DataType::Float32;
+  ReduceOp op = ReduceOp::Sum;
+  // A number every rank must agree on (e.g. numel of an all_reduce); checked
+  // on every message. 0 where ranks legitimately differ (all_to_all splits).
+  uint64_t signature = 0;
+  Deadline deadline = Deadline::max();
+  size_t chunkBytes = size_t{1} << 20;
+
+  Context(transport::Transport& t, uint64_t sequence, transport::CollectiveKind kind, DataType dt)
+      : transport(t), seq(sequence), collective(kind), dtype(dt) {}
+
+  int rank() const { return transport.rank(); }
+  int size() const { return transport.size(); }
+  size_t elemSize() const { return elementSize(dtype); }
+  size_t chunkElems() const {
+    size_t e = chunkBytes / elemSize();
+    return e == 0 ? 1 : e;
+  }
+
+  void send(int peer, uint64_t tag, const void* data, size_t nbytes) const;
+  RecvHandle postRecv(int peer, uint64_t tag, void* data, size_t nbytes) const;
+  void wait(const RecvHandle& h) const;
+};
+
+}  // namespace agentcomm::algorithms

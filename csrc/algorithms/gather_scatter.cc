@@ -1,0 +1,56 @@
+// Gather and scatter: direct messages between the root and every rank; the
+// root posts all its receives before anyone can send.
+#include <cstring>
+#include <vector>
+
+#include "algorithms/algorithms.h"
+#include "algorithms/ring_schedule.h"
+#include "core/error.h"
+
+namespace agentcomm::algorithms {
+
+namespace {
+constexpr uint64_t kPhaseGather = 6;
+constexpr uint64_t kPhaseScatter = 7;
+}  // namespace
+
+void gather(Context& ctx, const GatherOptions& opts) {
+  const int n = ctx.size();
+  const int r = ctx.rank();
+  const size_t es = ctx.elemSize();
+  if (r != opts.root) {
+    ctx.send(opts.root, makeTag(kPhaseGather, 0, 0), opts.input, opts.count * es);
+    return;
+  }
+  AC_CHECK(static_cast<int>(opts.outputs.size()) == n && static_cast<int>(opts.counts.size()) == n, InvalidArgument,
+           "gather: the root needs one output per rank");
+  std::vector<RecvHandle> handles;
+  for (int p = 0; p < n; ++p)
+    if (p != r) handles.push_back(ctx.postRecv(p, makeTag(kPhaseGather, 0, 0), opts.outputs[p], opts.counts[p] * es));
+  AC_CHECK(opts.counts[r] == opts.count, InvalidArgument, "gather: the root's output for itself has ",
+           opts.counts[r], " elements but its input has ", opts.count);
+  if (opts.count > 0 && opts.outputs[r] != opts.input) std::memmove(opts.outputs[r], opts.input, opts.count * es);
+  for (auto& h : handles) ctx.wait(h);
+}
+
+void scatter(Context& ctx, const ScatterOptions& opts) {
+  const int n = ctx.size();
+  const int r = ctx.rank();
+  const size_t es = ctx.elemSize();
+  if (r != opts.root) {
+    auto h = ctx.postRecv(opts.root, makeTag(kPhaseScatter, 0, 0), opts.output, opts.count * es);
+    ctx.wait(h);
+    return;
+  }
+  AC_CHECK(static_cast<int>(opts.inputs.size()) == n && static_cast<int>(opts.counts.size()) == n, InvalidArgument,
+           "scatter: the root needs one input per rank");
+  AC_CHECK(opts.counts[r] == opts.count, InvalidArgument, "scatter: the root's input for itself has ", opts.counts[r],
+           " elements but its output has ", opts.count);
+  for (int k = 1; k < n; ++k) {
+    const int p = (r + k) % n;
+    ctx.send(p, makeTag(kPhaseScatter, 0, 0), opts.inputs[p], opts.counts[p] * es);
+  }
+  if (opts.count > 0 && opts.output != opts.inputs[r]) std::memmove(opts.output, opts.inputs[r], opts.count * es);
+}
+
+}  // namespace agentcomm::algorithms

@@ -1,0 +1,60 @@
+// Reduce to a root: ring reduce-scatter (the root in place, the others on a
+// scratch copy so their input stays untouched), then each rank sends its
+// reduced block to the root, which posted those receives up front.
+#include <cstring>
+#include <vector>
+
+#include "algorithms/algorithms.h"
+#include "algorithms/ring_primitives.h"
+
+namespace agentcomm::algorithms {
+
+namespace {
+constexpr uint64_t kPhaseToRoot = 4;
+}
+
+void reduce(Context& ctx, const ReduceOptions& opts) {
+  const int n = ctx.size();
+  const int r = ctx.rank();
+  const size_t es = ctx.elemSize();
+  const size_t ce = ctx.chunkElems();
+  const bool isRoot = r == opts.root;
+  std::vector<uint8_t> scratch;
+  uint8_t* base = static_cast<uint8_t*>(opts.data);
+  if (!isRoot) {
+    scratch.assign(base, base + opts.count * es);
+    base = scratch.data();
+  }
+  detail::RingBlocks rb;
+  std::vector<uint8_t*> blocks(n);
+  for (int k = 0; k < n; ++k) {
+    Span sp = blockSpan(opts.count, n, k);
+    rb.counts.push_back(sp.count);
+    blocks[k] = base + sp.offset * es;
+    rb.inputs.push_back(blocks[k]);
+    rb.partials.push_back(blocks[k]);
+  }
+  rb.output = blocks[r];
+  // The root's block k is only overwritten after the root forwarded its own
+  // partial sum of block k, which causally precedes rank k finishing it.
+  std::vector<std::vector<RecvHandle>> handles(n);
+  if (isRoot) {
+    for (int k = 0; k < n; ++k) {
+      if (k == r) continue;
+      for (size_t c = 0; c < numChunks(rb.counts[k], ce); ++c) {
+        Span sp = chunkSpan(rb.counts[k], ce, c);
+        handles[k].push_back(ctx.postRecv(k, makeTag(kPhaseToRoot, 0, c), blocks[k] + sp.offset * es, sp.count * es));
+      }
+    }
+  }
+  const FinalScale scale = finalScaleFor(ctx.op, n, opts.premulFactor);
+  detail::ringReduceScatter(ctx, rb, scale, [&](size_t c, const Span& sp) {
+    if (!isRoot) ctx.send(opts.root, makeTag(kPhaseToRoot, 0, c), blocks[r] + sp.offset * es, sp.count * es);
+  });
+  if (isRoot) {
+    for (auto& hs : handles)
+      for (auto& h : hs) ctx.wait(h);
+  }
+}
+
+}  // namespace agentcomm::algorithms

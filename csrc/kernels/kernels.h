@@ -1,0 +1,23 @@
+#pragma once
+// Raw-pointer kernel API shared by the CPU implementation (cpu/) and, later,
+// CUDA twins (cuda/). Buffers are plain pointers + element counts + DataType;
+// no framework types cross this header.
+#include <cstddef>
+
+#include "core/dtype.h"
+#include "core/reduce_op.h"
+
+namespace agentcomm::kernels {
+
+// dst[i] = a[i] (op) b[i], then the final scale if it is active.
+// dst may alias a or b (the common in-place case). op must be a combining op
+// (SUM, PRODUCT, MIN, MAX, BAND, BOR, BXOR); AVG and PREMUL_SUM are expressed
+// as SUM plus a FinalScale on the last pass. float16/bfloat16 combine in float
+// and round once per pass; integers wrap on overflow.
+void reduce(void* dst, const void* a, const void* b, size_t count, DataType dt, ReduceOp op,
+            FinalScale scale = FinalScale::none());
+
+// dst[i] = src[i] * scale (dst may alias src). A no-op copy when scale is inactive.
+void applyScale(void* dst, const void* src, size_t count, DataType dt, FinalScale scale);
+
+}  // namespace agentcomm::kernels

@@ -1,0 +1,55 @@
+#pragma once
+// Wire header that precedes every payload. The receiver checks it against what
+// it expects before a byte of payload lands in a user buffer.
+#include <cstdint>
+#include <string>
+
+namespace agentcomm::transport {
+
+constexpr uint32_t kHeaderMagic = 0x41434d31;  // "ACM1"
+
+enum class MsgKind : uint8_t {
+  Collective = 1,  // matched by (src, seq, tag)
+  P2P = 2,         // matched by (src or any, user tag), FIFO per source
+  Abort = 3,       // payload: UTF-8 reason; the sender's communicator is gone
+};
+
+// Which collective produced a message; only used for checks and messages.
+enum class CollectiveKind : uint8_t {
+  None = 0,
+  AllReduce,
+  Broadcast,
+  Reduce,
+  AllGather,
+  ReduceScatter,
+  Gather,
+  Scatter,
+  AllToAll,
+  Barrier,
+  Send,
+};
+
+const char* collectiveName(CollectiveKind k);
+
+#pragma pack(push, 1)
+struct Header {
+  uint32_t magic = kHeaderMagic;
+  uint8_t kind = 0;        // MsgKind
+  uint8_t collective = 0;  // CollectiveKind
+  uint8_t dtype = 0;       // DataType
+  uint8_t op = 0;          // ReduceOp
+  uint64_t seq = 0;        // collective sequence number (P2P: 0)
+  uint64_t tag = 0;        // step/chunk within the collective (P2P: user tag)
+  uint64_t count = 0;      // signature every rank must agree on (e.g. numel of an all_reduce)
+  uint64_t nbytes = 0;     // payload bytes following the header
+};
+#pragma pack(pop)
+static_assert(sizeof(Header) == 40, "wire header layout");
+
+// Largest payload a peer may announce; anything above is a corrupt stream.
+constexpr uint64_t kMaxPayloadBytes = uint64_t{1} << 42;
+
+// Empty when the header is well-formed; otherwise what is wrong with it.
+std::string validateHeader(const Header& h);
+
+}  // namespace agentcomm::transport

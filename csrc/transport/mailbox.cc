@@ -1,0 +1,264 @@
+#include "transport/mailbox.h"
+
+#include <cstring>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/reduce_op.h"
+
+namespace agentcomm::transport {
+
+std::string Mailbox::checkMatch(const RecvSpec& spec, int src, const Header& h) const {
+  auto describe = [](CollectiveKind c, uint8_t dt, uint8_t op, uint64_t count, uint64_t nbytes, bool withOp) {
+    std::string s = strCat(collectiveName(c), " of ", count, " elements of ", dataTypeName(static_cast<DataType>(dt)));
+    if (withOp) s += strCat(" (op ", reduceOpName(static_cast<ReduceOp>(op)), ")");
+    return s + strCat(", ", nbytes, " bytes in this message");
+  };
+  if (spec.kind == MsgKind::P2P) {
+    if (h.dtype != spec.dtype || h.nbytes != spec.nbytes) {
+      return strCat("agentcomm: send/recv mismatch (tag ", spec.tag, "): rank ", src, " sent ", h.count,
+                    " elements of ", dataTypeName(static_cast<DataType>(h.dtype)), " (", h.nbytes,
+                    " bytes) but rank ", rank_, " posted a receive of ", spec.count, " elements of ",
+                    dataTypeName(static_cast<DataType>(spec.dtype)), " (", spec.nbytes,
+                    " bytes). Sender and receiver tensors must have the same dtype and number of elements.");
+    }
+    return {};
+  }
+  const bool withOp = spec.collective == CollectiveKind::AllReduce || spec.collective == CollectiveKind::Reduce ||
+                      spec.collective == CollectiveKind::ReduceScatter;
+  if (h.collective != static_cast<uint8_t>(spec.collective) || h.dtype != spec.dtype ||
+      (withOp && h.op != spec.op) || h.count != spec.count || h.nbytes != spec.nbytes) {
+    return strCat("agentcomm: collective mismatch at sequence number ", spec.seq, ": rank ", src, " called ",
+                  describe(static_cast<CollectiveKind>(h.collective), h.dtype, h.op, h.count, h.nbytes, withOp),
+                  "; rank ", rank_, " called ",
+                  describe(spec.collective, spec.dtype, spec.op, spec.count, spec.nbytes, withOp),
+                  ". Every rank must call the same collectives in the same order with matching shapes, dtypes "
+                  "and reduce ops.");
+  }
+  return {};
+}
+
+void Mailbox::failLocked(const RecvHandle& slot, RecvSlot::FailKind kind, const std::string& why,
+                         std::vector<RecvHandle>& completed) {
+  slot->state_ = RecvSlot::State::Failed;
+  slot->failKind_ = kind;
+  slot->error_ = why;
+  slot->cv_.notify_all();
+  completed.push_back(slot);
+}
+
+void Mailbox::runCallbacks(std::vector<RecvHandle>& completed) {
+  for (auto& s : completed) {
+    if (s->spec_.onComplete) {
+      auto cb = std::move(s->spec_.onComplete);
+      s->spec_.onComplete = nullptr;
+      cb();
+    }
+  }
+}
+
+RecvHandle Mailbox::post(RecvSpec spec) {
+  RecvHandle slot(new RecvSlot(std::move(spec)));
+  std::vector<RecvHandle> completed;
+  std::shared_ptr<Unexpected> ready;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const RecvSpec& sp = slot->spec_;
+    slot->order_ = nextOrder_++;
+    if (abortReason_) {
+      failLocked(slot, RecvSlot::FailKind::Comm, *abortReason_, completed);
+    } else {
+      // Look for a parked message: the exact source, or for any-source the earliest arrival.
+      std::deque<std::shared_ptr<Unexpected>>* queue = nullptr;
+      Key foundKey;
+      if (sp.src >= 0) {
+        auto it = unexpected_.find(Key{static_cast<uint8_t>(sp.kind), sp.src, sp.seq, sp.tag});
+        if (it != unexpected_.end() && !it->second.empty()) {
+          queue = &it->second;
+          foundKey = it->first;
+        }
+      } else {
+        for (auto& [key, q] : unexpected_) {
+          if (std::get<0>(key) == static_cast<uint8_t>(MsgKind::P2P) && std::get<3>(key) == sp.tag && !q.empty() &&
+              (queue == nullptr || q.front()->order < queue->front()->order)) {
+            queue = &q;
+            foundKey = key;
+          }
+        }
+      }
+      if (queue != nullptr) {
+        auto msg = queue->front();
+        queue->pop_front();
+        if (queue->empty()) unexpected_.erase(foundKey);
+        slot->source_ = msg->src;
+        std::string bad = checkMatch(sp, msg->src, msg->header);
+        if (!bad.empty()) {
+          failLocked(slot, RecvSlot::FailKind::Mismatch, bad, completed);
+        } else if (msg->failed) {
+          failLocked(slot, RecvSlot::FailKind::Comm, "agentcomm: connection failed while receiving", completed);
+        } else if (msg->complete) {
+          ready = msg;
+          slot->state_ = RecvSlot::State::Delivering;
+        } else {
+          msg->claimedBy = slot;
+          slot->state_ = RecvSlot::State::Delivering;
+        }
+      } else if (sp.src >= 0) {
+        posted_[Key{static_cast<uint8_t>(sp.kind), sp.src, sp.seq, sp.tag}].push_back(slot);
+      } else {
+        postedAny_[sp.tag].push_back(slot);
+      }
+    }
+  }
+  if (ready) {
+    // The payload is complete and nobody else references the slot's buffer yet.
+    if (!ready->data.empty()) std::memcpy(slot->spec_.buffer, ready->data.data(), ready->data.size());
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      slot->state_ = RecvSlot::State::Done;
+      slot->cv_.notify_all();
+    }
+    completed.push_back(slot);
+  }
+  runCallbacks(completed);
+  return slot;
+}
+
+Mailbox::Delivery Mailbox::beginDelivery(int src, const Header& h) {
+  Delivery d;
+  std::vector<RecvHandle> completed;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (abortReason_) return d;  // discard
+    RecvHandle slot;
+    auto it = posted_.find(Key{h.kind, src, h.kind == static_cast<uint8_t>(MsgKind::P2P) ? 0 : h.seq, h.tag});
+    std::deque<RecvHandle>* specific = (it != posted_.end() && !it->second.empty()) ? &it->second : nullptr;
+    std::deque<RecvHandle>* any = nullptr;
+    if (h.kind == static_cast<uint8_t>(MsgKind::P2P)) {
+      auto a = postedAny_.find(h.tag);
+      if (a != postedAny_.end() && !a->second.empty()) any = &a->second;
+    }
+    std::deque<RecvHandle>* chosen = specific;
+    if (any != nullptr && (chosen == nullptr || any->front()->order_ < chosen->front()->order_)) chosen = any;
+    if (chosen != nullptr) {
+      slot = chosen->front();
+      chosen->pop_front();
+      if (chosen == specific && specific->empty()) posted_.erase(it);
+      slot->source_ = src;
+      std::string bad = checkMatch(slot->spec_, src, h);
+      if (!bad.empty()) {
+        failLocked(slot, RecvSlot::FailKind::Mismatch, bad, completed);
+        // Payload is drained and dropped by the caller (d.accepted == false).
+      } else {
+        slot->state_ = RecvSlot::State::Delivering;
+        d.slot = slot;
+        d.accepted = true;
+        d.dst = slot->spec_.buffer;
+      }
+    } else {
+      auto msg = std::make_shared<Unexpected>();
+      msg->header = h;
+      msg->src = src;
+      msg->order = nextOrder_++;
+      msg->data.resize(h.nbytes);
+      unexpected_[Key{h.kind, src, h.kind == static_cast<uint8_t>(MsgKind::P2P) ? 0 : h.seq, h.tag}].push_back(msg);
+      d.parkedRef = msg;
+      d.parked = msg.get();
+      d.accepted = true;
+      d.dst = msg->data.data();
+    }
+  }
+  runCallbacks(completed);
+  return d;
+}
+
+void Mailbox::endDelivery(Delivery& d, bool ok) {
+  std::vector<RecvHandle> completed;
+  RecvHandle copyInto;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (d.slot) {
+      if (ok) {
+        d.slot->state_ = RecvSlot::State::Done;
+        d.slot->cv_.notify_all();
+        completed.push_back(d.slot);
+      } else {
+        failLocked(d.slot, RecvSlot::FailKind::Comm,
+                   abortReason_.value_or("agentcomm: connection failed while receiving"), completed);
+      }
+    } else if (d.parked != nullptr) {
+      d.parked->complete = ok;
+      d.parked->failed = !ok;
+      if (d.parked->claimedBy) {
+        if (ok) {
+          copyInto = d.parked->claimedBy;  // still Delivering: the copy below finishes it
+        } else {
+          failLocked(d.parked->claimedBy, RecvSlot::FailKind::Comm,
+                     abortReason_.value_or("agentcomm: connection failed while receiving"), completed);
+        }
+      }
+    }
+  }
+  if (copyInto) {
+    if (!d.parked->data.empty()) std::memcpy(copyInto->spec_.buffer, d.parked->data.data(), d.parked->data.size());
+    std::lock_guard<std::mutex> lock(mutex_);
+    copyInto->state_ = RecvSlot::State::Done;
+    copyInto->cv_.notify_all();
+    completed.push_back(copyInto);
+  }
+  runCallbacks(completed);
+}
+
+bool Mailbox::wait(const RecvHandle& slot, Deadline deadline) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  auto settled = [&] { return slot->state_ == RecvSlot::State::Done || slot->state_ == RecvSlot::State::Failed; };
+  while (!settled()) {
+    if (slot->state_ == RecvSlot::State::Posted) {
+      if (slot->cv_.wait_until(lock, deadline) == std::cv_status::timeout && slot->state_ == RecvSlot::State::Posted) {
+        return false;
+      }
+    } else {
+      // Delivering: the payload is landing in our buffer; let it finish whatever the deadline.
+      slot->cv_.wait(lock);
+    }
+  }
+  if (slot->state_ == RecvSlot::State::Failed) {
+    if (slot->failKind_ == RecvSlot::FailKind::Mismatch) throw MismatchError(slot->error_);
+    throw CommError(slot->error_);
+  }
+  return true;
+}
+
+void Mailbox::waitQuiescent(const RecvHandle& slot) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  slot->cv_.wait(lock, [&] { return slot->state_ != RecvSlot::State::Delivering; });
+}
+
+bool Mailbox::isDone(const RecvHandle& slot) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return slot->state_ == RecvSlot::State::Done || slot->state_ == RecvSlot::State::Failed;
+}
+
+void Mailbox::abort(const std::string& reason) {
+  std::vector<RecvHandle> completed;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (abortReason_) return;
+    abortReason_ = reason;
+    for (auto& [key, q] : posted_)
+      for (auto& s : q) failLocked(s, RecvSlot::FailKind::Comm, reason, completed);
+    for (auto& [tag, q] : postedAny_)
+      for (auto& s : q) failLocked(s, RecvSlot::FailKind::Comm, reason, completed);
+    posted_.clear();
+    postedAny_.clear();
+    unexpected_.clear();
+  }
+  runCallbacks(completed);
+}
+
+std::optional<std::string> Mailbox::abortReason() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return abortReason_;
+}
+
+}  // namespace agentcomm::transport

@@ -1,0 +1,129 @@
+#pragma once
+// Matches incoming messages with posted receives, for every transport.
+//
+// A receive is posted with its destination buffer before (ideally) the message
+// arrives; the transport's delivery path then writes the payload straight into
+// that buffer. A message that arrives first is parked as "unexpected" and
+// copied when the matching receive is posted.
+//
+// Buffer ownership invariant: from post() until the slot is Done or Failed, the
+// destination buffer belongs to the mailbox and the delivering thread; the
+// owner must not free or reuse it before wait() returns, and wait() never
+// returns while a delivery into the buffer is in flight.
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "transport/header.h"
+
+namespace agentcomm::transport {
+
+using Clock = std::chrono::steady_clock;
+using Deadline = Clock::time_point;
+
+struct RecvSpec {
+  MsgKind kind = MsgKind::Collective;
+  int src = -1;  // -1: any source (P2P only)
+  uint64_t seq = 0;
+  uint64_t tag = 0;
+  void* buffer = nullptr;
+  uint64_t nbytes = 0;
+  // What the sender must agree on.
+  CollectiveKind collective = CollectiveKind::None;
+  uint8_t dtype = 0;
+  uint8_t op = 0;
+  uint64_t count = 0;
+  // Runs once, on whichever thread completes the slot, with no lock held.
+  std::function<void()> onComplete;
+};
+
+class RecvSlot {
+ public:
+  enum class State { Posted, Delivering, Done, Failed };
+  enum class FailKind { None, Mismatch, Comm };
+
+  const RecvSpec& spec() const { return spec_; }
+  int source() const { return source_; }
+
+ private:
+  friend class Mailbox;
+  explicit RecvSlot(RecvSpec spec) : spec_(std::move(spec)) {}
+  RecvSpec spec_;
+  State state_ = State::Posted;
+  FailKind failKind_ = FailKind::None;
+  std::string error_;
+  int source_ = -1;
+  uint64_t order_ = 0;
+  std::condition_variable cv_;
+};
+
+using RecvHandle = std::shared_ptr<RecvSlot>;
+
+class Mailbox {
+ public:
+  explicit Mailbox(int rank) : rank_(rank) {}
+  Mailbox(const Mailbox&) = delete;
+  Mailbox& operator=(const Mailbox&) = delete;
+
+  // Registers a receive. Completes at once if a matching message already arrived.
+  RecvHandle post(RecvSpec spec);
+
+  // Blocks until the slot is Done (returns true) or the deadline passes
+  // (returns false; the slot may still be Posted). Throws MismatchError or
+  // CommError if it failed. Never returns while a delivery is in flight.
+  bool wait(const RecvHandle& slot, Deadline deadline);
+  // Blocks (without deadline) until no delivery into the slot is in flight.
+  void waitQuiescent(const RecvHandle& slot);
+  bool isDone(const RecvHandle& slot);
+
+  // Delivery side, used by a transport's receive path.
+  struct Delivery {
+    bool accepted = false;  // false: read the payload and drop it
+    void* dst = nullptr;    // where to write the payload (may be null for 0 bytes)
+    RecvHandle slot;
+    struct Unexpected* parked = nullptr;
+    std::shared_ptr<struct Unexpected> parkedRef;
+  };
+  Delivery beginDelivery(int src, const Header& h);
+  void endDelivery(Delivery& d, bool ok);
+
+  // Fails every posted and future receive with `reason` (first reason wins).
+  void abort(const std::string& reason);
+  std::optional<std::string> abortReason();
+
+ private:
+  using Key = std::tuple<uint8_t, int, uint64_t, uint64_t>;  // kind, src, seq, tag
+  std::string checkMatch(const RecvSpec& spec, int src, const Header& h) const;
+  void failLocked(const RecvHandle& slot, RecvSlot::FailKind kind, const std::string& why,
+                  std::vector<RecvHandle>& completed);
+  static void runCallbacks(std::vector<RecvHandle>& completed);
+
+  const int rank_;
+  std::mutex mutex_;
+  uint64_t nextOrder_ = 0;
+  std::optional<std::string> abortReason_;
+  std::map<Key, std::deque<RecvHandle>> posted_;
+  std::map<uint64_t, std::deque<RecvHandle>> postedAny_;  // P2P any-source, by tag
+  std::map<Key, std::deque<std::shared_ptr<Unexpected>>> unexpected_;
+};
+
+struct Unexpected {
+  Header header;
+  int src = -1;
+  uint64_t order = 0;
+  std::vector<uint8_t> data;
+  bool complete = false;
+  bool failed = false;
+  RecvHandle claimedBy;  // set when a receive matched it before its payload finished arriving
+};
+
+}  // namespace agentcomm::transport

@@ -1,0 +1,456 @@
+#include "transport/tcp/tcp_transport.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/logging.h"
+
+namespace agentcomm::transport {
+namespace {
+
+constexpr uint32_t kHelloMagic = 0x41434831;  // "ACH1"
+constexpr std::chrono::milliseconds kHelloTimeout{2000};
+
+#pragma pack(push, 1)
+struct Hello {
+  uint32_t magic;
+  int32_t rank;
+  int32_t size;
+  uint8_t token[16];
+};
+#pragma pack(pop)
+
+int remainingMs(Deadline deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  if (left <= 0) return 0;
+  return left > 1000000 ? 1000000 : static_cast<int>(left);
+}
+
+std::string errnoText(int err) { return std::string(std::strerror(err)); }
+
+// Reads exactly n bytes (blocking socket). False on EOF or error.
+bool readFull(int fd, void* buf, size_t n) {
+  auto* p = static_cast<uint8_t*>(buf);
+  while (n > 0) {
+    ssize_t r = ::recv(fd, p, n, 0);
+    if (r > 0) {
+      p += r;
+      n -= static_cast<size_t>(r);
+    } else if (r == 0) {
+      return false;
+    } else if (errno != EINTR) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool drain(int fd, uint64_t n) {
+  uint8_t scratch[65536];
+  while (n > 0) {
+    size_t chunk = n < sizeof(scratch) ? static_cast<size_t>(n) : sizeof(scratch);
+    if (!readFull(fd, scratch, chunk)) return false;
+    n -= chunk;
+  }
+  return true;
+}
+
+// Reads exactly n bytes, giving up at the deadline.
+bool readFullDeadline(int fd, void* buf, size_t n, Deadline deadline) {
+  auto* p = static_cast<uint8_t*>(buf);
+  while (n > 0) {
+    pollfd pfd{fd, POLLIN, 0};
+    int pr = ::poll(&pfd, 1, remainingMs(deadline));
+    if (pr == 0) return false;
+    if (pr < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    ssize_t r = ::recv(fd, p, n, MSG_DONTWAIT);
+    if (r > 0) {
+      p += r;
+      n -= static_cast<size_t>(r);
+    } else if (r == 0) {
+      return false;
+    } else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Writes the iovecs fully with non-blocking sends and poll, so a dead or
+// stopped peer cannot hold us past the deadline. Returns 0, or an errno
+// (ETIMEDOUT when the deadline passed).
+int writeAll(int fd, iovec* iov, int iovcnt, Deadline deadline) {
+  while (iovcnt > 0) {
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<size_t>(iovcnt);
+    ssize_t w = ::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return errno;
+      pollfd pfd{fd, POLLOUT, 0};
+      int pr = ::poll(&pfd, 1, remainingMs(deadline));
+      if (pr == 0) return ETIMEDOUT;
+      if (pr < 0 && errno != EINTR) return errno;
+      continue;
+    }
+    size_t written = static_cast<size_t>(w);
+    while (iovcnt > 0 && written >= iov->iov_len) {
+      written -= iov->iov_len;
+      ++iov;
+      --iovcnt;
+    }
+    if (iovcnt > 0) {
+      iov->iov_base = static_cast<uint8_t*>(iov->iov_base) + written;
+      iov->iov_len -= written;
+    }
+  }
+  return 0;
+}
+
+std::string readFileTrim(const char* path) {
+  std::ifstream in(path);
+  std::string s;
+  std::getline(in, s);
+  return s;
+}
+
+// Ranks with equal host ids can reach each other over loopback.
+std::string hostId() {
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  char ns[256] = {0};
+  ssize_t n = ::readlink("/proc/self/ns/net", ns, sizeof(ns) - 1);
+  if (n < 0) ns[0] = 0;
+  return strCat(host, "/", readFileTrim("/proc/sys/kernel/random/boot_id"), "/", ns);
+}
+
+// IPv4 address of `ifname`, or (empty ifname) of the first up, non-loopback
+// interface; "127.0.0.1" if there is none.
+std::string pickAddress(const std::string& ifname) {
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) {
+    AC_CHECK(ifname.empty(), CommError, "agentcomm: getifaddrs failed: ", errnoText(errno));
+    return "127.0.0.1";
+  }
+  std::string found;
+  for (ifaddrs* it = list; it != nullptr; it = it->ifa_next) {
+    if (it->ifa_addr == nullptr || it->ifa_addr->sa_family != AF_INET) continue;
+    if (!(it->ifa_flags & IFF_UP)) continue;
+    if (!ifname.empty()) {
+      if (ifname != it->ifa_name) continue;
+    } else if (it->ifa_flags & IFF_LOOPBACK) {
+      continue;
+    }
+    char buf[INET_ADDRSTRLEN];
+    ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(it->ifa_addr)->sin_addr, buf, sizeof(buf));
+    found = buf;
+    break;
+  }
+  ::freeifaddrs(list);
+  if (found.empty()) {
+    AC_CHECK(ifname.empty(), InvalidArgument, "agentcomm: AGENTCOMM_SOCKET_IFNAME=", ifname,
+             " names no up interface with an IPv4 address");
+    return "127.0.0.1";
+  }
+  return found;
+}
+
+void setNoDelay(int fd) {
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+}  // namespace
+
+TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& options)
+    : Transport(rank, size), mailbox_(rank) {
+  const Deadline deadline = Clock::now() + options.timeout;
+  peers_.resize(size);
+  for (int r = 0; r < size; ++r) peers_[r] = std::make_unique<Peer>();
+  if (size == 1) return;
+
+  std::string ifname = options.ifname;
+  if (ifname.empty()) {
+    if (const char* env = std::getenv("AGENTCOMM_SOCKET_IFNAME")) ifname = env;
+  }
+  const std::string myHost = hostId();
+  listenAddr_ = pickAddress(ifname);
+
+  // Listen first, publish second: a peer that reads our address can connect at once.
+  int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  AC_CHECK(lfd >= 0, CommError, "agentcomm: socket() failed: ", errnoText(errno));
+  int one = 1;
+  ::setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = 0;
+  if (ifname.empty()) {
+    addr.sin_addr.s_addr = htonl(INADDR_ANY);
+  } else {
+    ::inet_pton(AF_INET, listenAddr_.c_str(), &addr.sin_addr);
+  }
+  if (::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(lfd, 2 * size + 16) != 0) {
+    int err = errno;
+    ::close(lfd);
+    throw CommError(strCat("agentcomm: cannot listen on ", listenAddr_, ": ", errnoText(err)));
+  }
+  socklen_t len = sizeof(addr);
+  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len);
+  listenPort_ = ntohs(addr.sin_port);
+
+  Hello mine{};
+  mine.magic = kHelloMagic;
+  mine.rank = rank;
+  mine.size = size;
+  const std::string tokenKey = options.keyPrefix + "token";
+  if (rank == 0) {
+    std::random_device rd;
+    for (auto& b : mine.token) b = static_cast<uint8_t>(rd());
+    store.set(tokenKey, std::vector<uint8_t>(std::begin(mine.token), std::end(mine.token)));
+  } else {
+    auto tok = store.get(tokenKey, options.timeout);
+    AC_CHECK(tok.size() == sizeof(mine.token), CommError, "agentcomm: malformed job token in store");
+    std::memcpy(mine.token, tok.data(), sizeof(mine.token));
+  }
+  store.set(strCat(options.keyPrefix, "addr/", rank),
+            toBytes(strCat(myHost, " ", listenAddr_, " ", listenPort_, " ", ifname.empty() ? 0 : 1)));
+  AC_LOG(Info, "tcp transport: rank ", rank, "/", size, " listening on ", listenAddr_, ":", listenPort_,
+         ifname.empty() ? "" : strCat(" (", ifname, ")"));
+
+  auto closeAll = [&] {
+    ::close(lfd);
+    for (auto& p : peers_)
+      if (p->fd >= 0) {
+        ::close(p->fd);
+        p->fd = -1;
+      }
+  };
+
+  // Accept higher ranks on a helper thread while this thread connects to lower ranks.
+  std::string acceptError;
+  bool timedOut = false;
+  std::thread acceptor([&] {
+    int expected = size - 1 - rank;
+    while (expected > 0) {
+      pollfd pfd{lfd, POLLIN, 0};
+      int pr = ::poll(&pfd, 1, remainingMs(deadline));
+      if (pr == 0) {
+        timedOut = true;
+        acceptError = strCat("agentcomm: timed out during setup waiting for ", expected,
+                             " higher rank(s) to connect to rank ", rank);
+        return;
+      }
+      if (pr < 0) continue;
+      sockaddr_in from{};
+      socklen_t flen = sizeof(from);
+      int fd = ::accept4(lfd, reinterpret_cast<sockaddr*>(&from), &flen, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      char fromText[INET_ADDRSTRLEN] = "?";
+      ::inet_ntop(AF_INET, &from.sin_addr, fromText, sizeof(fromText));
+      Hello theirs{};
+      Deadline helloDeadline = std::min(deadline, Clock::now() + kHelloTimeout);
+      std::string why;
+      if (!readFullDeadline(fd, &theirs, sizeof(theirs), helloDeadline)) {
+        why = "no hello";
+      } else if (theirs.magic != kHelloMagic || std::memcmp(theirs.token, mine.token, sizeof(mine.token)) != 0) {
+        why = "wrong job token";
+      } else if (theirs.size != size || theirs.rank <= rank || theirs.rank >= size ||
+                 peers_[theirs.rank]->fd >= 0) {
+        why = strCat("unexpected rank ", theirs.rank, " of ", theirs.size);
+      }
+      if (why.empty()) {
+        iovec iov{&mine, sizeof(mine)};
+        if (writeAll(fd, &iov, 1, helloDeadline) != 0) why = "hello reply failed";
+      }
+      if (!why.empty()) {
+        AC_LOG(Warn, "dropped a connection from ", fromText, ": ", why);
+        ::close(fd);
+        continue;
+      }
+      peers_[theirs.rank]->fd = fd;
+      --expected;
+    }
+  });
+
+  std::string connectError;
+  for (int peer = 0; peer < rank && connectError.empty(); ++peer) {
+    std::string value;
+    try {
+      value = fromBytes(store.get(strCat(options.keyPrefix, "addr/", peer), options.timeout));
+    } catch (const TimeoutError& e) {
+      timedOut = true;
+      connectError = strCat("agentcomm: rank ", peer, " never published its address: ", e.what());
+      break;
+    } catch (const std::exception& e) {
+      connectError = strCat("agentcomm: rank ", peer, " never published its address: ", e.what());
+      break;
+    }
+    std::istringstream in(value);
+    std::string theirHost, theirAddr;
+    int theirPort = 0, pinned = 0;
+    in >> theirHost >> theirAddr >> theirPort >> pinned;
+    // Same host and nobody pinned an interface: loopback always works there.
+    const std::string target = (theirHost == myHost && !pinned && ifname.empty()) ? "127.0.0.1" : theirAddr;
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(static_cast<uint16_t>(theirPort));
+    ::inet_pton(AF_INET, target.c_str(), &to.sin_addr);
+    int fd = -1;
+    while (true) {
+      fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof(to)) == 0) break;
+      int err = errno;
+      ::close(fd);
+      fd = -1;
+      if (Clock::now() >= deadline) {
+        timedOut = true;
+        connectError = strCat("agentcomm: cannot connect to rank ", peer, " at ", target, ":", theirPort, ": ",
+                              errnoText(err));
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (fd < 0) break;
+    iovec iov{&mine, sizeof(mine)};
+    Hello theirs{};
+    if (writeAll(fd, &iov, 1, deadline) != 0 || !readFullDeadline(fd, &theirs, sizeof(theirs), deadline) ||
+        theirs.magic != kHelloMagic || theirs.rank != peer ||
+        std::memcmp(theirs.token, mine.token, sizeof(mine.token)) != 0) {
+      ::close(fd);
+      connectError = strCat("agentcomm: handshake with rank ", peer, " at ", target, ":", theirPort,
+                            " failed (peer gone, or not part of this job)");
+      break;
+    }
+    peers_[peer]->fd = fd;
+  }
+  if (!connectError.empty()) ::shutdown(lfd, SHUT_RDWR);  // wakes the acceptor's poll
+  acceptor.join();
+  if (!connectError.empty() || !acceptError.empty()) {
+    closeAll();
+    std::string msg = connectError.empty() ? acceptError : connectError;
+    if (timedOut || Clock::now() >= deadline) throw TimeoutError(msg);
+    throw CommError(msg);
+  }
+  ::close(lfd);
+  for (int r = 0; r < size; ++r) {
+    if (r == rank) continue;
+    setNoDelay(peers_[r]->fd);
+    peers_[r]->reader = std::thread([this, r] { readerLoop(r); });
+  }
+  AC_LOG(Info, "tcp transport: rank ", rank, " connected to ", size - 1, " peer(s)");
+}
+
+TcpTransport::~TcpTransport() {
+  closing_.store(true);
+  for (int r = 0; r < size_; ++r) {
+    if (peers_[r]->fd >= 0) ::shutdown(peers_[r]->fd, SHUT_RDWR);
+  }
+  for (int r = 0; r < size_; ++r) {
+    if (peers_[r]->reader.joinable()) peers_[r]->reader.join();
+    if (peers_[r]->fd >= 0) ::close(peers_[r]->fd);
+  }
+}
+
+void TcpTransport::readerLoop(int src) {
+  const int fd = peers_[src]->fd;
+  while (true) {
+    Header h;
+    if (!readFull(fd, &h, sizeof(h))) break;
+    std::string bad = validateHeader(h);
+    if (!bad.empty()) {
+      abort(strCat("agentcomm: malformed frame from rank ", src, " (", bad, "); dropping the connection"));
+      return;
+    }
+    if (h.kind == static_cast<uint8_t>(MsgKind::Abort)) {
+      std::string text(std::min<uint64_t>(h.nbytes, 65536), '\0');
+      readFull(fd, text.data(), text.size());
+      abort(strCat("agentcomm: rank ", src, " aborted: ", text));
+      return;
+    }
+    auto d = mailbox_.beginDelivery(src, h);
+    bool ok = d.accepted ? readFull(fd, d.dst, h.nbytes) : drain(fd, h.nbytes);
+    if (d.accepted) mailbox_.endDelivery(d, ok);
+    if (!ok) break;
+  }
+  if (!closing_.load()) {
+    abort(strCat("agentcomm: lost the connection to rank ", src,
+                 " (it exited, crashed, or destroyed its process group)"));
+  }
+}
+
+void TcpTransport::writeFrame(int dst, const Header& h, const void* data, Deadline deadline, bool bestEffort) {
+  Peer& peer = *peers_[dst];
+  if (!peer.sendMutex.try_lock_until(deadline)) {
+    if (bestEffort) return;
+    std::string msg = strCat("agentcomm: timed out sending to rank ", dst);
+    abort(msg);
+    throw TimeoutError(msg);
+  }
+  std::lock_guard<std::timed_mutex> lock(peer.sendMutex, std::adopt_lock);
+  Header copy = h;
+  iovec iov[2] = {{&copy, sizeof(copy)}, {const_cast<void*>(data), static_cast<size_t>(h.nbytes)}};
+  int err = writeAll(peer.fd, iov, h.nbytes > 0 ? 2 : 1, deadline);
+  if (err == 0 || bestEffort) return;
+  if (err != ETIMEDOUT) {
+    // A peer that aborted sent us an Abort frame before closing; give our
+    // reader a moment to deliver it, so every rank reports the root cause
+    // instead of a bare "broken pipe".
+    const Deadline grace = Clock::now() + std::chrono::milliseconds(500);
+    while (!aborted_.load() && Clock::now() < grace) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    if (aborted_.load()) throw CommError(mailbox_.abortReason().value_or("agentcomm: communicator aborted"));
+  }
+  std::string msg = err == ETIMEDOUT
+                        ? strCat("agentcomm: timed out sending ", h.nbytes, " bytes to rank ", dst,
+                                 " (the peer stopped reading)")
+                        : strCat("agentcomm: lost the connection to rank ", dst, " while sending: ", errnoText(err));
+  abort(msg);
+  if (err == ETIMEDOUT) throw TimeoutError(msg);
+  throw CommError(msg);
+}
+
+void TcpTransport::send(int dst, const Header& h, const void* data, Deadline deadline) {
+  AC_CHECK(dst >= 0 && dst < size_ && dst != rank_, InvalidArgument, "tcp send: bad destination ", dst);
+  if (aborted_.load()) throw CommError(mailbox_.abortReason().value_or("agentcomm: communicator aborted"));
+  writeFrame(dst, h, data, deadline, false);
+}
+
+void TcpTransport::abort(const std::string& reason) {
+  if (aborted_.exchange(true)) return;
+  mailbox_.abort(reason);
+  if (!closing_.load()) {
+    AC_LOG(Info, "aborting communicator: ", reason);
+    Header h;
+    h.kind = static_cast<uint8_t>(MsgKind::Abort);
+    h.nbytes = reason.size();
+    const Deadline soon = Clock::now() + std::chrono::milliseconds(200);
+    for (int r = 0; r < size_; ++r) {
+      if (r != rank_ && peers_[r]->fd >= 0) writeFrame(r, h, reason.data(), soon, true);
+    }
+  }
+  // Queued data (the Abort frame included) is still delivered before the FIN.
+  for (int r = 0; r < size_; ++r) {
+    if (r != rank_ && peers_[r]->fd >= 0) ::shutdown(peers_[r]->fd, SHUT_RDWR);
+  }
+}
+
+}  // namespace agentcomm::transport

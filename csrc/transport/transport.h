@@ -1,0 +1,48 @@
+#pragma once
+// The one small interface algorithms see: rank, size, send a framed message,
+// post/wait receives through the Mailbox, and abort.
+//
+// Progress: receives progress in the background (the transport's own threads
+// or, in-process, the sender's thread), so a blocking send() never waits for
+// the peer's algorithm to post a receive. That is what lets a ring send to the
+// right while its left neighbour is still sending to it.
+#include <memory>
+#include <string>
+
+#include "transport/header.h"
+#include "transport/mailbox.h"
+
+namespace agentcomm::transport {
+
+class Transport {
+ public:
+  Transport(int rank, int size) : rank_(rank), size_(size) {}
+  virtual ~Transport() = default;
+  Transport(const Transport&) = delete;
+  Transport& operator=(const Transport&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  virtual const char* name() const = 0;
+  virtual Mailbox& mailbox() = 0;
+
+  // Sends h (h.nbytes payload bytes from data) to dst != rank(). Returns once
+  // `data` may be reused. Throws CommError (aborted, peer lost) or TimeoutError.
+  virtual void send(int dst, const Header& h, const void* data, Deadline deadline) = 0;
+
+  // Sticky failure: fails every pending and future receive with `reason`,
+  // tells the peers (best effort) and stops progress. Idempotent.
+  virtual void abort(const std::string& reason) = 0;
+
+  // Waits for a posted receive. On deadline: aborts with a timeout message
+  // naming `what`, then throws TimeoutError.
+  void wait(const RecvHandle& slot, Deadline deadline, const std::string& what);
+
+  RecvHandle post(RecvSpec spec) { return mailbox().post(std::move(spec)); }
+
+ protected:
+  const int rank_;
+  const int size_;
+};
+
+}  // namespace agentcomm::transport

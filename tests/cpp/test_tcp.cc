@@ -1,0 +1,150 @@
+// The TCP transport with real sockets on loopback; ranks are threads.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <sstream>
+#include <thread>
+
+#include "algorithms/algorithms.h"
+#include "core/error.h"
+#include "rank_threads.h"
+#include "transport/tcp/tcp_transport.h"
+
+using namespace agentcomm;
+using namespace agentcomm::algorithms;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::vector<std::unique_ptr<transport::TcpTransport>> makeMesh(transport::Store& store, int n) {
+  std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
+  transport::TcpOptions opts;
+  opts.timeout = 20s;
+  ranktest::forEachRank(n, [&](int r) { ts[r] = std::make_unique<transport::TcpTransport>(store, r, n, opts); });
+  return ts;
+}
+
+void ringAllReduce(transport::Transport& t, uint64_t seq, std::vector<float>& buf, size_t chunk = 1 << 16) {
+  Context ctx(t, seq, transport::CollectiveKind::AllReduce, DataType::Float32);
+  ctx.signature = buf.size();
+  ctx.chunkBytes = chunk;
+  ctx.deadline = transport::Clock::now() + 20s;
+  AllReduceOptions o;
+  o.data = buf.data();
+  o.count = buf.size();
+  o.algo = AllReduceAlgo::Ring;
+  allReduce(ctx, o);
+}
+
+}  // namespace
+
+TEST(Tcp, MeshAllReduceLargeAndSmall) {
+  for (int n : {1, 2, 4}) {
+    transport::HashStore store;
+    auto ts = makeMesh(store, n);
+    ranktest::forEachRank(n, [&](int r) {
+      for (size_t count : {size_t{0}, size_t{3}, size_t{1} << 20}) {
+        std::vector<float> buf(count);
+        for (size_t j = 0; j < count; ++j) buf[j] = static_cast<float>(j % 100 + r);
+        ringAllReduce(*ts[r], count + 1, buf);
+        for (size_t j = 0; j < count; ++j) ASSERT_EQ(buf[j], n * static_cast<float>(j % 100) + n * (n - 1) / 2);
+      }
+    });
+  }
+}
+
+TEST(Tcp, StrayConnectionsAreDroppedAndSetupGoesOn) {
+  transport::HashStore store;
+  const int n = 3;
+  std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
+  transport::TcpOptions opts;
+  opts.timeout = 20s;
+  std::thread rank0([&] { ts[0] = std::make_unique<transport::TcpTransport>(store, 0, n, opts); });
+  // Read rank 0's published address and poke it before the real peers arrive.
+  std::istringstream in(transport::fromBytes(store.get("agentcomm/addr/0", 10s)));
+  std::string host, addr;
+  int port = 0;
+  in >> host >> addr >> port;
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+  int garbage = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_EQ(connect(garbage, reinterpret_cast<sockaddr*>(&to), sizeof(to)), 0);
+  const char junk[64] = "GET / HTTP/1.0\r\n\r\n this is not a hello frame at all........";
+  ASSERT_EQ(write(garbage, junk, sizeof(junk)), static_cast<ssize_t>(sizeof(junk)));
+  int silent = socket(AF_INET, SOCK_STREAM, 0);  // connects and says nothing
+  ASSERT_EQ(connect(silent, reinterpret_cast<sockaddr*>(&to), sizeof(to)), 0);
+  std::thread others([&] {
+    ranktest::forEachRank(2, [&](int i) { ts[i + 1] = std::make_unique<transport::TcpTransport>(store, i + 1, n, opts); });
+  });
+  rank0.join();
+  others.join();
+  close(garbage);
+  close(silent);
+  ranktest::forEachRank(n, [&](int r) {
+    std::vector<float> buf(1000, 1.0f);
+    ringAllReduce(*ts[r], 1, buf);
+    for (float v : buf) ASSERT_EQ(v, 3.0f);
+  });
+}
+
+TEST(Tcp, DeadPeerFailsSurvivorsPromptly) {
+  transport::HashStore store;
+  const int n = 3;
+  auto ts = makeMesh(store, n);
+  auto start = std::chrono::steady_clock::now();
+  std::atomic<int> failed{0};
+  ranktest::forEachRank(n, [&](int r) {
+    if (r == 2) {
+      std::this_thread::sleep_for(200ms);
+      ts[2].reset();  // the process "dies": its sockets close
+      return;
+    }
+    std::vector<float> buf(1 << 16, 1.0f);
+    try {
+      ringAllReduce(*ts[r], 1, buf);
+    } catch (const CommError& e) {
+      EXPECT_NE(std::string(e.what()).find("rank"), std::string::npos);
+      failed.fetch_add(1);
+    }
+  });
+  EXPECT_EQ(failed.load(), 2);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);  // long before the 20 s deadline
+}
+
+TEST(Tcp, MismatchReachesEveryRankThroughAbortFrames) {
+  transport::HashStore store;
+  const int n = 4;
+  auto ts = makeMesh(store, n);
+  std::atomic<int> failed{0};
+  ranktest::forEachRank(n, [&](int r) {
+    std::vector<float> buf(r == 1 ? 2000 : 1000, 1.0f);
+    try {
+      ringAllReduce(*ts[r], 1, buf, 256);
+    } catch (const Error& e) {
+      ts[r]->abort(e.what());
+      failed.fetch_add(1);
+    }
+  });
+  EXPECT_EQ(failed.load(), n);
+  for (int r = 0; r < n; ++r) {
+    auto why = ts[r]->mailbox().abortReason();
+    ASSERT_TRUE(why.has_value());
+    EXPECT_NE(why->find("mismatch"), std::string::npos) << "rank " << r << ": " << *why;
+  }
+}
+
+TEST(Tcp, NoHigherRankTimesOutSetup) {
+  transport::HashStore store;
+  transport::TcpOptions opts;
+  opts.timeout = 500ms;
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(transport::TcpTransport(store, 0, 2, opts), TimeoutError);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+}
