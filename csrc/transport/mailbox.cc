@@ -52,7 +52,7 @@ void Mailbox::runCallbacks(std::vector<RecvHandle>& completed) {
     if (s->spec_.onComplete) {
       auto cb = std::move(s->spec_.onComplete);
       s->spec_.onComplete = nullptr;
-      cb();
+      cb(*s);
     }
   }
 }

@@ -42,8 +42,8 @@ struct RecvSpec {
   uint8_t dtype = 0;
   uint8_t op = 0;
   uint64_t count = 0;
-  // Runs once, on whichever thread completes the slot, with no lock held.
-  std::function<void()> onComplete;
+  // Runs once, on whichever thread completes (or fails) the slot, with no lock held.
+  std::function<void(const class RecvSlot&)> onComplete;
 };
 
 class RecvSlot {
@@ -53,6 +53,10 @@ class RecvSlot {
 
   const RecvSpec& spec() const { return spec_; }
   int source() const { return source_; }
+  // Valid once the slot has completed (inside onComplete, or after wait()).
+  bool failed() const { return state_ == State::Failed; }
+  FailKind failKind() const { return failKind_; }
+  const std::string& error() const { return error_; }
 
  private:
   friend class Mailbox;

@@ -1,0 +1,861 @@
+#include "torch/backend.h"
+
+#include <Python.h>
+
+#include <ATen/Functions.h>
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <numeric>
+
+#include "algorithms/algorithms.h"
+#include "core/error.h"
+#include "core/logging.h"
+#include "transport/tcp/tcp_transport.h"
+
+namespace agentcomm::torch_adapter {
+
+using transport::Clock;
+using transport::CollectiveKind;
+using transport::Deadline;
+
+namespace {
+
+constexpr const char* kVersion = "0.1.0";
+
+c10::SourceLocation here(const char* func) { return c10::SourceLocation{func, __FILE__, __LINE__}; }
+
+std::exception_ptr toTorchError(const std::exception& e) {
+  if (dynamic_cast<const InvalidArgument*>(&e) != nullptr)
+    return std::make_exception_ptr(c10::ValueError(here(__func__), e.what()));
+  return std::make_exception_ptr(c10::DistBackendError(here(__func__), e.what()));
+}
+
+// c10d::Store as the core's rendezvous store.
+class StoreAdapter : public transport::Store {
+ public:
+  explicit StoreAdapter(c10::intrusive_ptr<c10d::Store> store) : store_(std::move(store)) {}
+  void set(const std::string& key, const std::vector<uint8_t>& value) override { store_->set(key, value); }
+  std::vector<uint8_t> get(const std::string& key, std::chrono::milliseconds timeout) override {
+    try {
+      store_->wait({key}, timeout);
+    } catch (const c10::Error& e) {
+      throw TimeoutError(strCat("agentcomm: rendezvous timed out waiting for store key '", key,
+                                "' (did every rank start and call init_process_group?): ", e.what_without_backtrace()));
+    }
+    return store_->get(key);
+  }
+
+ private:
+  c10::intrusive_ptr<c10d::Store> store_;
+};
+
+std::optional<DataType> mapDtype(at::ScalarType st) {
+  switch (st) {
+    case at::kFloat: return DataType::Float32;
+    case at::kDouble: return DataType::Float64;
+    case at::kHalf: return DataType::Float16;
+    case at::kBFloat16: return DataType::BFloat16;
+    case at::kChar: return DataType::Int8;
+    case at::kShort: return DataType::Int16;
+    case at::kInt: return DataType::Int32;
+    case at::kLong: return DataType::Int64;
+    case at::kByte: return DataType::UInt8;
+    case at::kBool: return DataType::Bool;
+    case at::kComplexFloat: return DataType::Complex64;
+    case at::kComplexDouble: return DataType::Complex128;
+    default: return std::nullopt;
+  }
+}
+
+void checkTensor(const at::Tensor& t, const char* op) {
+  TORCH_CHECK_VALUE(t.defined(), "agentcomm ", op, ": got an undefined tensor");
+  TORCH_CHECK_VALUE(t.layout() == at::kStrided, "agentcomm ", op,
+                    ": sparse and other non-strided tensors are not supported (got layout ", t.layout(), ")");
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "agentcomm ", op, ": tensors must be on the CPU, got a tensor on ",
+                    t.device(),
+                    ". CUDA tensors are not supported yet; use backend=\"cpu:agentcomm,cuda:nccl\" or move the tensor "
+                    "to the CPU.");
+}
+
+// (dtype, count) as the core sees a tensor.
+struct View {
+  DataType dt;
+  size_t count;
+};
+
+// For reductions: the dtype must be one the kernels know, and support the op.
+View reduceView(const at::Tensor& t, const char* op, ReduceOp rop) {
+  checkTensor(t, op);
+  auto dt = mapDtype(t.scalar_type());
+  TORCH_CHECK_TYPE(dt.has_value(), "agentcomm ", op, ": unsupported dtype ", t.scalar_type(),
+                   " for a reduction (supported: float32, float64, float16, bfloat16, int8, int16, int32, int64, "
+                   "uint8, bool, complex64, complex128)");
+  std::string why = checkReduceSupported(*dt, rop);
+  TORCH_CHECK_TYPE(why.empty(), "agentcomm ", op, ": ", why);
+  return {*dt, static_cast<size_t>(t.numel())};
+}
+
+// For data movement any dtype works: unknown ones travel as bytes.
+View moveView(const at::Tensor& t, const char* op) {
+  checkTensor(t, op);
+  if (auto dt = mapDtype(t.scalar_type())) return {*dt, static_cast<size_t>(t.numel())};
+  return {DataType::UInt8, static_cast<size_t>(t.numel()) * t.element_size()};
+}
+
+void checkSameDtype(const at::Tensor& a, const at::Tensor& b, const char* op) {
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), "agentcomm ", op, ": all tensors must have the same dtype, got ",
+                   a.scalar_type(), " and ", b.scalar_type());
+}
+
+std::pair<ReduceOp, double> mapReduceOp(const c10d::ReduceOp& op, const char* name) {
+  TORCH_CHECK_VALUE(static_cast<int>(op.op_) < static_cast<int>(kNumReduceOps), "agentcomm ", name,
+                    ": unsupported reduce op ", static_cast<int>(op.op_));
+  double factor = 1.0;
+  if (op.op_ == c10d::ReduceOp::PREMUL_SUM) {
+    auto* s = dynamic_cast<c10d::PreMulSumSupplement*>(op.supplement_.get());
+    TORCH_CHECK_VALUE(s != nullptr, "agentcomm ", name, ": PREMUL_SUM without a factor");
+    factor = s->tensor_factor.defined() ? s->tensor_factor.item<double>() : s->double_factor;
+  }
+  return {static_cast<ReduceOp>(op.op_), factor};
+}
+
+// Non-contiguous tensors are staged through a contiguous copy at issue time.
+at::Tensor staged(const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
+void unstage(const at::Tensor& orig, const at::Tensor& buf) {
+  if (!orig.is_same(buf)) const_cast<at::Tensor&>(orig).copy_(buf);
+}
+
+uint8_t* bytes(const at::Tensor& t) { return static_cast<uint8_t*>(t.data_ptr()); }
+
+size_t envChunkBytes() {
+  if (const char* env = std::getenv("AGENTCOMM_CHUNK_BYTES")) {
+    long long v = std::atoll(env);
+    if (v > 0) return static_cast<size_t>(v);
+  }
+  return size_t{1} << 20;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- AgentWork
+
+AgentWork::AgentWork(int rank, c10d::OpType type, const char* title, std::vector<at::Tensor> outputs,
+                     std::chrono::milliseconds defaultWait)
+    : c10d::Work(rank, type, title),
+      outputs_(std::move(outputs)),
+      future_(c10::make_intrusive<c10::ivalue::Future>(c10::ListType::create(c10::TensorType::get()))),
+      defaultWait_(defaultWait) {}
+
+void AgentWork::complete(std::exception_ptr eptr) {
+  finish(eptr);
+  // Future callbacks (DDP's, comm hooks') run here, on the completing thread.
+  if (eptr) {
+    future_->setError(eptr);
+  } else {
+    future_->markCompleted(c10::IValue(outputs_));
+  }
+}
+
+bool AgentWork::wait(std::chrono::milliseconds timeout) {
+  if (timeout != ::kNoTimeout || !onWaitTimeout) return c10d::Work::wait(timeout);
+  // A receive has no worker enforcing a deadline: bound the wait by the group's timeout.
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (!cv_.wait_for(lock, defaultWait_, [&] { return completed_; })) {
+    lock.unlock();
+    onWaitTimeout(strCat("agentcomm: recv timed out after ", defaultWait_.count(), " ms"));
+    lock.lock();
+    cv_.wait(lock, [&] { return completed_; });
+  }
+  if (exception_) std::rethrow_exception(exception_);
+  return true;
+}
+
+// ---------------------------------------------------------------- Lane
+
+void AgentBackend::Lane::start(std::function<void(Job&)> exec) {
+  exec_ = std::move(exec);
+  thread_ = std::thread([this] {
+    while (true) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // stopping, and nothing (left) to drain
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      exec_(job);
+    }
+  });
+}
+
+void AgentBackend::Lane::push(Job job) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_) {
+      queue_.push_back(std::move(job));
+      cv_.notify_one();
+      return;
+    }
+  }
+  job.work->complete(std::make_exception_ptr(
+      c10::DistBackendError(here(__func__), "agentcomm: the process group was shut down before this operation ran")));
+}
+
+void AgentBackend::Lane::stop(bool drain) {
+  std::deque<Job> left;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    drainOnStop_ = drain;
+    if (!drain) left.swap(queue_);
+    cv_.notify_all();
+  }
+  if (thread_.joinable()) thread_.join();
+  for (auto& job : left) {
+    job.work->complete(std::make_exception_ptr(c10::DistBackendError(
+        here(__func__), "agentcomm: the process group was shut down before this operation ran")));
+  }
+}
+
+// ---------------------------------------------------------------- AgentBackend
+
+AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
+                           std::chrono::milliseconds timeout, std::string groupName)
+    : c10d::Backend(rank, size), timeout_(timeout), groupName_(std::move(groupName)), chunkBytes_(envChunkBytes()) {
+  StoreAdapter adapter(store);
+  transport::TcpOptions opts;
+  opts.timeout = timeout;
+  try {
+    transport_ = std::make_unique<transport::TcpTransport>(adapter, rank, size, opts);
+  } catch (const TimeoutError& e) {
+    C10_THROW_ERROR(DistBackendError, e.what());
+  } catch (const Error& e) {
+    C10_THROW_ERROR(DistBackendError, e.what());
+  }
+  transportName_ = transport_->name();
+  AC_LOG(Info, "agentcomm ", kVersion, ": group '", groupName_, "' rank ", rank, "/", size, ", transport ",
+         transportName_, ", chunk ", chunkBytes_, " bytes, timeout ", timeout.count(), " ms");
+  collectives_.start([this](Job& job) { execute(job); });
+  sends_.start([this](Job& job) { execute(job); });
+  completions_.start([](Job& job) { job.run(Deadline::max()); });
+}
+
+AgentBackend::~AgentBackend() {
+  // Never block while holding the GIL: the worker may be inside a Python
+  // future callback that needs it.
+  if (Py_IsInitialized() && PyGILState_Check()) {
+    PyThreadState* state = PyEval_SaveThread();
+    shutdownNoGil();
+    PyEval_RestoreThread(state);
+  } else {
+    shutdownNoGil();
+  }
+}
+
+void AgentBackend::shutdown() {
+  if (Py_IsInitialized() && PyGILState_Check()) {
+    PyThreadState* state = PyEval_SaveThread();
+    shutdownNoGil();
+    PyEval_RestoreThread(state);
+  } else {
+    shutdownNoGil();
+  }
+}
+
+void AgentBackend::shutdownNoGil() {
+  std::call_once(shutdownOnce_, [this] {
+    collectives_.stop(false);
+    sends_.stop(false);
+    // Fail receives still posted (their completions run below), without
+    // telling peers: they see our sockets close.
+    if (transport_) transport_->mailbox().abort("agentcomm: the process group was shut down");
+    completions_.stop(true);
+    transport_.reset();
+  });
+}
+
+void AgentBackend::abort() {
+  if (transport_) transport_->abort("agentcomm: the process group was aborted by the user");
+}
+
+void AgentBackend::execute(Job& job) {
+  std::exception_ptr eptr;
+  const auto start = Clock::now();
+  try {
+    if (auto why = transport_->mailbox().abortReason())
+      throw CommError(strCat("agentcomm: the communicator is unusable after an earlier error: ", *why));
+    job.run(start + job.timeout);
+  } catch (const Error& e) {
+    transport_->abort(e.what());
+    eptr = toTorchError(e);
+  } catch (const c10::Error& e) {
+    transport_->abort(e.what_without_backtrace());
+    eptr = std::current_exception();
+  } catch (const std::exception& e) {
+    transport_->abort(e.what());
+    eptr = toTorchError(e);
+  }
+  AC_LOG(Trace, "op #", job.work->getSequencenumber(), " ", c10d::opTypeToString(job.work->retrieveOpType()),
+         eptr ? " failed" : " done", " in ",
+         std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count(), " us");
+  job.work->complete(eptr);
+}
+
+c10::intrusive_ptr<AgentWork> AgentBackend::enqueueCollective(c10d::OpType type, const char* title,
+                                                              std::vector<at::Tensor> outputs,
+                                                              std::chrono::milliseconds optTimeout,
+                                                              std::function<void(Deadline)> run) {
+  auto work = c10::make_intrusive<AgentWork>(rank_, type, title, std::move(outputs), timeout_);
+  work->setSequenceNumber(++opSeq_);
+  const auto timeout = optTimeout == c10d::kUnsetTimeout ? timeout_ : optTimeout;
+  collectives_.push(Job{work, std::move(run), timeout});
+  return work;
+}
+
+algorithms::Context AgentBackend::makeContext(CollectiveKind kind, DataType dt, ReduceOp op, uint64_t signature,
+                                              Deadline deadline) {
+  algorithms::Context ctx(*transport_, ++algoSeq_, kind, dt);
+  ctx.op = op;
+  ctx.signature = signature;
+  ctx.deadline = deadline;
+  ctx.chunkBytes = chunkBytes_;
+  return ctx;
+}
+
+// ---------------------------------------------------------------- reductions
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce(std::vector<at::Tensor>& tensors,
+                                                       const c10d::AllreduceOptions& opts) {
+  TORCH_CHECK_VALUE(tensors.size() == 1, "agentcomm all_reduce: expected one tensor per rank, got ", tensors.size());
+  auto [rop, factor] = mapReduceOp(opts.reduceOp, "all_reduce");
+  const at::Tensor t = tensors[0];
+  View v = reduceView(t, "all_reduce", rop);
+  at::Tensor buf = staged(t);
+  return enqueueCollective(c10d::OpType::ALLREDUCE, "agentcomm:all_reduce", tensors, opts.timeout,
+                           [=, this](Deadline d) {
+                             auto ctx = makeContext(CollectiveKind::AllReduce, v.dt, rop, v.count, d);
+                             algorithms::AllReduceOptions o;
+                             o.data = buf.data_ptr();
+                             o.count = v.count;
+                             o.premulFactor = factor;
+                             algorithms::allReduce(ctx, o);
+                             unstage(t, buf);
+                           });
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce_coalesced(std::vector<at::Tensor>& tensors,
+                                                                 const c10d::AllreduceCoalescedOptions& opts) {
+  TORCH_CHECK_VALUE(!tensors.empty(), "agentcomm all_reduce_coalesced: no tensors");
+  auto [rop, factor] = mapReduceOp(opts.reduceOp, "all_reduce_coalesced");
+  std::vector<at::Tensor> flatParts;
+  for (auto& t : tensors) {
+    reduceView(t, "all_reduce_coalesced", rop);
+    checkSameDtype(t, tensors[0], "all_reduce_coalesced");
+    flatParts.push_back(t.reshape({-1}));
+  }
+  View v = reduceView(tensors[0], "all_reduce_coalesced", rop);
+  at::Tensor flat = at::cat(flatParts);  // one buffer, one collective
+  std::vector<at::Tensor> outs = tensors;
+  return enqueueCollective(c10d::OpType::ALLREDUCE_COALESCED, "agentcomm:all_reduce_coalesced", tensors,
+                           opts.timeout, [=, this](Deadline d) {
+                             auto ctx = makeContext(CollectiveKind::AllReduce, v.dt, rop, flat.numel(), d);
+                             algorithms::AllReduceOptions o;
+                             o.data = flat.data_ptr();
+                             o.count = flat.numel();
+                             o.premulFactor = factor;
+                             algorithms::allReduce(ctx, o);
+                             int64_t off = 0;
+                             for (const auto& t : outs) {
+                               const_cast<at::Tensor&>(t).copy_(flat.narrow(0, off, t.numel()).view(t.sizes()));
+                               off += t.numel();
+                             }
+                           });
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::reduce(std::vector<at::Tensor>& tensors, const c10d::ReduceOptions& opts) {
+  TORCH_CHECK_VALUE(tensors.size() == 1, "agentcomm reduce: expected one tensor per rank, got ", tensors.size());
+  TORCH_CHECK_VALUE(opts.rootRank >= 0 && opts.rootRank < size_, "agentcomm reduce: root ", opts.rootRank,
+                    " is not a rank of this group of size ", size_);
+  auto [rop, factor] = mapReduceOp(opts.reduceOp, "reduce");
+  const at::Tensor t = tensors[0];
+  View v = reduceView(t, "reduce", rop);
+  at::Tensor buf = staged(t);
+  const int root = static_cast<int>(opts.rootRank);
+  return enqueueCollective(c10d::OpType::REDUCE, "agentcomm:reduce", tensors, opts.timeout, [=, this](Deadline d) {
+    auto ctx = makeContext(CollectiveKind::Reduce, v.dt, rop, v.count, d);
+    algorithms::ReduceOptions o;
+    o.data = buf.data_ptr();
+    o.count = v.count;
+    o.root = root;
+    o.premulFactor = factor;
+    algorithms::reduce(ctx, o);
+    if (rank_ == root) unstage(t, buf);
+  });
+}
+
+namespace {
+// Runs one reduce-scatter over `blocks` (this rank's contribution to each rank's block).
+void runReduceScatter(algorithms::Context& ctx, const std::vector<at::Tensor>& blocks, const at::Tensor& out,
+                      double factor) {
+  algorithms::ReduceScatterOptions o;
+  for (const auto& b : blocks) {
+    o.inputs.push_back(b.data_ptr());
+    o.counts.push_back(static_cast<size_t>(b.numel()));
+  }
+  o.output = out.data_ptr();
+  o.premulFactor = factor;
+  algorithms::reduceScatter(ctx, o);
+}
+}  // namespace
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter(std::vector<at::Tensor>& outputs,
+                                                            std::vector<std::vector<at::Tensor>>& inputs,
+                                                            const c10d::ReduceScatterOptions& opts) {
+  TORCH_CHECK_VALUE(outputs.size() == 1 && inputs.size() == 1, "agentcomm reduce_scatter: expected one output and one "
+                    "input list per rank");
+  TORCH_CHECK_VALUE(static_cast<int>(inputs[0].size()) == size_, "agentcomm reduce_scatter: the input list has ",
+                    inputs[0].size(), " tensors but the group has ", size_, " ranks");
+  auto [rop, factor] = mapReduceOp(opts.reduceOp, "reduce_scatter");
+  const at::Tensor out = outputs[0];
+  View v = reduceView(out, "reduce_scatter", rop);
+  std::vector<at::Tensor> blocks;
+  uint64_t total = 0;
+  for (auto& t : inputs[0]) {
+    reduceView(t, "reduce_scatter", rop);
+    checkSameDtype(t, out, "reduce_scatter");
+    blocks.push_back(staged(t));
+    total += t.numel();
+  }
+  TORCH_CHECK_VALUE(inputs[0][rank_].numel() == out.numel(), "agentcomm reduce_scatter: the output has ", out.numel(),
+                    " elements but this rank's input block has ", inputs[0][rank_].numel());
+  at::Tensor obuf = staged(out);
+  return enqueueCollective(c10d::OpType::REDUCE_SCATTER, "agentcomm:reduce_scatter", outputs, opts.timeout,
+                           [=, this](Deadline d) {
+                             auto ctx = makeContext(CollectiveKind::ReduceScatter, v.dt, rop, total, d);
+                             runReduceScatter(ctx, blocks, obuf, factor);
+                             unstage(out, obuf);
+                           });
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::_reduce_scatter_base(at::Tensor& output, at::Tensor& input,
+                                                                  const c10d::ReduceScatterOptions& opts) {
+  std::vector<at::Tensor> outs = {output}, ins = {input};
+  return reduce_scatter_tensor_coalesced(outs, ins, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter_tensor_coalesced(std::vector<at::Tensor>& outputs,
+                                                                             std::vector<at::Tensor>& inputs,
+                                                                             const c10d::ReduceScatterOptions& opts) {
+  TORCH_CHECK_VALUE(outputs.size() == inputs.size(), "agentcomm reduce_scatter_tensor: ", outputs.size(),
+                    " outputs but ", inputs.size(), " inputs");
+  auto [rop, factor] = mapReduceOp(opts.reduceOp, "reduce_scatter_tensor");
+  std::vector<View> views;
+  std::vector<at::Tensor> ins, outs;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    views.push_back(reduceView(outputs[i], "reduce_scatter_tensor", rop));
+    reduceView(inputs[i], "reduce_scatter_tensor", rop);
+    checkSameDtype(inputs[i], outputs[i], "reduce_scatter_tensor");
+    TORCH_CHECK_VALUE(inputs[i].numel() == outputs[i].numel() * size_, "agentcomm reduce_scatter_tensor: the input has ",
+                      inputs[i].numel(), " elements, expected output size ", outputs[i].numel(), " x world size ",
+                      size_);
+    ins.push_back(staged(inputs[i]).reshape({-1}));
+    outs.push_back(staged(outputs[i]));
+  }
+  std::vector<at::Tensor> originals = outputs;
+  return enqueueCollective(c10d::OpType::_REDUCE_SCATTER_BASE, "agentcomm:reduce_scatter_tensor", outputs,
+                           opts.timeout, [=, this](Deadline d) {
+                             for (size_t i = 0; i < ins.size(); ++i) {
+                               auto ctx = makeContext(CollectiveKind::ReduceScatter, views[i].dt, rop,
+                                                      static_cast<uint64_t>(ins[i].numel()), d);
+                               runReduceScatter(ctx, ins[i].chunk(size_), outs[i], factor);
+                               unstage(originals[i], outs[i]);
+                             }
+                           });
+}
+
+// ---------------------------------------------------------------- data movement
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::broadcast(std::vector<at::Tensor>& tensors,
+                                                       const c10d::BroadcastOptions& opts) {
+  TORCH_CHECK_VALUE(tensors.size() == 1, "agentcomm broadcast: expected one tensor per rank, got ", tensors.size());
+  TORCH_CHECK_VALUE(opts.rootRank >= 0 && opts.rootRank < size_, "agentcomm broadcast: root ", opts.rootRank,
+                    " is not a rank of this group of size ", size_);
+  TORCH_CHECK_VALUE(opts.rootTensor == 0, "agentcomm broadcast: rootTensor must be 0");
+  const at::Tensor t = tensors[0];
+  View v = moveView(t, "broadcast");
+  at::Tensor buf = staged(t);
+  const int root = static_cast<int>(opts.rootRank);
+  return enqueueCollective(c10d::OpType::BROADCAST, "agentcomm:broadcast", tensors, opts.timeout,
+                           [=, this](Deadline d) {
+                             auto ctx = makeContext(CollectiveKind::Broadcast, v.dt, ReduceOp::Sum, v.count, d);
+                             algorithms::broadcast(ctx, {buf.data_ptr(), v.count, root});
+                             if (rank_ != root) unstage(t, buf);
+                           });
+}
+
+namespace {
+void runAllGather(algorithms::Context& ctx, const at::Tensor& input, const std::vector<at::Tensor>& outs, size_t unit) {
+  algorithms::AllGatherOptions o;
+  o.input = input.data_ptr();
+  for (const auto& t : outs) {
+    o.outputs.push_back(t.data_ptr());
+    o.counts.push_back(static_cast<size_t>(t.numel()) * unit);
+  }
+  algorithms::allGather(ctx, o);
+}
+}  // namespace
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::allgather(std::vector<std::vector<at::Tensor>>& outputs,
+                                                       std::vector<at::Tensor>& inputs,
+                                                       const c10d::AllgatherOptions& opts) {
+  TORCH_CHECK_VALUE(inputs.size() == 1 && outputs.size() == 1, "agentcomm all_gather: expected one input and one "
+                    "output list per rank");
+  std::vector<std::vector<at::Tensor>> outLists = outputs;
+  auto work = allgather_coalesced(outLists, inputs, opts);
+  return work;
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::allgather_coalesced(std::vector<std::vector<at::Tensor>>& outputs,
+                                                                 std::vector<at::Tensor>& inputs,
+                                                                 const c10d::AllgatherOptions& opts) {
+  TORCH_CHECK_VALUE(outputs.size() == inputs.size(), "agentcomm all_gather: ", inputs.size(), " inputs but ",
+                    outputs.size(), " output lists");
+  struct Item {
+    View v;
+    size_t unit;  // core elements per tensor element (bytes mode: element size)
+    at::Tensor in;
+    std::vector<at::Tensor> outs, originals;
+    uint64_t total;
+  };
+  std::vector<Item> items;
+  std::vector<at::Tensor> flatOutputs;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    Item it;
+    it.v = moveView(inputs[i], "all_gather");
+    it.unit = inputs[i].numel() > 0 ? it.v.count / inputs[i].numel() : (mapDtype(inputs[i].scalar_type()) ? 1 : inputs[i].element_size());
+    TORCH_CHECK_VALUE(static_cast<int>(outputs[i].size()) == size_, "agentcomm all_gather: the output list has ",
+                      outputs[i].size(), " tensors but the group has ", size_, " ranks");
+    it.total = 0;
+    for (auto& o : outputs[i]) {
+      moveView(o, "all_gather");
+      checkSameDtype(o, inputs[i], "all_gather");
+      it.outs.push_back(staged(o));
+      it.originals.push_back(o);
+      it.total += o.numel() * it.unit;
+      flatOutputs.push_back(o);
+    }
+    TORCH_CHECK_VALUE(outputs[i][rank_].numel() == inputs[i].numel(), "agentcomm all_gather: this rank's output has ",
+                      outputs[i][rank_].numel(), " elements but its input has ", inputs[i].numel());
+    it.in = staged(inputs[i]);
+    items.push_back(std::move(it));
+  }
+  return enqueueCollective(c10d::OpType::ALLGATHER, "agentcomm:all_gather", flatOutputs, opts.timeout,
+                           [=, this](Deadline d) {
+                             for (const auto& it : items) {
+                               auto ctx = makeContext(CollectiveKind::AllGather, it.v.dt, ReduceOp::Sum, it.total, d);
+                               runAllGather(ctx, it.in, it.outs, it.unit);
+                               for (size_t k = 0; k < it.outs.size(); ++k) unstage(it.originals[k], it.outs[k]);
+                             }
+                           });
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::_allgather_base(at::Tensor& output, at::Tensor& input,
+                                                             const c10d::AllgatherOptions& opts) {
+  std::vector<at::Tensor> outs = {output}, ins = {input};
+  return allgather_into_tensor_coalesced(outs, ins, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::allgather_into_tensor_coalesced(std::vector<at::Tensor>& outputs,
+                                                                             std::vector<at::Tensor>& inputs,
+                                                                             const c10d::AllgatherOptions& opts) {
+  TORCH_CHECK_VALUE(outputs.size() == inputs.size(), "agentcomm all_gather_into_tensor: ", outputs.size(),
+                    " outputs but ", inputs.size(), " inputs");
+  std::vector<View> views;
+  std::vector<at::Tensor> ins, outs;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    views.push_back(moveView(inputs[i], "all_gather_into_tensor"));
+    moveView(outputs[i], "all_gather_into_tensor");
+    checkSameDtype(inputs[i], outputs[i], "all_gather_into_tensor");
+    TORCH_CHECK_VALUE(outputs[i].numel() == inputs[i].numel() * size_, "agentcomm all_gather_into_tensor: the output "
+                      "has ", outputs[i].numel(), " elements, expected input size ", inputs[i].numel(),
+                      " x world size ", size_);
+    ins.push_back(staged(inputs[i]));
+    outs.push_back(staged(outputs[i]).reshape({-1}));
+  }
+  std::vector<at::Tensor> originals = outputs;
+  return enqueueCollective(c10d::OpType::_ALLGATHER_BASE, "agentcomm:all_gather_into_tensor", outputs, opts.timeout,
+                           [=, this](Deadline d) {
+                             for (size_t i = 0; i < ins.size(); ++i) {
+                               const size_t unit = ins[i].numel() > 0 ? views[i].count / ins[i].numel() : 1;
+                               auto ctx = makeContext(CollectiveKind::AllGather, views[i].dt, ReduceOp::Sum,
+                                                      views[i].count * size_, d);
+                               runAllGather(ctx, ins[i], outs[i].chunk(size_), unit);
+                               unstage(originals[i], outs[i].view(originals[i].sizes()));
+                             }
+                           });
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::gather(std::vector<std::vector<at::Tensor>>& outputs,
+                                                    std::vector<at::Tensor>& inputs, const c10d::GatherOptions& opts) {
+  TORCH_CHECK_VALUE(inputs.size() == 1, "agentcomm gather: expected one input tensor per rank");
+  TORCH_CHECK_VALUE(opts.rootRank >= 0 && opts.rootRank < size_, "agentcomm gather: root ", opts.rootRank,
+                    " is not a rank of this group of size ", size_);
+  const int root = static_cast<int>(opts.rootRank);
+  View v = moveView(inputs[0], "gather");
+  const size_t unit = inputs[0].numel() > 0 ? v.count / inputs[0].numel() : 1;
+  at::Tensor in = staged(inputs[0]);
+  std::vector<at::Tensor> outs, originals;
+  if (rank_ == root) {
+    TORCH_CHECK_VALUE(outputs.size() == 1 && static_cast<int>(outputs[0].size()) == size_, "agentcomm gather: the "
+                      "root needs a list of ", size_, " output tensors");
+    for (auto& o : outputs[0]) {
+      moveView(o, "gather");
+      checkSameDtype(o, inputs[0], "gather");
+      outs.push_back(staged(o));
+      originals.push_back(o);
+    }
+  } else {
+    TORCH_CHECK_VALUE(outputs.empty() || (outputs.size() == 1 && outputs[0].empty()),
+                      "agentcomm gather: only the root rank may pass output tensors");
+  }
+  return enqueueCollective(c10d::OpType::GATHER, "agentcomm:gather", originals, opts.timeout, [=, this](Deadline d) {
+    auto ctx = makeContext(CollectiveKind::Gather, v.dt, ReduceOp::Sum, 0, d);
+    algorithms::GatherOptions o;
+    o.input = in.data_ptr();
+    o.count = v.count;
+    o.root = root;
+    for (const auto& t : outs) {
+      o.outputs.push_back(t.data_ptr());
+      o.counts.push_back(static_cast<size_t>(t.numel()) * unit);
+    }
+    algorithms::gather(ctx, o);
+    for (size_t k = 0; k < outs.size(); ++k) unstage(originals[k], outs[k]);
+  });
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::scatter(std::vector<at::Tensor>& outputs,
+                                                     std::vector<std::vector<at::Tensor>>& inputs,
+                                                     const c10d::ScatterOptions& opts) {
+  TORCH_CHECK_VALUE(outputs.size() == 1, "agentcomm scatter: expected one output tensor per rank");
+  TORCH_CHECK_VALUE(opts.rootRank >= 0 && opts.rootRank < size_, "agentcomm scatter: root ", opts.rootRank,
+                    " is not a rank of this group of size ", size_);
+  const int root = static_cast<int>(opts.rootRank);
+  const at::Tensor out = outputs[0];
+  View v = moveView(out, "scatter");
+  const size_t unit = out.numel() > 0 ? v.count / out.numel() : 1;
+  at::Tensor obuf = staged(out);
+  std::vector<at::Tensor> ins;
+  if (rank_ == root) {
+    TORCH_CHECK_VALUE(inputs.size() == 1 && static_cast<int>(inputs[0].size()) == size_, "agentcomm scatter: the root "
+                      "needs a list of ", size_, " input tensors");
+    for (auto& t : inputs[0]) {
+      moveView(t, "scatter");
+      checkSameDtype(t, out, "scatter");
+      ins.push_back(staged(t));
+    }
+  } else {
+    TORCH_CHECK_VALUE(inputs.empty() || (inputs.size() == 1 && inputs[0].empty()),
+                      "agentcomm scatter: only the root rank may pass input tensors");
+  }
+  return enqueueCollective(c10d::OpType::SCATTER, "agentcomm:scatter", outputs, opts.timeout, [=, this](Deadline d) {
+    auto ctx = makeContext(CollectiveKind::Scatter, v.dt, ReduceOp::Sum, 0, d);
+    algorithms::ScatterOptions o;
+    o.output = obuf.data_ptr();
+    o.count = v.count;
+    o.root = root;
+    for (const auto& t : ins) {
+      o.inputs.push_back(t.data_ptr());
+      o.counts.push_back(static_cast<size_t>(t.numel()) * unit);
+    }
+    algorithms::scatter(ctx, o);
+    unstage(out, obuf);
+  });
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall_base(at::Tensor& output, at::Tensor& input,
+                                                           std::vector<int64_t>& outputSplits,
+                                                           std::vector<int64_t>& inputSplits,
+                                                           const c10d::AllToAllOptions& opts) {
+  View v = moveView(input, "all_to_all_single");
+  moveView(output, "all_to_all_single");
+  checkSameDtype(input, output, "all_to_all_single");
+  auto rows = [&](const at::Tensor& t, std::vector<int64_t> splits, const char* which) {
+    const int64_t dim0 = t.dim() > 0 ? t.size(0) : 1;
+    if (splits.empty()) {
+      TORCH_CHECK_VALUE(dim0 % size_ == 0, "agentcomm all_to_all_single: the ", which, " tensor's first dimension (",
+                        dim0, ") is not divisible by the world size ", size_, "; pass explicit splits");
+      splits.assign(size_, dim0 / size_);
+    }
+    TORCH_CHECK_VALUE(static_cast<int>(splits.size()) == size_, "agentcomm all_to_all_single: ", splits.size(), " ",
+                      which, " splits for ", size_, " ranks");
+    TORCH_CHECK_VALUE(std::accumulate(splits.begin(), splits.end(), int64_t{0}) == dim0, "agentcomm "
+                      "all_to_all_single: the ", which, " splits add up to ",
+                      std::accumulate(splits.begin(), splits.end(), int64_t{0}), " but the first dimension is ", dim0);
+    return splits;
+  };
+  auto inSplits = rows(input, inputSplits, "input");
+  auto outSplits = rows(output, outputSplits, "output");
+  const size_t unit = input.numel() > 0 ? v.count / input.numel() : 1;
+  const int64_t inRow = input.dim() > 0 && input.size(0) > 0 ? input.numel() / input.size(0) : 0;
+  const int64_t outRow = output.dim() > 0 && output.size(0) > 0 ? output.numel() / output.size(0) : 0;
+  TORCH_CHECK_VALUE(inRow == outRow || inRow == 0 || outRow == 0, "agentcomm all_to_all_single: input rows have ",
+                    inRow, " elements but output rows have ", outRow);
+  algorithms::AllToAllOptions o;
+  size_t off = 0;
+  for (int p = 0; p < size_; ++p) {
+    o.inOffsets.push_back(off);
+    o.inCounts.push_back(static_cast<size_t>(inSplits[p] * inRow) * unit);
+    off += o.inCounts.back();
+  }
+  off = 0;
+  for (int p = 0; p < size_; ++p) {
+    o.outOffsets.push_back(off);
+    o.outCounts.push_back(static_cast<size_t>(outSplits[p] * outRow) * unit);
+    off += o.outCounts.back();
+  }
+  at::Tensor in = staged(input), out = staged(output);
+  const at::Tensor original = output;
+  std::vector<at::Tensor> outs = {output};
+  return enqueueCollective(c10d::OpType::ALLTOALL_BASE, "agentcomm:all_to_all_single", outs, opts.timeout,
+                           [=, this](Deadline d) mutable {
+                             auto ctx = makeContext(CollectiveKind::AllToAll, v.dt, ReduceOp::Sum, 0, d);
+                             o.input = in.data_ptr();
+                             o.output = out.data_ptr();
+                             algorithms::allToAll(ctx, o);
+                             unstage(original, out);
+                           });
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall(std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs,
+                                                      const c10d::AllToAllOptions& opts) {
+  TORCH_CHECK_VALUE(static_cast<int>(inputs.size()) == size_ && static_cast<int>(outputs.size()) == size_,
+                    "agentcomm all_to_all: expected ", size_, " input and output tensors, got ", inputs.size(),
+                    " and ", outputs.size());
+  std::vector<at::Tensor> flatIn;
+  for (auto& t : inputs) {
+    moveView(t, "all_to_all");
+    checkSameDtype(t, inputs[0], "all_to_all");
+    flatIn.push_back(t.reshape({-1}));
+  }
+  for (auto& t : outputs) {
+    moveView(t, "all_to_all");
+    checkSameDtype(t, inputs[0], "all_to_all");
+  }
+  View v = moveView(inputs[0], "all_to_all");
+  const size_t unit = mapDtype(inputs[0].scalar_type()) ? 1 : inputs[0].element_size();
+  at::Tensor in = at::cat(flatIn);
+  algorithms::AllToAllOptions o;
+  size_t off = 0;
+  for (int p = 0; p < size_; ++p) {
+    o.inOffsets.push_back(off);
+    o.inCounts.push_back(static_cast<size_t>(inputs[p].numel()) * unit);
+    off += o.inCounts.back();
+  }
+  off = 0;
+  int64_t outTotal = 0;
+  for (int p = 0; p < size_; ++p) {
+    o.outOffsets.push_back(off);
+    o.outCounts.push_back(static_cast<size_t>(outputs[p].numel()) * unit);
+    off += o.outCounts.back();
+    outTotal += outputs[p].numel();
+  }
+  at::Tensor out = at::empty({outTotal}, inputs[0].options());
+  std::vector<at::Tensor> originals = outputs;
+  return enqueueCollective(c10d::OpType::ALLTOALL, "agentcomm:all_to_all", outputs, opts.timeout,
+                           [=, this](Deadline d) mutable {
+                             auto ctx = makeContext(CollectiveKind::AllToAll, v.dt, ReduceOp::Sum, 0, d);
+                             o.input = in.data_ptr();
+                             o.output = out.data_ptr();
+                             algorithms::allToAll(ctx, o);
+                             int64_t pos = 0;
+                             for (const auto& t : originals) {
+                               const_cast<at::Tensor&>(t).copy_(out.narrow(0, pos, t.numel()).view(t.sizes()));
+                               pos += t.numel();
+                             }
+                           });
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::barrier(const c10d::BarrierOptions& opts) {
+  return enqueueCollective(c10d::OpType::BARRIER, "agentcomm:barrier", {}, opts.timeout, [this](Deadline d) {
+    auto ctx = makeContext(CollectiveKind::Barrier, DataType::UInt8, ReduceOp::Sum, 0, d);
+    algorithms::barrier(ctx);
+  });
+}
+
+// ---------------------------------------------------------------- point to point
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::send(std::vector<at::Tensor>& tensors, int dstRank, int tag) {
+  TORCH_CHECK_VALUE(tensors.size() == 1, "agentcomm send: expected one tensor, got ", tensors.size());
+  TORCH_CHECK_VALUE(dstRank >= 0 && dstRank < size_ && dstRank != rank_, "agentcomm send: bad destination rank ",
+                    dstRank, " (this is rank ", rank_, " of ", size_, ")");
+  View v = moveView(tensors[0], "send");
+  // As with every backend, the caller must not modify the tensor before the work completes.
+  at::Tensor buf = staged(tensors[0]);
+  auto work = c10::make_intrusive<AgentWork>(rank_, c10d::OpType::SEND, "agentcomm:send", tensors, timeout_);
+  sends_.push(Job{work,
+                  [=, this](Deadline d) {
+                    transport::Header h;
+                    h.kind = static_cast<uint8_t>(transport::MsgKind::P2P);
+                    h.collective = static_cast<uint8_t>(CollectiveKind::Send);
+                    h.dtype = static_cast<uint8_t>(v.dt);
+                    h.tag = static_cast<uint32_t>(tag);
+                    h.count = v.count;
+                    h.nbytes = buf.nbytes();
+                    transport_->send(dstRank, h, buf.data_ptr(), d);
+                  },
+                  timeout_});
+  return work;
+}
+
+c10::intrusive_ptr<AgentWork> AgentBackend::postRecv(std::vector<at::Tensor>& tensors, int srcRank, int tag) {
+  TORCH_CHECK_VALUE(tensors.size() == 1, "agentcomm recv: expected one tensor, got ", tensors.size());
+  View v = moveView(tensors[0], "recv");
+  const at::Tensor t = tensors[0];
+  at::Tensor buf = staged(t);
+  auto work = c10::make_intrusive<AgentWork>(rank_, srcRank >= 0 ? c10d::OpType::RECV : c10d::OpType::RECVANYSOURCE,
+                                             "agentcomm:recv", tensors, timeout_);
+  transport::Transport* tp = transport_.get();
+  work->onWaitTimeout = [tp](const std::string& why) { tp->abort(why); };
+  transport::RecvSpec spec;
+  spec.kind = transport::MsgKind::P2P;
+  spec.src = srcRank;
+  spec.tag = static_cast<uint32_t>(tag);
+  spec.buffer = buf.data_ptr();
+  spec.nbytes = buf.nbytes();
+  spec.dtype = static_cast<uint8_t>(v.dt);
+  spec.count = v.count;
+  c10::intrusive_ptr<AgentWork> keep = work;
+  spec.onComplete = [this, keep, t, buf](const transport::RecvSlot& slot) {
+    const bool failed = slot.failed();
+    const std::string error = slot.error();
+    keep->setSourceRank(slot.source());
+    // Copy-back and future callbacks run on the completion lane, not on the
+    // transport's reader thread.
+    completions_.push(Job{keep,
+                          [keep, t, buf, failed, error](Deadline) {
+                            if (failed) {
+                              keep->complete(std::make_exception_ptr(c10::DistBackendError(here("recv"), error)));
+                              return;
+                            }
+                            unstage(t, buf);
+                            keep->complete(nullptr);
+                          },
+                          timeout_});
+  };
+  transport_->post(std::move(spec));
+  return work;
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::recv(std::vector<at::Tensor>& tensors, int srcRank, int tag) {
+  TORCH_CHECK_VALUE(srcRank >= 0 && srcRank < size_ && srcRank != rank_, "agentcomm recv: bad source rank ", srcRank,
+                    " (this is rank ", rank_, " of ", size_, ")");
+  return postRecv(tensors, srcRank, tag);
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::recvAnysource(std::vector<at::Tensor>& tensors, int tag) {
+  return postRecv(tensors, -1, tag);
+}
+
+}  // namespace agentcomm::torch_adapter

@@ -1,0 +1,158 @@
+#pragma once
+// The torch adapter: the only code that includes torch. It validates tensors,
+// turns them into (pointer, count, DataType), and runs the core's algorithms.
+//
+// A collective passes through three phases (as in ProcessGroupGloo):
+//   1. on the calling thread: checks that raise at once (ValueError/TypeError),
+//      contiguous staging, and enqueueing;
+//   2. on the worker thread, in issue order: the algorithm, under the op's
+//      deadline; any failure aborts the communicator and tells the peers;
+//   3. completion: staged results copied back, Work finished, Future marked
+//      (its callbacks, e.g. DDP's, run on the worker, never under our locks).
+// Point-to-point sends run on their own thread and receives are posted at
+// once, so send/recv pairs never wait behind each other or a collective.
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "algorithms/context.h"
+#include "transport/mailbox.h"
+#include "transport/transport.h"
+
+namespace agentcomm::torch_adapter {
+
+class AgentWork : public c10d::Work {
+ public:
+  AgentWork(int rank, c10d::OpType type, const char* title, std::vector<at::Tensor> outputs,
+            std::chrono::milliseconds defaultWait);
+  std::vector<at::Tensor> result() override { return outputs_; }
+  c10::intrusive_ptr<c10::ivalue::Future> getFuture() override { return future_; }
+  bool wait(std::chrono::milliseconds timeout) override;
+  int sourceRank() const override { return sourceRank_.load(); }
+  uint64_t getSequencenumber() const override { return seq_; }
+
+  // Finishes the work and its future; eptr null on success. Call with no lock held.
+  void complete(std::exception_ptr eptr);
+  void setSourceRank(int r) { sourceRank_.store(r); }
+  void setSequenceNumber(uint64_t s) { seq_ = s; }
+  // Set for receives: waiting past the default timeout aborts the communicator.
+  std::function<void(const std::string&)> onWaitTimeout;
+
+ private:
+  std::vector<at::Tensor> outputs_;
+  c10::intrusive_ptr<c10::ivalue::Future> future_;
+  std::chrono::milliseconds defaultWait_;
+  std::atomic<int> sourceRank_{-1};
+  uint64_t seq_ = 0;
+};
+
+class AgentBackend : public c10d::Backend {
+ public:
+  AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size, std::chrono::milliseconds timeout,
+               std::string groupName);
+  ~AgentBackend() override;
+
+  const std::string getBackendName() const override { return "agentcomm"; }
+  void setTimeout(std::chrono::milliseconds timeout) override { timeout_ = timeout; }
+
+  c10::intrusive_ptr<c10d::Work> broadcast(std::vector<at::Tensor>& tensors, const c10d::BroadcastOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> allreduce(std::vector<at::Tensor>& tensors, const c10d::AllreduceOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> allreduce_coalesced(std::vector<at::Tensor>& tensors,
+                                                     const c10d::AllreduceCoalescedOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> reduce(std::vector<at::Tensor>& tensors, const c10d::ReduceOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> allgather(std::vector<std::vector<at::Tensor>>& outputs, std::vector<at::Tensor>& inputs,
+                                           const c10d::AllgatherOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> _allgather_base(at::Tensor& output, at::Tensor& input,
+                                                 const c10d::AllgatherOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> allgather_coalesced(std::vector<std::vector<at::Tensor>>& outputs,
+                                                     std::vector<at::Tensor>& inputs,
+                                                     const c10d::AllgatherOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> allgather_into_tensor_coalesced(std::vector<at::Tensor>& outputs,
+                                                                 std::vector<at::Tensor>& inputs,
+                                                                 const c10d::AllgatherOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> gather(std::vector<std::vector<at::Tensor>>& outputs, std::vector<at::Tensor>& inputs,
+                                        const c10d::GatherOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> scatter(std::vector<at::Tensor>& outputs, std::vector<std::vector<at::Tensor>>& inputs,
+                                         const c10d::ScatterOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> reduce_scatter(std::vector<at::Tensor>& outputs,
+                                                std::vector<std::vector<at::Tensor>>& inputs,
+                                                const c10d::ReduceScatterOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> _reduce_scatter_base(at::Tensor& output, at::Tensor& input,
+                                                      const c10d::ReduceScatterOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> reduce_scatter_tensor_coalesced(std::vector<at::Tensor>& outputs,
+                                                                 std::vector<at::Tensor>& inputs,
+                                                                 const c10d::ReduceScatterOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> alltoall_base(at::Tensor& output, at::Tensor& input,
+                                               std::vector<int64_t>& outputSplits, std::vector<int64_t>& inputSplits,
+                                               const c10d::AllToAllOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> alltoall(std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs,
+                                          const c10d::AllToAllOptions& opts) override;
+  c10::intrusive_ptr<c10d::Work> send(std::vector<at::Tensor>& tensors, int dstRank, int tag) override;
+  c10::intrusive_ptr<c10d::Work> recv(std::vector<at::Tensor>& tensors, int srcRank, int tag) override;
+  c10::intrusive_ptr<c10d::Work> recvAnysource(std::vector<at::Tensor>& tensors, int tag) override;
+  c10::intrusive_ptr<c10d::Work> barrier(const c10d::BarrierOptions& opts) override;
+
+  void setSequenceNumberForGroup() override { opSeq_.store(0); }
+  uint64_t getSequenceNumberForGroup() override { return opSeq_.load(); }
+  void abort() override;
+  void shutdown() override;
+
+  const std::string& transportName() const { return transportName_; }
+
+ private:
+  struct Job {
+    c10::intrusive_ptr<AgentWork> work;
+    std::function<void(transport::Deadline)> run;
+    std::chrono::milliseconds timeout;
+  };
+  // A single-thread executor: jobs run one at a time in the order enqueued.
+  class Lane {
+   public:
+    void start(std::function<void(Job&)> exec);
+    void push(Job job);
+    // Joins the thread; jobs still queued run first (drain) or fail.
+    void stop(bool drain);
+
+   private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<Job> queue_;
+    bool stopping_ = false;
+    bool drainOnStop_ = false;
+    std::thread thread_;
+    std::function<void(Job&)> exec_;
+  };
+
+  c10::intrusive_ptr<AgentWork> enqueueCollective(c10d::OpType type, const char* title, std::vector<at::Tensor> outputs,
+                                                  std::chrono::milliseconds optTimeout,
+                                                  std::function<void(transport::Deadline)> run);
+  void execute(Job& job);
+  c10::intrusive_ptr<AgentWork> postRecv(std::vector<at::Tensor>& tensors, int srcRank, int tag);
+  // Worker thread only: each algorithm run takes the next sequence number,
+  // identical on every rank because every rank runs the same ops in order.
+  algorithms::Context makeContext(transport::CollectiveKind kind, DataType dt, ReduceOp op, uint64_t signature,
+                                  transport::Deadline deadline);
+  void shutdownNoGil();
+
+  std::unique_ptr<transport::Transport> transport_;
+  std::string transportName_;
+  std::chrono::milliseconds timeout_;
+  std::string groupName_;
+  size_t chunkBytes_;
+  std::atomic<uint64_t> opSeq_{0};
+  uint64_t algoSeq_ = 0;
+  Lane collectives_;
+  Lane sends_;
+  Lane completions_;
+  std::once_flag shutdownOnce_;
+};
+
+}  // namespace agentcomm::torch_adapter

@@ -1,0 +1,27 @@
+// pybind11 bindings: the backend class (a c10d::Backend subclass, so torch's
+// ProcessGroup can hold it) and a few introspection helpers.
+#include <torch/csrc/utils/pybind.h>
+
+#include "core/logging.h"
+#include "torch/backend.h"
+
+namespace py = pybind11;
+using agentcomm::torch_adapter::AgentBackend;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "agentcomm native extension";
+  // The base class must be registered (by torch.distributed) before ours.
+  py::module_::import("torch.distributed");
+  py::class_<AgentBackend, c10d::Backend, c10::intrusive_ptr<AgentBackend>>(m, "ProcessGroupAgentComm")
+      .def(py::init([](const c10::intrusive_ptr<c10d::Store>& store, int rank, int size, double timeoutSeconds,
+                       const std::string& groupName) {
+             return c10::make_intrusive<AgentBackend>(
+                 store, rank, size, std::chrono::milliseconds(static_cast<int64_t>(timeoutSeconds * 1000.0)),
+                 groupName);
+           }),
+           py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("timeout_seconds"), py::arg("group_name") = "",
+           py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("transport", &AgentBackend::transportName);
+  m.def("version", [] { return std::string("0.1.0"); });
+  m.def("set_log_rank", &agentcomm::setLogRank);
+}
