@@ -237,8 +237,8 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
   transportName_ = transport_->name();
   AC_LOG(Info, "agentcomm ", kVersion, ": group '", groupName_, "' rank ", rank, "/", size, ", transport ",
          transportName_, ", chunk ", chunkBytes_, " bytes, timeout ", timeout.count(), " ms");
-  collectives_.start([this](Job& job) { execute(job); });
-  sends_.start([this](Job& job) { execute(job); });
+  worker_ = std::thread([this] { workerLoop(); });
+  sends_.start([this](Job& job) { job.work->complete(execute(job)); });
   completions_.start([](Job& job) { job.run(Deadline::max()); });
 }
 
@@ -266,7 +266,8 @@ void AgentBackend::shutdown() {
 
 void AgentBackend::shutdownNoGil() {
   std::call_once(shutdownOnce_, [this] {
-    collectives_.stop(false);
+    stopWorker();
+    completionPool_.stop();
     sends_.stop(false);
     // Fail receives still posted (their completions run below), without
     // telling peers: they see our sockets close.
@@ -280,7 +281,7 @@ void AgentBackend::abort() {
   if (transport_) transport_->abort("agentcomm: the process group was aborted by the user");
 }
 
-void AgentBackend::execute(Job& job) {
+std::exception_ptr AgentBackend::execute(Job& job) {
   std::exception_ptr eptr;
   const auto start = Clock::now();
   try {
@@ -300,7 +301,117 @@ void AgentBackend::execute(Job& job) {
   AC_LOG(Trace, "op #", job.work->getSequencenumber(), " ", c10d::opTypeToString(job.work->retrieveOpType()),
          eptr ? " failed" : " done", " in ",
          std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count(), " us");
-  job.work->complete(eptr);
+  return eptr;
+}
+
+namespace {
+// The collective whose completion (future callbacks) this thread is running, per backend.
+thread_local const void* tlBackend = nullptr;
+thread_local void* tlParent = nullptr;
+}  // namespace
+
+void AgentBackend::CompletionPool::submit(std::function<void()> task) {
+  std::lock_guard<std::mutex> lock(mu_);
+  tasks_.push_back(std::move(task));
+  if (idle_ == 0) {
+    // Every thread is busy (possibly blocked inside a callback): add one.
+    threads_.emplace_back([this] {
+      std::unique_lock<std::mutex> lk(mu_);
+      while (true) {
+        if (tasks_.empty()) {
+          if (stopping_) return;
+          ++idle_;
+          cv_.wait(lk, [&] { return stopping_ || !tasks_.empty(); });
+          --idle_;
+          continue;
+        }
+        auto t = std::move(tasks_.front());
+        tasks_.pop_front();
+        lk.unlock();
+        t();
+        lk.lock();
+      }
+    });
+  } else {
+    cv_.notify_one();
+  }
+}
+
+void AgentBackend::CompletionPool::stop() {
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    cv_.notify_all();
+  }
+  // Threads may be added while we join (a task submitting more): loop until none are left.
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (threads_.empty()) break;
+      threads.swap(threads_);
+    }
+    for (auto& t : threads) t.join();
+    threads.clear();
+  }
+}
+
+void AgentBackend::workerLoop() {
+  std::vector<Node*> stack = {&root_};
+  std::unique_lock<std::mutex> lock(schedMu_);
+  while (true) {
+    Node* frame = stack.back();
+    if (!frame->children.empty() && (frame != &root_ || !schedStopping_)) {
+      std::shared_ptr<Node> node = frame->children.front();
+      frame->children.pop_front();
+      lock.unlock();
+      node->error = execute(node->job);
+      completionPool_.submit([this, node] {
+        tlBackend = this;
+        tlParent = node.get();
+        node->job.work->complete(node->error);
+        tlBackend = nullptr;
+        tlParent = nullptr;
+        std::lock_guard<std::mutex> lk(schedMu_);
+        node->closed = true;
+        schedCv_.notify_all();
+      });
+      lock.lock();
+      // Keep the node alive while it is a frame: its children hang off it.
+      nodesInFlight_.push_back(node);
+      stack.push_back(node.get());
+      continue;
+    }
+    if (frame != &root_ && frame->closed && frame->children.empty()) {
+      stack.pop_back();
+      for (auto it = nodesInFlight_.begin(); it != nodesInFlight_.end(); ++it) {
+        if (it->get() == frame) {
+          nodesInFlight_.erase(it);
+          break;
+        }
+      }
+      continue;
+    }
+    if (frame == &root_ && schedStopping_) break;
+    schedCv_.wait(lock);
+  }
+  // Stopping: whatever is still queued at top level fails without running.
+  std::deque<std::shared_ptr<Node>> left;
+  left.swap(root_.children);
+  lock.unlock();
+  for (auto& node : left) {
+    node->job.work->complete(std::make_exception_ptr(c10::DistBackendError(
+        here(__func__), "agentcomm: the process group was shut down before this operation ran")));
+  }
+}
+
+void AgentBackend::stopWorker() {
+  {
+    std::lock_guard<std::mutex> lock(schedMu_);
+    schedStopping_ = true;
+    schedCv_.notify_all();
+  }
+  if (worker_.joinable()) worker_.join();
 }
 
 c10::intrusive_ptr<AgentWork> AgentBackend::enqueueCollective(c10d::OpType type, const char* title,
@@ -310,7 +421,17 @@ c10::intrusive_ptr<AgentWork> AgentBackend::enqueueCollective(c10d::OpType type,
   auto work = c10::make_intrusive<AgentWork>(rank_, type, title, std::move(outputs), timeout_);
   work->setSequenceNumber(++opSeq_);
   const auto timeout = optTimeout == c10d::kUnsetTimeout ? timeout_ : optTimeout;
-  collectives_.push(Job{work, std::move(run), timeout});
+  auto node = std::make_shared<Node>();
+  node->job = Job{work, std::move(run), timeout};
+  {
+    std::lock_guard<std::mutex> lock(schedMu_);
+    if (schedStopping_) {
+      throw c10::DistBackendError(here(__func__), "agentcomm: the process group was shut down");
+    }
+    Node* parent = (tlBackend == this && tlParent != nullptr) ? static_cast<Node*>(tlParent) : &root_;
+    parent->children.push_back(std::move(node));
+  }
+  schedCv_.notify_all();
   return work;
 }
 

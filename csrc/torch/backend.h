@@ -131,10 +131,40 @@ class AgentBackend : public c10d::Backend {
     std::function<void(Job&)> exec_;
   };
 
+  // Collective scheduling. Collectives run one at a time on the worker, in an
+  // order every rank agrees on even when future callbacks issue collectives
+  // from other threads (torch's PowerSGD hook does, and even waits for them
+  // inside the callback). Each op is a node; an op issued while the callbacks
+  // of op P run (on a completion thread) becomes a child of P. The worker
+  // runs the forest depth-first: after P, P's children in issue order, then
+  // P's next sibling, and it moves past P only once P's callbacks returned.
+  // Completions run on a small pool so a callback blocked on a child's
+  // future cannot stop that child's own completion.
+  struct Node {
+    Job job;
+    std::exception_ptr error;
+    std::deque<std::shared_ptr<Node>> children;
+    bool closed = false;  // its completion (future callbacks included) finished
+  };
+  class CompletionPool {
+   public:
+    void submit(std::function<void()> task);
+    void stop();  // runs what is queued, then joins
+   private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<std::function<void()>> tasks_;
+    std::vector<std::thread> threads_;
+    int idle_ = 0;
+    bool stopping_ = false;
+  };
+  void workerLoop();
+  void stopWorker();
+
   c10::intrusive_ptr<AgentWork> enqueueCollective(c10d::OpType type, const char* title, std::vector<at::Tensor> outputs,
                                                   std::chrono::milliseconds optTimeout,
                                                   std::function<void(transport::Deadline)> run);
-  void execute(Job& job);
+  std::exception_ptr execute(Job& job);
   c10::intrusive_ptr<AgentWork> postRecv(std::vector<at::Tensor>& tensors, int srcRank, int tag);
   // Worker thread only: each algorithm run takes the next sequence number,
   // identical on every rank because every rank runs the same ops in order.
@@ -149,7 +179,13 @@ class AgentBackend : public c10d::Backend {
   size_t chunkBytes_;
   std::atomic<uint64_t> opSeq_{0};
   uint64_t algoSeq_ = 0;
-  Lane collectives_;
+  std::mutex schedMu_;
+  std::condition_variable schedCv_;
+  Node root_;
+  std::vector<std::shared_ptr<Node>> nodesInFlight_;  // frames on the worker's stack
+  bool schedStopping_ = false;
+  std::thread worker_;
+  CompletionPool completionPool_;
   Lane sends_;
   Lane completions_;
   std::once_flag shutdownOnce_;
