@@ -8,7 +8,7 @@
 
 namespace agentcomm::transport {
 
-std::string Mailbox::checkMatch(const RecvSpec& spec, int src, const Header& h) const {
+std::string Mailbox::checkMatch(const RecvSpec& spec, int src, const Header& h, bool compareBytes) const {
   auto describe = [](CollectiveKind c, uint8_t dt, uint8_t op, uint64_t count, uint64_t nbytes, bool withOp) {
     std::string s = strCat(collectiveName(c), " of ", count, " elements of ", dataTypeName(static_cast<DataType>(dt)));
     if (withOp) s += strCat(" (op ", reduceOpName(static_cast<ReduceOp>(op)), ")");
@@ -27,7 +27,7 @@ std::string Mailbox::checkMatch(const RecvSpec& spec, int src, const Header& h) 
   const bool withOp = spec.collective == CollectiveKind::AllReduce || spec.collective == CollectiveKind::Reduce ||
                       spec.collective == CollectiveKind::ReduceScatter;
   if (h.collective != static_cast<uint8_t>(spec.collective) || h.dtype != spec.dtype ||
-      (withOp && h.op != spec.op) || h.count != spec.count || h.nbytes != spec.nbytes) {
+      (withOp && h.op != spec.op) || h.count != spec.count || (compareBytes && h.nbytes != spec.nbytes)) {
     return strCat("agentcomm: collective mismatch at sequence number ", spec.seq, ": rank ", src, " called ",
                   describe(static_cast<CollectiveKind>(h.collective), h.dtype, h.op, h.count, h.nbytes, withOp),
                   "; rank ", rank_, " called ",
@@ -104,7 +104,22 @@ RecvHandle Mailbox::post(RecvSpec spec) {
           slot->state_ = RecvSlot::State::Delivering;
         }
       } else if (sp.src >= 0) {
-        posted_[Key{static_cast<uint8_t>(sp.kind), sp.src, sp.seq, sp.tag}].push_back(slot);
+        // Any parked message of the same collective (same source and sequence
+        // number, another tag) must agree on what the collective is: a rank
+        // running a different collective is reported now, not at the timeout.
+        std::string bad;
+        if (sp.kind == MsgKind::Collective) {
+          auto it = unexpected_.lower_bound(Key{static_cast<uint8_t>(sp.kind), sp.src, sp.seq, 0});
+          if (it != unexpected_.end() && std::get<0>(it->first) == static_cast<uint8_t>(sp.kind) &&
+              std::get<1>(it->first) == sp.src && std::get<2>(it->first) == sp.seq && !it->second.empty()) {
+            bad = checkMatch(sp, sp.src, it->second.front()->header, false);
+          }
+        }
+        if (!bad.empty()) {
+          failLocked(slot, RecvSlot::FailKind::Mismatch, bad, completed);
+        } else {
+          posted_[Key{static_cast<uint8_t>(sp.kind), sp.src, sp.seq, sp.tag}].push_back(slot);
+        }
       } else {
         postedAny_[sp.tag].push_back(slot);
       }
@@ -156,6 +171,21 @@ Mailbox::Delivery Mailbox::beginDelivery(int src, const Header& h) {
         d.dst = slot->spec_.buffer;
       }
     } else {
+      if (h.kind == static_cast<uint8_t>(MsgKind::Collective)) {
+        // No receive for this tag, but one for the same collective from the
+        // same peer: if they disagree on the collective, fail it now.
+        auto near = posted_.lower_bound(Key{h.kind, src, h.seq, 0});
+        if (near != posted_.end() && std::get<0>(near->first) == h.kind && std::get<1>(near->first) == src &&
+            std::get<2>(near->first) == h.seq && !near->second.empty()) {
+          std::string bad = checkMatch(near->second.front()->spec_, src, h, false);
+          if (!bad.empty()) {
+            RecvHandle victim = near->second.front();
+            near->second.pop_front();
+            if (near->second.empty()) posted_.erase(near);
+            failLocked(victim, RecvSlot::FailKind::Mismatch, bad, completed);
+          }
+        }
+      }
       auto msg = std::make_shared<Unexpected>();
       msg->header = h;
       msg->src = src;

@@ -106,7 +106,7 @@ class Mailbox {
 
  private:
   using Key = std::tuple<uint8_t, int, uint64_t, uint64_t>;  // kind, src, seq, tag
-  std::string checkMatch(const RecvSpec& spec, int src, const Header& h) const;
+  std::string checkMatch(const RecvSpec& spec, int src, const Header& h, bool compareBytes = true) const;
   void failLocked(const RecvHandle& slot, RecvSlot::FailKind kind, const std::string& why,
                   std::vector<RecvHandle>& completed);
   static void runCallbacks(std::vector<RecvHandle>& completed);
