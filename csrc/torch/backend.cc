@@ -633,14 +633,27 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allgather(std::vector<std::vector<a
                                                        const c10d::AllgatherOptions& opts) {
   TORCH_CHECK_VALUE(inputs.size() == 1 && outputs.size() == 1, "agentcomm all_gather: expected one input and one "
                     "output list per rank");
-  std::vector<std::vector<at::Tensor>> outLists = outputs;
-  auto work = allgather_coalesced(outLists, inputs, opts);
-  return work;
+  return allgatherImpl(outputs, inputs, opts);
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::allgather_coalesced(std::vector<std::vector<at::Tensor>>& outputs,
                                                                  std::vector<at::Tensor>& inputs,
                                                                  const c10d::AllgatherOptions& opts) {
+  // outputs[r][i] receives input i of rank r; allgatherImpl wants, per input, its list over ranks.
+  TORCH_CHECK_VALUE(static_cast<int>(outputs.size()) == size_, "agentcomm all_gather_coalesced: ", outputs.size(),
+                    " output lists for ", size_, " ranks");
+  std::vector<std::vector<at::Tensor>> perInput(inputs.size());
+  for (size_t r = 0; r < outputs.size(); ++r) {
+    TORCH_CHECK_VALUE(outputs[r].size() == inputs.size(), "agentcomm all_gather_coalesced: rank ", r,
+                      "'s output list has ", outputs[r].size(), " tensors but there are ", inputs.size(), " inputs");
+    for (size_t i = 0; i < inputs.size(); ++i) perInput[i].push_back(outputs[r][i]);
+  }
+  return allgatherImpl(perInput, inputs, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::allgatherImpl(std::vector<std::vector<at::Tensor>>& outputs,
+                                                           std::vector<at::Tensor>& inputs,
+                                                           const c10d::AllgatherOptions& opts) {
   TORCH_CHECK_VALUE(outputs.size() == inputs.size(), "agentcomm all_gather: ", inputs.size(), " inputs but ",
                     outputs.size(), " output lists");
   struct Item {

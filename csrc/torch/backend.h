@@ -165,6 +165,9 @@ class AgentBackend : public c10d::Backend {
                                                   std::chrono::milliseconds optTimeout,
                                                   std::function<void(transport::Deadline)> run);
   std::exception_ptr execute(Job& job);
+  // outputs[i]: the world-size list of outputs of input i.
+  c10::intrusive_ptr<c10d::Work> allgatherImpl(std::vector<std::vector<at::Tensor>>& outputs,
+                                               std::vector<at::Tensor>& inputs, const c10d::AllgatherOptions& opts);
   c10::intrusive_ptr<AgentWork> postRecv(std::vector<at::Tensor>& tensors, int srcRank, int tag);
   // Worker thread only: each algorithm run takes the next sequence number,
   // identical on every rank because every rank runs the same ops in order.

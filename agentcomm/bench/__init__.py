@@ -1,0 +1,1 @@
+"""nccl-tests-style benchmark of agentcomm beside other torch.distributed backends."""

@@ -1,0 +1,71 @@
+"""agentcomm under the launchers and debug modes users run it with."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from harness import ROOT, free_port, run_world
+
+
+def test_torchrun_four_processes() -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=4", f"--master-port={free_port()}",
+         os.path.join(ROOT, "examples", "ddp_demo.py"), "--backend", "both", "--steps", "8"],
+        capture_output=True, text=True, timeout=300, env=env, cwd="/tmp")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "losses agree with Gloo step by step: True" in proc.stdout, proc.stdout
+
+
+def detail_mode(rank: int, world: int) -> list:
+    # TORCH_DISTRIBUTED_DEBUG=DETAIL wraps the backend in ProcessGroupWrapper, which
+    # checks every collective's fingerprint through a Gloo helper group.
+    dist.init_process_group("agentcomm", timeout=timedelta(seconds=60))
+    t = torch.full((5,), float(rank))
+    dist.all_reduce(t)
+    out = [torch.empty(2) for _ in range(world)]
+    dist.all_gather(out, torch.full((2,), float(rank)))
+    dist.barrier()
+    seq = dist.distributed_c10d._get_default_group()._get_sequence_number_for_group()
+    problems = []
+    if not torch.equal(t, torch.full((5,), float(sum(range(world))))):
+        problems.append(f"all_reduce gave {t}")
+    if seq < 3:
+        problems.append(f"sequence number {seq}")
+    # The wrapper turns mismatched shapes into its own clear error before we run.
+    try:
+        dist.all_reduce(torch.ones(3 + rank))
+        problems.append("mismatched shapes did not raise")
+    except RuntimeError as e:
+        if "mismatch" not in str(e).lower() and "detected" not in str(e).lower():
+            problems.append(f"unclear mismatch error: {e}")
+    return problems
+
+
+def test_torch_distributed_debug_detail() -> None:
+    results = run_world(detail_mode, 2, env={"TORCH_DISTRIBUTED_DEBUG": "DETAIL"}, timeout=180)
+    assert results == [[], []], results
+
+
+def init_methods(rank: int, world: int, method: str) -> float:
+    kwargs = {}
+    if method == "file":
+        kwargs["init_method"] = f"file:///tmp/agentcomm_filestore_{os.environ['MASTER_PORT']}"
+    elif method == "tcp":
+        kwargs["init_method"] = f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}"
+    dist.init_process_group("agentcomm", rank=rank, world_size=world, timeout=timedelta(seconds=60), **kwargs)
+    t = torch.tensor([1.0])
+    dist.all_reduce(t)
+    dist.barrier()
+    return float(t)
+
+
+def test_init_methods() -> None:
+    for method in ("env", "tcp", "file"):
+        assert run_world(init_methods, 3, method, timeout=120) == [3.0, 3.0, 3.0], method
