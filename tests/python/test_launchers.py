@@ -32,7 +32,8 @@ def detail_mode(rank: int, world: int) -> list:
     out = [torch.empty(2) for _ in range(world)]
     dist.all_gather(out, torch.full((2,), float(rank)))
     dist.barrier()
-    seq = dist.distributed_c10d._get_default_group()._get_sequence_number_for_group()
+    backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
+    seq = backend._get_sequence_number_for_group()
     problems = []
     if not torch.equal(t, torch.full((5,), float(sum(range(world))))):
         problems.append(f"all_reduce gave {t}")
@@ -69,3 +70,20 @@ def init_methods(rank: int, world: int, method: str) -> float:
 def test_init_methods() -> None:
     for method in ("env", "tcp", "file"):
         assert run_world(init_methods, 3, method, timeout=120) == [3.0, 3.0, 3.0], method
+
+
+def socket_ifname(rank: int, world: int) -> float:
+    dist.init_process_group("agentcomm", timeout=timedelta(seconds=60))
+    t = torch.tensor([float(rank)])
+    dist.all_reduce(t)
+    return float(t)
+
+
+def test_socket_ifname_selects_interface() -> None:
+    assert run_world(socket_ifname, 2, env={"AGENTCOMM_SOCKET_IFNAME": "lo"}, timeout=120) == [1.0, 1.0]
+    try:
+        run_world(socket_ifname, 2, env={"AGENTCOMM_SOCKET_IFNAME": "no_such_if0"}, timeout=120)
+    except AssertionError as e:
+        assert "names no up interface" in str(e), str(e)[-2000:]
+    else:
+        raise AssertionError("a missing interface did not raise")
