@@ -23,8 +23,8 @@ void allReduceDirect(Context& ctx, const AllReduceOptions& opts) {
     kernels::applyScale(opts.data, opts.data, opts.count, ctx.dtype, scale);
     return;
   }
-  std::vector<uint8_t> all(bytes * n);
-  auto slot = [&](int i) { return all.data() + bytes * i; };
+  uint8_t* all = Context::scratch(0, bytes * n);
+  auto slot = [&](int i) { return all + bytes * i; };
   std::vector<RecvHandle> handles(n);
   for (int p = 0; p < n; ++p)
     if (p != r) handles[p] = ctx.postRecv(p, makeTag(kPhaseDirect, 0, 0), slot(p), bytes);

@@ -1,8 +1,24 @@
 #include "algorithms/context.h"
 
+#include <memory>
+
 #include "core/error.h"
 
 namespace agentcomm::algorithms {
+
+uint8_t* Context::scratch(int slot, size_t bytes) {
+  struct Buffer {
+    std::unique_ptr<uint8_t[]> data;
+    size_t size = 0;
+  };
+  thread_local Buffer buffers[4];
+  Buffer& b = buffers[slot];
+  if (b.size < bytes) {
+    b.data.reset(new uint8_t[bytes]);  // uninitialised on purpose
+    b.size = bytes;
+  }
+  return b.data.get();
+}
 
 void Context::send(int peer, uint64_t tag, const void* data, size_t nbytes) const {
   transport::Header h;

@@ -38,6 +38,11 @@ struct Context {
     return e == 0 ? 1 : e;
   }
 
+  // Scratch memory for algorithms, reused across calls on the same thread
+  // (allocating and faulting in fresh pages for every large collective costs
+  // as much as the reduction itself). Contents are undefined. Slot 0..3.
+  static uint8_t* scratch(int slot, size_t bytes);
+
   void send(int peer, uint64_t tag, const void* data, size_t nbytes) const;
   RecvHandle postRecv(int peer, uint64_t tag, void* data, size_t nbytes) const;
   void wait(const RecvHandle& h) const;

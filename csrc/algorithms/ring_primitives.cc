@@ -26,7 +26,7 @@ void ringReduceScatter(const Context& ctx, const RingBlocks& b, FinalScale scale
   // while step s's chunks are still being reduced. Buffer (s+1)%2 is free then
   // because every chunk of step s-1 was reduced and forwarded (blocking send)
   // before step s began.
-  std::vector<uint8_t> tmp[2] = {std::vector<uint8_t>(maxCount * es), std::vector<uint8_t>(maxCount * es)};
+  uint8_t* tmp[2] = {Context::scratch(0, maxCount * es), Context::scratch(1, maxCount * es)};
   std::vector<RecvHandle> handles[2];
 
   auto post = [&](int s) {
@@ -35,7 +35,7 @@ void ringReduceScatter(const Context& ctx, const RingBlocks& b, FinalScale scale
     hs.clear();
     for (size_t c = 0; c < numChunks(b.counts[rb], ce); ++c) {
       Span sp = chunkSpan(b.counts[rb], ce, c);
-      hs.push_back(ctx.postRecv(left, makeTag(kPhaseReduceScatter, s, c), tmp[s % 2].data() + sp.offset * es,
+      hs.push_back(ctx.postRecv(left, makeTag(kPhaseReduceScatter, s, c), tmp[s % 2] + sp.offset * es,
                                 sp.count * es));
     }
   };
@@ -56,7 +56,7 @@ void ringReduceScatter(const Context& ctx, const RingBlocks& b, FinalScale scale
     for (size_t c = 0; c < numChunks(b.counts[rb], ce); ++c) {
       Span sp = chunkSpan(b.counts[rb], ce, c);
       ctx.wait(handles[s % 2][c]);
-      uint8_t* incoming = tmp[s % 2].data() + sp.offset * es;
+      uint8_t* incoming = tmp[s % 2] + sp.offset * es;
       uint8_t* dst = last ? b.output + sp.offset * es
                           : (b.partials[rb] != nullptr ? b.partials[rb] + sp.offset * es : incoming);
       kernels::reduce(dst, b.inputs[rb] + sp.offset * es, incoming, sp.count, ctx.dtype, op,
