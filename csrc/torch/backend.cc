@@ -224,6 +224,8 @@ void AgentBackend::Lane::stop(bool drain) {
 AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
                            std::chrono::milliseconds timeout, std::string groupName)
     : c10d::Backend(rank, size), timeout_(timeout), groupName_(std::move(groupName)), chunkBytes_(envChunkBytes()) {
+  static std::once_flag logRankOnce;  // the first group created is (nearly always) the default one
+  std::call_once(logRankOnce, [rank] { setLogRank(rank); });
   StoreAdapter adapter(store);
   transport::TcpOptions opts;
   opts.timeout = timeout;

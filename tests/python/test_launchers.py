@@ -87,3 +87,19 @@ def test_socket_ifname_selects_interface() -> None:
         assert "names no up interface" in str(e), str(e)[-2000:]
     else:
         raise AssertionError("a missing interface did not raise")
+
+
+def test_agentcomm_debug_trace_logs_setup_and_ops() -> None:
+    script = (
+        "import torch, torch.distributed as dist, agentcomm\n"
+        f"dist.init_process_group('agentcomm', init_method='tcp://127.0.0.1:{free_port()}', rank=0, world_size=1)\n"
+        "t = torch.ones(3); dist.all_reduce(t); dist.destroy_process_group()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd="/tmp",
+                          env=dict(os.environ, AGENTCOMM_DEBUG="TRACE"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "agentcomm 0.1.0: group" in proc.stderr, proc.stderr[-2000:]
+    assert "ALLREDUCE done" in proc.stderr, proc.stderr[-2000:]
+    assert "[agentcomm pid" in proc.stderr and "rank 0]" in proc.stderr
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd="/tmp")
+    assert "agentcomm" not in quiet.stderr, quiet.stderr[-2000:]  # WARN (default) says nothing when all is well
