@@ -103,9 +103,32 @@ View moveView(const at::Tensor& t, const char* op) {
   return {DataType::UInt8, static_cast<size_t>(t.numel()) * t.element_size()};
 }
 
+// Core elements per tensor element: 1, or the element size for dtypes that travel as bytes.
+size_t unitOf(const at::Tensor& t) { return mapDtype(t.scalar_type()) ? 1 : t.element_size(); }
+
 void checkSameDtype(const at::Tensor& a, const at::Tensor& b, const char* op) {
   TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), "agentcomm ", op, ": all tensors must have the same dtype, got ",
                    a.scalar_type(), " and ", b.scalar_type());
+}
+
+// The root's per-rank list (gather's outputs, scatter's inputs): checked and staged on
+// the root; every other rank must pass none.
+std::vector<at::Tensor> stageRootList(const std::vector<std::vector<at::Tensor>>& lists, const at::Tensor& like,
+                                      bool isRoot, int size, const char* op, const char* what) {
+  std::vector<at::Tensor> staged_;
+  if (!isRoot) {
+    TORCH_CHECK_VALUE(lists.empty() || (lists.size() == 1 && lists[0].empty()), "agentcomm ", op,
+                      ": only the root rank may pass ", what, " tensors");
+    return staged_;
+  }
+  TORCH_CHECK_VALUE(lists.size() == 1 && static_cast<int>(lists[0].size()) == size, "agentcomm ", op,
+                    ": the root needs a list of ", size, " ", what, " tensors");
+  for (const auto& t : lists[0]) {
+    moveView(t, op);
+    checkSameDtype(t, like, op);
+    staged_.push_back(t.is_contiguous() ? t : t.contiguous());
+  }
+  return staged_;
 }
 
 std::pair<ReduceOp, double> mapReduceOp(const c10d::ReduceOp& op, const char* name) {
@@ -670,7 +693,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allgatherImpl(std::vector<std::vect
   for (size_t i = 0; i < inputs.size(); ++i) {
     Item it;
     it.v = moveView(inputs[i], "all_gather");
-    it.unit = inputs[i].numel() > 0 ? it.v.count / inputs[i].numel() : (mapDtype(inputs[i].scalar_type()) ? 1 : inputs[i].element_size());
+    it.unit = unitOf(inputs[i]);
     TORCH_CHECK_VALUE(static_cast<int>(outputs[i].size()) == size_, "agentcomm all_gather: the output list has ",
                       outputs[i].size(), " tensors but the group has ", size_, " ranks");
     it.total = 0;
@@ -724,7 +747,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allgather_into_tensor_coalesced(std
   return enqueueCollective(c10d::OpType::_ALLGATHER_BASE, "agentcomm:all_gather_into_tensor", outputs, opts.timeout,
                            [=, this](Deadline d) {
                              for (size_t i = 0; i < ins.size(); ++i) {
-                               const size_t unit = ins[i].numel() > 0 ? views[i].count / ins[i].numel() : 1;
+                               const size_t unit = unitOf(ins[i]);
                                auto ctx = makeContext(CollectiveKind::AllGather, views[i].dt, ReduceOp::Sum,
                                                       views[i].count * size_, d);
                                runAllGather(ctx, ins[i], outs[i].chunk(size_), unit);
@@ -740,22 +763,10 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::gather(std::vector<std::vector<at::
                     " is not a rank of this group of size ", size_);
   const int root = static_cast<int>(opts.rootRank);
   View v = moveView(inputs[0], "gather");
-  const size_t unit = inputs[0].numel() > 0 ? v.count / inputs[0].numel() : 1;
+  const size_t unit = unitOf(inputs[0]);
   at::Tensor in = staged(inputs[0]);
-  std::vector<at::Tensor> outs, originals;
-  if (rank_ == root) {
-    TORCH_CHECK_VALUE(outputs.size() == 1 && static_cast<int>(outputs[0].size()) == size_, "agentcomm gather: the "
-                      "root needs a list of ", size_, " output tensors");
-    for (auto& o : outputs[0]) {
-      moveView(o, "gather");
-      checkSameDtype(o, inputs[0], "gather");
-      outs.push_back(staged(o));
-      originals.push_back(o);
-    }
-  } else {
-    TORCH_CHECK_VALUE(outputs.empty() || (outputs.size() == 1 && outputs[0].empty()),
-                      "agentcomm gather: only the root rank may pass output tensors");
-  }
+  std::vector<at::Tensor> outs = stageRootList(outputs, inputs[0], rank_ == root, size_, "gather", "output");
+  std::vector<at::Tensor> originals = rank_ == root ? outputs[0] : std::vector<at::Tensor>{};
   return enqueueCollective(c10d::OpType::GATHER, "agentcomm:gather", originals, opts.timeout, [=, this](Deadline d) {
     auto ctx = makeContext(CollectiveKind::Gather, v.dt, ReduceOp::Sum, 0, d);
     algorithms::GatherOptions o;
@@ -780,21 +791,9 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::scatter(std::vector<at::Tensor>& ou
   const int root = static_cast<int>(opts.rootRank);
   const at::Tensor out = outputs[0];
   View v = moveView(out, "scatter");
-  const size_t unit = out.numel() > 0 ? v.count / out.numel() : 1;
+  const size_t unit = unitOf(out);
   at::Tensor obuf = staged(out);
-  std::vector<at::Tensor> ins;
-  if (rank_ == root) {
-    TORCH_CHECK_VALUE(inputs.size() == 1 && static_cast<int>(inputs[0].size()) == size_, "agentcomm scatter: the root "
-                      "needs a list of ", size_, " input tensors");
-    for (auto& t : inputs[0]) {
-      moveView(t, "scatter");
-      checkSameDtype(t, out, "scatter");
-      ins.push_back(staged(t));
-    }
-  } else {
-    TORCH_CHECK_VALUE(inputs.empty() || (inputs.size() == 1 && inputs[0].empty()),
-                      "agentcomm scatter: only the root rank may pass input tensors");
-  }
+  std::vector<at::Tensor> ins = stageRootList(inputs, out, rank_ == root, size_, "scatter", "input");
   return enqueueCollective(c10d::OpType::SCATTER, "agentcomm:scatter", outputs, opts.timeout, [=, this](Deadline d) {
     auto ctx = makeContext(CollectiveKind::Scatter, v.dt, ReduceOp::Sum, 0, d);
     algorithms::ScatterOptions o;
@@ -833,7 +832,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall_base(at::Tensor& output, a
   };
   auto inSplits = rows(input, inputSplits, "input");
   auto outSplits = rows(output, outputSplits, "output");
-  const size_t unit = input.numel() > 0 ? v.count / input.numel() : 1;
+  const size_t unit = unitOf(input);
   const int64_t inRow = input.dim() > 0 && input.size(0) > 0 ? input.numel() / input.size(0) : 0;
   const int64_t outRow = output.dim() > 0 && output.size(0) > 0 ? output.numel() / output.size(0) : 0;
   TORCH_CHECK_VALUE(inRow == outRow || inRow == 0 || outRow == 0, "agentcomm all_to_all_single: input rows have ",
@@ -880,7 +879,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall(std::vector<at::Tensor>& o
     checkSameDtype(t, inputs[0], "all_to_all");
   }
   View v = moveView(inputs[0], "all_to_all");
-  const size_t unit = mapDtype(inputs[0].scalar_type()) ? 1 : inputs[0].element_size();
+  const size_t unit = unitOf(inputs[0]);
   at::Tensor in = at::cat(flatIn);
   algorithms::AllToAllOptions o;
   size_t off = 0;
