@@ -146,7 +146,8 @@ std::pair<ReduceOp, double> mapReduceOp(const c10d::ReduceOp& op, const char* na
 // Non-contiguous tensors are staged through a contiguous copy at issue time.
 at::Tensor staged(const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
 void unstage(const at::Tensor& orig, const at::Tensor& buf) {
-  if (!orig.is_same(buf)) const_cast<at::Tensor&>(orig).copy_(buf);
+  // A contiguous tensor was used in place (possibly through a reshaped view): nothing to copy.
+  if (orig.data_ptr() != buf.data_ptr()) const_cast<at::Tensor&>(orig).copy_(buf);
 }
 
 uint8_t* bytes(const at::Tensor& t) { return static_cast<uint8_t*>(t.data_ptr()); }
