@@ -232,7 +232,6 @@ void AgentBackend::Lane::stop(bool drain) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
-    drainOnStop_ = drain;
     if (!drain) left.swap(queue_);
     cv_.notify_all();
   }

@@ -126,7 +126,6 @@ class AgentBackend : public c10d::Backend {
     std::condition_variable cv_;
     std::deque<Job> queue_;
     bool stopping_ = false;
-    bool drainOnStop_ = false;
     std::thread thread_;
     std::function<void(Job&)> exec_;
   };
