@@ -22,6 +22,8 @@ using transport::Deadline;
 namespace {
 
 constexpr const char* kVersion = "0.1.0";
+// Ops up to this size may run on the calling thread (see enqueueCollective).
+constexpr size_t kInlineMaxBytes = 64 * 1024;
 
 c10::SourceLocation here(const char* func) { return c10::SourceLocation{func, __FILE__, __LINE__}; }
 
@@ -386,9 +388,10 @@ void AgentBackend::workerLoop() {
   std::unique_lock<std::mutex> lock(schedMu_);
   while (true) {
     Node* frame = stack.back();
-    if (!frame->children.empty() && (frame != &root_ || !schedStopping_)) {
+    if (!frame->children.empty() && (frame != &root_ || (!schedStopping_ && !inlineRunning_))) {
       std::shared_ptr<Node> node = frame->children.front();
       frame->children.pop_front();
+      workerBusy_ = true;
       lock.unlock();
       node->error = execute(node->job);
       completionPool_.submit([this, node] {
@@ -409,6 +412,7 @@ void AgentBackend::workerLoop() {
     }
     if (frame != &root_ && frame->closed && frame->children.empty()) {
       stack.pop_back();
+      if (stack.size() == 1) workerBusy_ = false;
       for (auto it = nodesInFlight_.begin(); it != nodesInFlight_.end(); ++it) {
         if (it->get() == frame) {
           nodesInFlight_.erase(it);
@@ -442,10 +446,25 @@ void AgentBackend::stopWorker() {
 c10::intrusive_ptr<AgentWork> AgentBackend::enqueueCollective(c10d::OpType type, const char* title,
                                                               std::vector<at::Tensor> outputs,
                                                               std::chrono::milliseconds optTimeout,
-                                                              std::function<void(Deadline)> run) {
+                                                              std::function<void(Deadline)> run, bool mayInline) {
   auto work = c10::make_intrusive<AgentWork>(rank_, type, title, std::move(outputs), timeout_);
   work->setSequenceNumber(++opSeq_);
   const auto timeout = optTimeout == c10d::kUnsetTimeout ? timeout_ : optTimeout;
+  if (mayInline && tlBackend != this) {
+    std::unique_lock<std::mutex> lock(schedMu_);
+    if (!schedStopping_ && !workerBusy_ && !inlineRunning_ && root_.children.empty()) {
+      inlineRunning_ = true;  // the worker leaves the queue alone until we are done
+      lock.unlock();
+      Job job{work, std::move(run), timeout};
+      std::exception_ptr error = execute(job);
+      work->complete(error);  // the caller has not seen the Work yet: no callbacks to run
+      lock.lock();
+      inlineRunning_ = false;
+      lock.unlock();
+      schedCv_.notify_all();
+      return work;
+    }
+  }
   auto node = std::make_shared<Node>();
   node->job = Job{work, std::move(run), timeout};
   {
@@ -488,7 +507,8 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce(std::vector<at::Tensor>& 
                              o.premulFactor = factor;
                              algorithms::allReduce(ctx, o);
                              unstage(t, buf);
-                           });
+                           },
+                           v.count * elementSize(v.dt) <= kInlineMaxBytes);
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce_coalesced(std::vector<at::Tensor>& tensors,
@@ -638,7 +658,8 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::broadcast(std::vector<at::Tensor>& 
                              auto ctx = makeContext(CollectiveKind::Broadcast, v.dt, ReduceOp::Sum, v.count, d);
                              algorithms::broadcast(ctx, {buf.data_ptr(), v.count, root});
                              if (rank_ != root) unstage(t, buf);
-                           });
+                           },
+                           v.count * elementSize(v.dt) <= kInlineMaxBytes);
 }
 
 namespace {
@@ -916,7 +937,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::barrier(const c10d::BarrierOptions&
   return enqueueCollective(c10d::OpType::BARRIER, "agentcomm:barrier", {}, opts.timeout, [this](Deadline d) {
     auto ctx = makeContext(CollectiveKind::Barrier, DataType::UInt8, ReduceOp::Sum, 0, d);
     algorithms::barrier(ctx);
-  });
+  }, true);
 }
 
 // ---------------------------------------------------------------- point to point

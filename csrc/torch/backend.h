@@ -160,9 +160,12 @@ class AgentBackend : public c10d::Backend {
   void workerLoop();
   void stopWorker();
 
+  // mayInline: a small op may run on the calling thread when nothing is queued
+  // or running (no thread hand-offs); it completes before the caller can attach
+  // a callback, so the ordering rules above are unchanged.
   c10::intrusive_ptr<AgentWork> enqueueCollective(c10d::OpType type, const char* title, std::vector<at::Tensor> outputs,
                                                   std::chrono::milliseconds optTimeout,
-                                                  std::function<void(transport::Deadline)> run);
+                                                  std::function<void(transport::Deadline)> run, bool mayInline = false);
   std::exception_ptr execute(Job& job);
   // outputs[i]: the world-size list of outputs of input i.
   c10::intrusive_ptr<c10d::Work> allgatherImpl(std::vector<std::vector<at::Tensor>>& outputs,
@@ -186,6 +189,8 @@ class AgentBackend : public c10d::Backend {
   Node root_;
   std::vector<std::shared_ptr<Node>> nodesInFlight_;  // frames on the worker's stack
   bool schedStopping_ = false;
+  bool workerBusy_ = false;     // the worker runs a node or waits on its subtree
+  bool inlineRunning_ = false;  // a caller is running an op inline
   std::thread worker_;
   CompletionPool completionPool_;
   Lane sends_;
