@@ -264,11 +264,6 @@ void Mailbox::waitQuiescent(const RecvHandle& slot) {
   slot->cv_.wait(lock, [&] { return slot->state_ != RecvSlot::State::Delivering; });
 }
 
-bool Mailbox::isDone(const RecvHandle& slot) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return slot->state_ == RecvSlot::State::Done || slot->state_ == RecvSlot::State::Failed;
-}
-
 void Mailbox::abort(const std::string& reason) {
   std::vector<RecvHandle> completed;
   {

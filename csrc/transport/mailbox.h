@@ -87,7 +87,6 @@ class Mailbox {
   bool wait(const RecvHandle& slot, Deadline deadline);
   // Blocks (without deadline) until no delivery into the slot is in flight.
   void waitQuiescent(const RecvHandle& slot);
-  bool isDone(const RecvHandle& slot);
 
   // Delivery side, used by a transport's receive path.
   struct Delivery {

@@ -43,10 +43,6 @@ class TcpTransport : public Transport {
   void send(int dst, const Header& h, const void* data, Deadline deadline) override;
   void abort(const std::string& reason) override;
 
-  // The address this rank published (for tests that poke at the listener).
-  const std::string& listenAddress() const { return listenAddr_; }
-  int listenPort() const { return listenPort_; }
-
  private:
   struct Peer {
     int fd = -1;
