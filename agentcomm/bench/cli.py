@@ -1,23 +1,27 @@
 """``python -m agentcomm.bench``: time collectives on several backends side by side.
 
 Modelled on nccl-tests: a size sweep (-b/-e/-f), -n timed iterations after -w
-warm-up ones, columns size / count / type / op / time / algbw / busbw. Every
-backend runs the same sweep in the same job, interleaved size by size, so they
-see the same machine noise; the table ends with the ratio to the last backend.
-Time per iteration is the slowest rank's; the reported time is the median.
+warm-up ones, -c to check results, dtype (-d) and op (-o) choice, out-of-place
+and in-place forms (-I), and the columns size / count / type / op / time /
+algbw / busbw / #wrong, with nccl-tests' bus-bandwidth factors. Every backend
+runs the same sweep in the same job, interleaved case by case, so that they see
+the same machine noise; the last column is the speed-up against the last
+backend. Results can also go to JSON (--json) and CSV (--csv) with versions and
+machine, and to a plot of busbw and latency against size (--plot, matplotlib).
 
-Example:
-    python -m agentcomm.bench --backends agentcomm,gloo -W 4 -b 4K -e 64M -f 16384
+Ranks: spawned here (-W N), or taken from torchrun's environment.
+
+Examples:
+    python -m agentcomm.bench --backends agentcomm,gloo -W 4 -b 8 -e 256M -f 4
+    python -m agentcomm.bench --collectives all -W 2 -b 1K -e 64M -f 8 -c 1 --csv out.csv --plot out.png
+    torchrun --nproc-per-node 4 -m agentcomm.bench --backends agentcomm,gloo
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import socket
-import statistics
 import sys
 import time
 from datetime import timedelta
@@ -26,29 +30,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-BUS_FACTOR = {  # nccl-tests' busbw factors
-    "all_reduce": lambda n: 2 * (n - 1) / n,
-    "all_gather": lambda n: (n - 1) / n,
-    "reduce_scatter": lambda n: (n - 1) / n,
-    "broadcast": lambda n: 1.0,
-    "all_to_all": lambda n: (n - 1) / n,
-}
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "int32": torch.int32, "int64": torch.int64}
-OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "prod": dist.ReduceOp.PRODUCT}
+from agentcomm.bench import harness, report
 
 
 def parse_size(text: str) -> int:
+    """'64M' -> 67108864; plain numbers are bytes."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     text = text.strip().upper().rstrip("B")
     return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
-
-
-def human(n: int) -> str:
-    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale}{unit}"
-    return str(n)
 
 
 def sizes(args: argparse.Namespace) -> list[int]:
@@ -59,116 +48,113 @@ def sizes(args: argparse.Namespace) -> list[int]:
     return out
 
 
-def make_op(coll: str, nbytes: int, dtype: torch.dtype, op, world: int, group):
-    esize = torch.tensor([], dtype=dtype).element_size()
-    count = max(1, nbytes // esize)
-    if coll == "all_reduce":
-        t = torch.ones(count, dtype=dtype)
-        return count, lambda: dist.all_reduce(t, op=op, group=group)
-    if coll == "broadcast":
-        t = torch.ones(count, dtype=dtype)
-        return count, lambda: dist.broadcast(t, src=0, group=group)
-    per = max(1, count // world)
-    if coll == "all_gather":
-        inp, out = torch.ones(per, dtype=dtype), torch.empty(per * world, dtype=dtype)
-        return per * world, lambda: dist.all_gather_into_tensor(out, inp, group=group)
-    if coll == "reduce_scatter":
-        inp, out = torch.ones(per * world, dtype=dtype), torch.empty(per, dtype=dtype)
-        return per * world, lambda: dist.reduce_scatter_tensor(out, inp, op=op, group=group)
-    if coll == "all_to_all":
-        inp, out = torch.ones(per * world, dtype=dtype), torch.empty(per * world, dtype=dtype)
-        return per * world, lambda: dist.all_to_all_single(out, inp, group=group)
-    raise ValueError(coll)
+def places(coll: str, inplace: int) -> tuple[str, ...]:
+    have = harness.PLACES[coll]
+    if inplace == 2 or len(have) == 1:
+        return have
+    want = "ip" if inplace == 1 else "oop"
+    return (want,) if want in have else have
 
 
-def time_op(fn, iters: int, warmup: int, ref_group) -> float:
-    """Median over iterations of the slowest rank's time, in seconds."""
-    for _ in range(warmup):
-        fn()
-    samples = torch.empty(iters, dtype=torch.float64)
-    for i in range(iters):
-        dist.barrier(group=ref_group)
-        start = time.perf_counter()
-        fn()
-        samples[i] = time.perf_counter() - start
-    dist.all_reduce(samples, op=dist.ReduceOp.MAX, group=ref_group)
-    return float(samples.median())
+def _transport(group: dist.ProcessGroup) -> str:
+    try:
+        return str(group._get_backend(torch.device("cpu")).transport)
+    except Exception:  # not an agentcomm group
+        return ""
 
 
 def worker(rank: int, world: int, args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    import agentcomm  # noqa: F401
+    import agentcomm
 
-    timeout = timedelta(seconds=600)
+    timeout = timedelta(seconds=args.timeout)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timeout)
-    ref = dist.new_group(backend="gloo", timeout=timeout)  # for barriers and timing reductions
+    ref = dist.new_group(backend="gloo", timeout=timeout)  # for timing reductions
     groups = {b: dist.new_group(backend=b, timeout=timeout) for b in args.backends}
-    dtype, op = DTYPES[args.datatype], OPS[args.op]
+    dtype = harness.DTYPES[args.datatype]
+    plan = [(c, s, pl) for c in args.collectives for s in sizes(args) for pl in places(c, args.inplace)]
+    progress = report.Progress(len(plan) * len(args.backends), None if args.progress is None else args.progress)
+    progress.enabled = progress.enabled and rank == 0
+    if rank == 0:
+        report.print_header(args.backends, world)
     rows = []
-    for coll in args.collectives:
-        for nbytes in sizes(args):
-            row = {"collective": coll, "bytes": nbytes, "type": args.datatype, "op": args.op}
-            for b in args.backends:  # interleaved: every size on every backend before the next size
-                count, fn = make_op(coll, nbytes, dtype, op, world, groups[b])
-                iters = args.iters if nbytes < (16 << 20) else max(3, args.iters // 4)
-                t = time_op(fn, iters, args.warmup, ref)
-                algbw = nbytes / t / 1e9
-                row[b] = {"time_us": t * 1e6, "algbw": algbw, "busbw": algbw * BUS_FACTOR[coll](world)}
-                row["count"] = count
-            rows.append(row)
-            if rank == 0:
-                print_row(row, args.backends, world, file=sys.stdout)
-                sys.stdout.flush()
-    if rank == 0 and args.json:
-        meta = {"world_size": world, "machine": platform.platform(), "cpus": os.cpu_count(),
-                "torch": torch.__version__, "agentcomm": agentcomm.__version__, "args": vars(args)}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    for coll, nbytes, place in plan:
+        row = {"collective": coll, "place": place, "bytes": nbytes, "type": args.datatype, "op": args.op}
+        for b in args.backends:  # interleaved: this case on every backend before the next case
+            progress.step(f"{coll} {place} {report.human(nbytes)} {b}")
+            case = harness.make_case(coll, nbytes, place, dtype, args.op, groups[b])
+            wrong = -1
+            if args.check:
+                mine = torch.tensor([harness.check_case(case)], dtype=torch.int64)
+                dist.all_reduce(mine, group=ref)
+                wrong = int(mine.item())
+            t = harness.time_case(case, args.iters, args.warmup, ref, timing=args.timing)
+            algbw = nbytes / t / 1e9
+            row[b] = {"time_us": t * 1e6, "algbw": algbw, "busbw": algbw * harness.BUS_FACTOR[coll](world),
+                      "wrong": wrong}
+            row["count"] = case.count
+        rows.append(row)
+        if rank == 0:
+            progress.clear()
+            report.print_row(row, args.backends)
+    progress.close()
+    if rank == 0 and (args.json or args.csv or args.plot):
+        meta = {"world_size": world, "backends": args.backends, "machine": report.machine_info(),
+                "torch": torch.__version__, "agentcomm": agentcomm.__version__,
+                "agentcomm_transport": {b: _transport(g) for b, g in groups.items() if _transport(g)},
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
+                "args": {k: v for k, v in vars(args).items()}}
+        if args.json:
+            report.write_json(args.json, rows, meta)
+        if args.csv:
+            report.write_csv(args.csv, rows, meta)
+        if args.plot:
+            report.plot(args.plot, rows, meta)
+    wrong = sum(max(0, r[b]["wrong"]) for r in rows for b in args.backends)
     dist.barrier(group=ref)
     dist.destroy_process_group()
+    if wrong:
+        raise SystemExit(f"rank {rank}: {wrong} wrong elements in the -c check")
 
 
-def print_header(backends: list[str], world: int) -> None:
-    cols = f"{'collective':>14} {'size':>8} {'count':>10} {'type':>8} {'op':>4}"
-    for b in backends:
-        cols += f" | {b[:10]:>10} {'time(us)':>10} {'algbw':>7} {'busbw':>7}"
-    if len(backends) > 1:
-        cols += f" | {'speedup vs ' + backends[-1]:>16}"
-    print(f"# world size {world}; time = median of per-iteration max over ranks; GB/s")
-    print(cols)
-
-
-def print_row(row: dict, backends: list[str], world: int, file) -> None:
-    line = f"{row['collective']:>14} {human(row['bytes']):>8} {row['count']:>10} {row['type']:>8} {row['op']:>4}"
-    for b in backends:
-        r = row[b]
-        line += f" | {'':>10} {r['time_us']:>10.1f} {r['algbw']:>7.3f} {r['busbw']:>7.3f}"
-    if len(backends) > 1:
-        base = row[backends[-1]]["time_us"]
-        line += " | " + " ".join(f"{base / row[b]['time_us']:>6.2f}x" for b in backends[:-1])
-    print(line, file=file)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m agentcomm.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-b", "--minbytes", type=parse_size, default=parse_size("4K"), help="smallest size (e.g. 8, 4K)")
+    p.add_argument("-e", "--maxbytes", type=parse_size, default=parse_size("64M"), help="largest size (e.g. 256M)")
+    p.add_argument("-f", "--stepfactor", type=int, default=4, help="multiply the size by this each step")
+    p.add_argument("-i", "--stepbytes", type=parse_size, default=0, help="or add this many bytes (with -f 1)")
+    p.add_argument("-n", "--iters", type=int, default=20, help="timed iterations per batch (5 batches)")
+    p.add_argument("-w", "--warmup", type=int, default=5, help="warm-up iterations")
+    p.add_argument("-c", "--check", type=int, default=0, help="1: check results against the closed form")
+    p.add_argument("-I", "--inplace", type=int, default=0, choices=(0, 1, 2),
+                   help="0: out-of-place, 1: in-place, 2: both (where the torch API has the form)")
+    p.add_argument("-W", "--world-size", type=int, default=2, help="ranks to spawn (ignored under torchrun)")
+    p.add_argument("-d", "--datatype", choices=sorted(harness.DTYPES), default="float32")
+    p.add_argument("-o", "--op", choices=sorted(harness.OPS), default="sum")
+    p.add_argument("--collectives", default="all_reduce",
+                   help="comma list of " + ",".join(harness.COLLECTIVES) + ", or 'all'")
+    p.add_argument("--backends", default="agentcomm,gloo", help="comma list; the last one is the baseline")
+    p.add_argument("--timing", choices=("batch", "iter"), default="batch",
+                   help="batch: n ops back to back per sample (nccl-tests); iter: each op after a barrier")
+    p.add_argument("--json", default="", help="write rows + versions + machine to this file")
+    p.add_argument("--csv", default="", help="write one line per (case, backend) to this file")
+    p.add_argument("--plot", default="", help="draw busbw and latency against size to this PNG (matplotlib)")
+    p.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--timeout", type=float, default=900, help="process-group timeout, seconds")
+    return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m agentcomm.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-b", "--minbytes", type=parse_size, default=parse_size("4K"))
-    p.add_argument("-e", "--maxbytes", type=parse_size, default=parse_size("64M"))
-    p.add_argument("-f", "--stepfactor", type=int, default=4)
-    p.add_argument("-i", "--stepbytes", type=parse_size, default=0)
-    p.add_argument("-n", "--iters", type=int, default=20)
-    p.add_argument("-w", "--warmup", type=int, default=3)
-    p.add_argument("-W", "--world-size", type=int, default=2)
-    p.add_argument("-d", "--datatype", choices=sorted(DTYPES), default="float32")
-    p.add_argument("-o", "--op", choices=sorted(OPS), default="sum")
-    p.add_argument("--collectives", default="all_reduce", help="comma list: " + ",".join(BUS_FACTOR))
-    p.add_argument("--backends", default="agentcomm,gloo")
-    p.add_argument("--json", default="", help="write results (with versions and machine) to this file")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.backends = args.backends.split(",")
-    args.collectives = args.collectives.split(",")
-    print_header(args.backends, args.world_size)
-    if "RANK" in os.environ:  # under torchrun
+    args.collectives = list(harness.COLLECTIVES) if args.collectives == "all" else args.collectives.split(",")
+    for c in args.collectives:
+        if c not in harness.COLLECTIVES:
+            raise SystemExit(f"unknown collective {c!r}; choose from {', '.join(harness.COLLECTIVES)}")
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun
         worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args)
         return
     with socket.socket() as s:

@@ -12,7 +12,7 @@
 
 namespace agentcomm::algorithms {
 
-enum class AllReduceAlgo { Auto, Ring, Direct };
+enum class AllReduceAlgo { Auto, Ring, Direct, ShmFlat, ShmStaged, ShmCma };
 
 struct AllReduceOptions {
   void* data = nullptr;  // in place
@@ -21,9 +21,12 @@ struct AllReduceOptions {
   AllReduceAlgo algo = AllReduceAlgo::Auto;
 };
 
-// Picks an algorithm: `requested` unless Auto, then AGENTCOMM_ALGO (ring|direct),
-// then by size (direct for small messages, ring otherwise).
-AllReduceAlgo chooseAllReduceAlgo(size_t bytes, int worldSize, AllReduceAlgo requested);
+// Picks an algorithm: `requested` unless Auto, then AGENTCOMM_ALGO, then the
+// first entry of the ordered (predicate -> algorithm) table in allreduce.cc
+// that applies to this size and topology (shm: the group's shared-memory
+// domain, or null).
+AllReduceAlgo chooseAllReduceAlgo(size_t bytes, int worldSize, const transport::ShmDomain* shm,
+                                  AllReduceAlgo requested);
 const char* allReduceAlgoName(AllReduceAlgo algo);
 
 void allReduce(Context& ctx, const AllReduceOptions& opts);
@@ -32,6 +35,12 @@ void allReduceRing(Context& ctx, const AllReduceOptions& opts);
 // One step: every rank sends its whole buffer to every peer and reduces all
 // n contributions in rank order. (n-1) * S bytes per rank; latency of one hop.
 void allReduceDirect(Context& ctx, const AllReduceOptions& opts);
+// Shared memory inside one host (allreduce_shm.cc): flat slots for small
+// messages, slot-staged reduce-scatter + all-gather, and the single-copy
+// version reading peers' buffers directly (Cross Memory Attach).
+void allReduceShmFlat(Context& ctx, const AllReduceOptions& opts);
+void allReduceShmStaged(Context& ctx, const AllReduceOptions& opts);
+void allReduceShmCma(Context& ctx, const AllReduceOptions& opts);
 
 struct BroadcastOptions {
   void* data = nullptr;  // root: source; others: destination

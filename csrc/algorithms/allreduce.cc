@@ -2,34 +2,51 @@
 // first entry whose predicate holds runs. AGENTCOMM_ALGO overrides it.
 #include <cstdlib>
 #include <cstring>
-#include <strings.h>
 
 #include "algorithms/algorithms.h"
+#include "algorithms/shm_common.h"
 #include "core/error.h"
 #include "core/logging.h"
 
 namespace agentcomm::algorithms {
 
 namespace {
-// Direct exchange moves (n-1)*S bytes per rank but needs one hop; the ring
-// moves 2(n-1)/n*S in 2(n-1) hops. Below this size latency dominates.
+// TCP: direct exchange moves (n-1)*S bytes per rank but needs one hop; the
+// ring moves 2(n-1)/n*S in 2(n-1) hops. Below this size latency dominates.
 constexpr size_t kDirectMaxBytes = 32 * 1024;
+// Shared memory: the flat algorithm reads n*S bytes per rank after one sync;
+// the staged one reads ~(2+1/n)*S after two. Measured crossover (bench/RESULTS.md).
+constexpr size_t kShmFlatMaxBytes = 32 * 1024;
 
 struct Entry {
   AllReduceAlgo algo;
-  bool (*applies)(size_t bytes, int n);
+  bool (*applies)(size_t bytes, int n, const transport::ShmDomain* shm);
 };
 constexpr Entry kTable[] = {
-    {AllReduceAlgo::Direct, [](size_t bytes, int n) { return bytes <= kDirectMaxBytes && n <= 16; }},
-    {AllReduceAlgo::Ring, [](size_t, int) { return true; }},
+    {AllReduceAlgo::ShmFlat,
+     [](size_t bytes, int n, const transport::ShmDomain* shm) {
+       return shm != nullptr && bytes <= kShmFlatMaxBytes && bytes <= shm->slotBytes();
+     }},
+    {AllReduceAlgo::ShmCma,
+     [](size_t bytes, int, const transport::ShmDomain* shm) {
+       return shm != nullptr && shm->cma() && bytes >= kCmaMinBytes;
+     }},
+    {AllReduceAlgo::ShmStaged, [](size_t, int, const transport::ShmDomain* shm) { return shm != nullptr; }},
+    {AllReduceAlgo::Direct, [](size_t bytes, int n, const transport::ShmDomain*) {
+       return bytes <= kDirectMaxBytes && n <= 16;
+     }},
+    {AllReduceAlgo::Ring, [](size_t, int, const transport::ShmDomain*) { return true; }},
 };
 
-AllReduceAlgo fromEnv() {
-  const char* env = std::getenv("AGENTCOMM_ALGO");
-  if (env == nullptr || *env == 0 || strcasecmp(env, "auto") == 0) return AllReduceAlgo::Auto;
-  if (strcasecmp(env, "ring") == 0) return AllReduceAlgo::Ring;
-  if (strcasecmp(env, "direct") == 0) return AllReduceAlgo::Direct;
-  throw InvalidArgument(strCat("AGENTCOMM_ALGO=", env, " is not one of auto, ring, direct"));
+AllReduceAlgo parse(const std::string& name) {
+  if (name.empty()) return AllReduceAlgo::Auto;
+  if (name == "ring" || name == "tcp") return AllReduceAlgo::Ring;
+  if (name == "direct") return AllReduceAlgo::Direct;
+  if (name == "shm_flat") return AllReduceAlgo::ShmFlat;
+  if (name == "shm_staged") return AllReduceAlgo::ShmStaged;
+  if (name == "shm_cma") return AllReduceAlgo::ShmCma;
+  throw InvalidArgument(strCat("AGENTCOMM_ALGO: '", name,
+                               "' is not an all_reduce algorithm (auto, ring, direct, shm_flat, shm_staged, shm_cma)"));
 }
 }  // namespace
 
@@ -38,25 +55,46 @@ const char* allReduceAlgoName(AllReduceAlgo algo) {
     case AllReduceAlgo::Auto: return "auto";
     case AllReduceAlgo::Ring: return "ring";
     case AllReduceAlgo::Direct: return "direct";
+    case AllReduceAlgo::ShmFlat: return "shm_flat";
+    case AllReduceAlgo::ShmStaged: return "shm_staged";
+    case AllReduceAlgo::ShmCma: return "shm_cma";
   }
   return "?";
 }
 
-AllReduceAlgo chooseAllReduceAlgo(size_t bytes, int n, AllReduceAlgo requested) {
-  if (requested != AllReduceAlgo::Auto) return requested;
-  static const AllReduceAlgo env = fromEnv();
-  if (env != AllReduceAlgo::Auto) return env;
+AllReduceAlgo chooseAllReduceAlgo(size_t bytes, int n, const transport::ShmDomain* shm, AllReduceAlgo requested) {
+  if (n == 1) return AllReduceAlgo::Ring;  // a local scale, whatever was asked for
+  if (requested == AllReduceAlgo::Auto) {
+    static const AllReduceAlgo env = parse(forcedAlgo("all_reduce"));
+    requested = env;
+  }
+  if (requested != AllReduceAlgo::Auto) {
+    const bool needsShm = requested == AllReduceAlgo::ShmFlat || requested == AllReduceAlgo::ShmStaged ||
+                          requested == AllReduceAlgo::ShmCma;
+    AC_CHECK(!needsShm || shm != nullptr, InvalidArgument, "all_reduce algorithm ", allReduceAlgoName(requested),
+             " needs every rank of the group on one host with shared memory (AGENTCOMM_SHM not 0)");
+    AC_CHECK(requested != AllReduceAlgo::ShmCma || shm->cma(), InvalidArgument,
+             "all_reduce algorithm shm_cma: cross-memory attach is unavailable: ", shm->cmaUnavailableReason());
+    // A forced flat algorithm still has to fit its slot; larger messages stage.
+    if (requested == AllReduceAlgo::ShmFlat && bytes > shm->slotBytes()) return AllReduceAlgo::ShmStaged;
+    return requested;
+  }
   for (const auto& e : kTable)
-    if (e.applies(bytes, n)) return e.algo;
+    if (e.applies(bytes, n, shm)) return e.algo;
   return AllReduceAlgo::Ring;
 }
 
 void allReduce(Context& ctx, const AllReduceOptions& opts) {
-  const AllReduceAlgo algo = chooseAllReduceAlgo(opts.count * ctx.elemSize(), ctx.size(), opts.algo);
+  const AllReduceAlgo algo = chooseAllReduceAlgo(opts.count * ctx.elemSize(), ctx.size(), ctx.shm, opts.algo);
   AC_LOG(Trace, "all_reduce seq ", ctx.seq, ": ", opts.count, " x ", dataTypeName(ctx.dtype), " op ",
          reduceOpName(ctx.op), " via ", allReduceAlgoName(algo));
-  if (algo == AllReduceAlgo::Direct) return allReduceDirect(ctx, opts);
-  return allReduceRing(ctx, opts);
+  switch (algo) {
+    case AllReduceAlgo::Direct: return allReduceDirect(ctx, opts);
+    case AllReduceAlgo::ShmFlat: return allReduceShmFlat(ctx, opts);
+    case AllReduceAlgo::ShmStaged: return allReduceShmStaged(ctx, opts);
+    case AllReduceAlgo::ShmCma: return allReduceShmCma(ctx, opts);
+    default: return allReduceRing(ctx, opts);
+  }
 }
 
 }  // namespace agentcomm::algorithms

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "algorithms/algorithms.h"
+#include "algorithms/shm_common.h"
 #include "algorithms/ring_schedule.h"
 
 namespace agentcomm::algorithms {
@@ -19,6 +20,7 @@ void broadcast(Context& ctx, const BroadcastOptions& opts) {
   const size_t es = ctx.elemSize();
   auto* data = static_cast<uint8_t*>(opts.data);
   if (n == 1) return;
+  if (Path p = choosePath(ctx, "broadcast", opts.count * es); p != Path::Tcp) return broadcastShm(ctx, opts, p);
   if (opts.count * es <= kFlatMaxBytes) {
     if (r == opts.root) {
       for (int k = 1; k < n; ++k) ctx.send((opts.root + k) % n, makeTag(kPhaseBroadcast, 0, 0), data, opts.count * es);

@@ -10,6 +10,10 @@
 #include "core/reduce_op.h"
 #include "transport/transport.h"
 
+namespace agentcomm::transport {
+class ShmDomain;
+}
+
 namespace agentcomm::algorithms {
 
 using transport::Deadline;
@@ -26,6 +30,9 @@ struct Context {
   uint64_t signature = 0;
   Deadline deadline = Deadline::max();
   size_t chunkBytes = size_t{1} << 20;
+  // Set when every rank of the group shares this host's shared-memory domain;
+  // the shm algorithms run over it, p2p and the TCP algorithms over transport.
+  transport::ShmDomain* shm = nullptr;
 
   Context(transport::Transport& t, uint64_t sequence, transport::CollectiveKind kind, DataType dt)
       : transport(t), seq(sequence), collective(kind), dtype(dt) {}

@@ -261,7 +261,15 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
   } catch (const Error& e) {
     C10_THROW_ERROR(DistBackendError, e.what());
   }
-  transportName_ = transport_->name();
+  try {
+    transport::ShmOptions shmOpts;
+    shmOpts.timeout = timeout;
+    shm_ = transport::ShmDomain::create(adapter, rank, size, shmOpts,
+                                        [t = transport_.get()] { return t->mailbox().abortReason(); });
+  } catch (const Error& e) {
+    C10_THROW_ERROR(DistBackendError, e.what());
+  }
+  transportName_ = shm_ ? (shm_->cma() ? "shm+cma/tcp" : "shm/tcp") : transport_->name();
   AC_LOG(Info, "agentcomm ", kVersion, ": group '", groupName_, "' rank ", rank, "/", size, ", transport ",
          transportName_, ", chunk ", chunkBytes_, " bytes, timeout ", timeout.count(), " ms");
   worker_ = std::thread([this] { workerLoop(); });
@@ -300,12 +308,16 @@ void AgentBackend::shutdownNoGil() {
     // telling peers: they see our sockets close.
     if (transport_) transport_->mailbox().abort("agentcomm: the process group was shut down");
     completions_.stop(true);
+    shm_.reset();
     transport_.reset();
   });
 }
 
-void AgentBackend::abort() {
-  if (transport_) transport_->abort("agentcomm: the process group was aborted by the user");
+void AgentBackend::abort() { abortComm("agentcomm: the process group was aborted by the user"); }
+
+void AgentBackend::abortComm(const std::string& reason) {
+  if (transport_) transport_->abort(reason);
+  if (shm_) shm_->abort(reason);  // wakes local peers blocked in shared-memory waits at once
 }
 
 std::exception_ptr AgentBackend::execute(Job& job) {
@@ -316,13 +328,13 @@ std::exception_ptr AgentBackend::execute(Job& job) {
       throw CommError(strCat("agentcomm: the communicator is unusable after an earlier error: ", *why));
     job.run(start + job.timeout);
   } catch (const Error& e) {
-    transport_->abort(e.what());
+    abortComm(e.what());
     eptr = toTorchError(e);
   } catch (const c10::Error& e) {
-    transport_->abort(e.what_without_backtrace());
+    abortComm(e.what_without_backtrace());
     eptr = std::current_exception();
   } catch (const std::exception& e) {
-    transport_->abort(e.what());
+    abortComm(e.what());
     eptr = toTorchError(e);
   }
   AC_LOG(Trace, "op #", job.work->getSequencenumber(), " ", c10d::opTypeToString(job.work->retrieveOpType()),
@@ -486,6 +498,7 @@ algorithms::Context AgentBackend::makeContext(CollectiveKind kind, DataType dt, 
   ctx.signature = signature;
   ctx.deadline = deadline;
   ctx.chunkBytes = chunkBytes_;
+  ctx.shm = shm_.get();
   return ctx;
 }
 

@@ -25,6 +25,7 @@
 
 #include "algorithms/context.h"
 #include "transport/mailbox.h"
+#include "transport/shm/shm_domain.h"
 #include "transport/transport.h"
 
 namespace agentcomm::torch_adapter {
@@ -103,6 +104,8 @@ class AgentBackend : public c10d::Backend {
   void setSequenceNumberForGroup() override { opSeq_.store(0); }
   uint64_t getSequenceNumberForGroup() override { return opSeq_.load(); }
   void abort() override;
+  // Aborts the TCP transport and the shared-memory domain (sticky, tells peers).
+  void abortComm(const std::string& reason);
   void shutdown() override;
 
   const std::string& transportName() const { return transportName_; }
@@ -178,6 +181,7 @@ class AgentBackend : public c10d::Backend {
   void shutdownNoGil();
 
   std::unique_ptr<transport::Transport> transport_;
+  std::unique_ptr<transport::ShmDomain> shm_;  // null unless every rank is on this host
   std::string transportName_;
   std::chrono::milliseconds timeout_;
   std::string groupName_;

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "kernels/cpu/reduce_simd.h"
 #include "kernels/kernels.h"
 
 namespace agentcomm::kernels {
@@ -199,7 +200,13 @@ void reduce(void* dst, const void* a, const void* b, size_t count, DataType dt, 
     if (scale.active()) throw InvalidArgument("reduce kernel: bool tensors cannot be scaled");
     return reduceBool(dst, a, b, count, op);
   }
-  dispatch(dt, [&](auto tag) { reduceTyped<decltype(tag)>(dst, a, b, count, op, scale); });
+  const size_t done = simd::reduce(dst, a, b, count, dt, op, scale);
+  if (done == count) return;
+  const size_t es = elementSize(dt);
+  auto* o = static_cast<uint8_t*>(dst) + done * es;
+  auto* x = static_cast<const uint8_t*>(a) + done * es;
+  auto* y = static_cast<const uint8_t*>(b) + done * es;
+  dispatch(dt, [&](auto tag) { reduceTyped<decltype(tag)>(o, x, y, count - done, op, scale); });
 }
 
 void applyScale(void* dst, const void* src, size_t count, DataType dt, FinalScale scale) {

@@ -1,5 +1,7 @@
 #include "transport/tcp/tcp_transport.h"
 
+#include "transport/host.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -125,23 +127,6 @@ int writeAll(int fd, iovec* iov, int iovcnt, Deadline deadline) {
     }
   }
   return 0;
-}
-
-std::string readFileTrim(const char* path) {
-  std::ifstream in(path);
-  std::string s;
-  std::getline(in, s);
-  return s;
-}
-
-// Ranks with equal host ids can reach each other over loopback.
-std::string hostId() {
-  char host[256] = {0};
-  ::gethostname(host, sizeof(host) - 1);
-  char ns[256] = {0};
-  ssize_t n = ::readlink("/proc/self/ns/net", ns, sizeof(ns) - 1);
-  if (n < 0) ns[0] = 0;
-  return strCat(host, "/", readFileTrim("/proc/sys/kernel/random/boot_id"), "/", ns);
 }
 
 // IPv4 address of `ifname`, or (empty ifname) of the first up, non-loopback

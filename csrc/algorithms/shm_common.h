@@ -1,0 +1,58 @@
+#pragma once
+// Helpers shared by the shared-memory algorithms (allreduce_shm.cc,
+// broadcast_shm.cc, allgather_shm.cc, reduce_scatter_shm.cc). See
+// transport/shm/shm_domain.h for the round/parity invariant they rely on.
+#include <cstdint>
+#include <string>
+
+#include "algorithms/algorithms.h"
+#include "algorithms/context.h"
+#include "transport/shm/shm_domain.h"
+
+namespace agentcomm::algorithms {
+
+// Shared-memory algorithm ids, stamped into every round's descriptor so that
+// ranks disagreeing on the algorithm fail with a mismatch instead of hanging.
+enum class ShmAlgo : uint32_t { Flat = 1, Staged = 2, Cma = 3, Barrier = 4 };
+
+// The path a collective other than all_reduce takes.
+enum class Path { Tcp, ShmStaged, ShmCma };
+
+// Messages at least this large read peers' buffers directly when Cross Memory
+// Attach is available (below it, two copies through the slots are cheaper
+// than the extra syncs and syscalls).
+constexpr size_t kCmaMinBytes = size_t{256} << 10;
+
+// Elements reduced per step when reducing from peers' memory: the inputs of
+// one step stay in L2 while they are combined.
+constexpr size_t kCmaStepBytes = size_t{256} << 10;
+
+transport::ShmOpDesc shmDesc(const Context& ctx, ShmAlgo algo, uint64_t signature, int root = 0);
+
+// The lower-case algorithm name AGENTCOMM_ALGO forces for `collective`
+// ("all_reduce", "broadcast", ...), or "" for automatic. Syntax: one name for
+// every collective ("ring"), or "collective:name" pairs separated by commas.
+std::string forcedAlgo(const char* collective);
+
+// Automatic choice for collectives other than all_reduce: shared memory when
+// the group has a domain (directly from peers' memory for large messages),
+// otherwise TCP. Honours AGENTCOMM_ALGO: tcp|ring|direct force TCP,
+// shm_staged|shm_flat force the slots, shm_cma forces Cross Memory Attach.
+Path choosePath(const Context& ctx, const char* collective, size_t bytes);
+
+// dst[0..count) = the reduction, in rank order 0..n-1, of every rank's
+// `count` elements: rank j's at address remote[j] in its process (read with
+// process_vm_readv), this rank's at `local`. `scale` is applied in the last
+// pass. dst may alias local. Uses Context::scratch slots 2 and 3.
+void cmaReduce(const Context& ctx, const uint64_t* remote, const void* local, void* dst, size_t count,
+               FinalScale scale);
+
+// The shared-memory forms (collectives_shm.cc); `path` is ShmStaged or ShmCma.
+void broadcastShm(Context& ctx, const BroadcastOptions& opts, Path path);
+void allGatherShm(Context& ctx, const AllGatherOptions& opts, Path path);
+void reduceScatterShm(Context& ctx, const ReduceScatterOptions& opts, Path path);
+void barrierShm(Context& ctx);
+
+inline uint64_t addrOf(const void* p) { return reinterpret_cast<uint64_t>(p); }
+
+}  // namespace agentcomm::algorithms

@@ -1,0 +1,413 @@
+#include "transport/shm/shm_domain.h"
+
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <strings.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <sstream>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/logging.h"
+#include "core/reduce_op.h"
+#include "transport/host.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define AC_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define AC_CPU_RELAX() asm volatile("yield" ::: "memory")
+#else
+#define AC_CPU_RELAX() std::atomic_signal_fence(std::memory_order_seq_cst)
+#endif
+
+namespace agentcomm::transport {
+
+namespace {
+
+constexpr uint64_t kMagic = 0x61636f6d6d73686dull;  // "acommshm"
+constexpr size_t kAlign = 4096;
+constexpr size_t kDefaultSlotBytes = size_t{8} << 20;
+constexpr size_t kMinSlotBytes = size_t{64} << 10;
+
+size_t roundUp(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+std::string errnoText(int err) { return strCat(std::strerror(err), " (errno ", err, ")"); }
+
+long futexWait(std::atomic<uint32_t>* addr, uint32_t expected, long timeoutNs) {
+  timespec ts{static_cast<time_t>(timeoutNs / 1000000000L), timeoutNs % 1000000000L};
+  // Not FUTEX_PRIVATE_FLAG: the word lives in memory shared between processes.
+  return ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), FUTEX_WAIT, expected, &ts, nullptr, 0);
+}
+
+void futexWakeAll(std::atomic<uint32_t>* addr) {
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+}
+
+size_t envSize(const char* name, size_t fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == 0) return fallback;
+  char* end = nullptr;
+  unsigned long long x = std::strtoull(v, &end, 10);
+  AC_CHECK(end != v && *end == 0 && x > 0, InvalidArgument, name, "=", v, " is not a positive byte count");
+  return static_cast<size_t>(x);
+}
+
+bool envFlag(const char* name, bool fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == 0) return fallback;
+  return !(std::strcmp(v, "0") == 0 || strcasecmp(v, "false") == 0 || strcasecmp(v, "off") == 0);
+}
+
+// Time budgets of the three waiting phases (see waitPeers).
+constexpr auto kSpinFor = std::chrono::microseconds(10);
+constexpr auto kYieldFor = std::chrono::microseconds(100);
+constexpr long kBlockSliceNs = 5'000'000;  // re-check abort/deadline this often while blocked
+
+}  // namespace
+
+struct ShmDomain::Header {
+  uint64_t magic;
+  uint32_t size;
+  uint32_t pad;
+  uint64_t slotBytes;
+  std::atomic<uint32_t> aborted;  // 0, 1 while the reason is being written, 2 once it is readable
+  char reason[500];
+};
+
+// Fixed part of a rank's control block; the parity-indexed descriptors and
+// words follow it (ctlStride_ bytes per rank in all).
+struct alignas(64) ShmDomain::RankCtl {
+  std::atomic<uint32_t> counter;  // written by the owner only; futex word
+  std::atomic<uint32_t> waiters;  // peers blocked (or about to block) on counter
+  int32_t pid;
+  uint32_t pad;
+};
+
+std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int rank, int size, const ShmOptions& options,
+                                             std::function<std::optional<std::string>()> abortProbe) {
+  if (size < 2) return nullptr;
+  const std::string& pre = options.keyPrefix;
+  auto key = [&](const char* what, int r) { return strCat(pre, "shm/", what, "/", r); };
+
+  // 1. Same host for everyone? (Every rank reads every host id, so all decide
+  // alike; a rank with AGENTCOMM_SHM=0 publishes an id nobody else has.)
+  const std::string me = envFlag("AGENTCOMM_SHM", true) ? hostId() : strCat("shm-disabled/", rank);
+  store.set(key("host", rank), toBytes(me));
+  for (int r = 0; r < size; ++r) {
+    if (r != rank && fromBytes(store.get(key("host", r), options.timeout)) != me) {
+      AC_LOG(Info, "shm: rank ", r, " is on another host; shared memory off for this group");
+      return nullptr;
+    }
+  }
+
+  std::unique_ptr<ShmDomain> d(new ShmDomain(rank, size));
+  d->abortProbe_ = std::move(abortProbe);
+  d->collapse_ = envFlag("AGENTCOMM_SHM_COLLAPSE", true);
+  d->maxWords_ = 2 * static_cast<size_t>(size) + 8;
+  d->ctlStride_ = roundUp(sizeof(RankCtl) + 2 * (sizeof(ShmOpDesc) + d->maxWords_ * sizeof(uint64_t)), 64);
+  const size_t ctlOffset = roundUp(sizeof(Header), 64);
+  d->slotsOffset_ = roundUp(ctlOffset + d->ctlStride_ * size, kAlign);
+
+  // 2. The lowest rank creates the segment; the name travels through the store.
+  // The guard unlinks it on every way out of this function, including a peer
+  // that dies before attaching (the store wait below throws).
+  struct Unlinker {
+    std::string name;
+    ~Unlinker() {
+      if (!name.empty()) ::shm_unlink(name.c_str());
+    }
+  } unlinker;
+  int fd = -1;
+  std::string name;
+  std::string why;
+  if (rank == 0) {
+    size_t slot = roundUp(options.slotBytes ? options.slotBytes : envSize("AGENTCOMM_SHM_SLOT_BYTES", kDefaultSlotBytes), 64);
+    // Shrink the slots to what /dev/shm can hold (containers often give it 64 MiB).
+    struct statvfs fs {};
+    if (::statvfs("/dev/shm", &fs) == 0) {
+      const size_t avail = static_cast<size_t>(fs.f_bavail) * fs.f_frsize;
+      while (slot > kMinSlotBytes && d->slotsOffset_ + 2 * slot * size > avail / 2) slot /= 2;
+    }
+    d->slotBytes_ = slot;
+    std::random_device rd;
+    std::ostringstream n;
+    n << "/agentcomm-" << std::hex;
+    for (int i = 0; i < 4; ++i) n << static_cast<uint32_t>(rd());
+    name = n.str();
+    fd = ::shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0) why = strCat("shm_open(", name, ") failed: ", errnoText(errno));
+    if (fd >= 0) unlinker.name = name;
+    d->mapBytes_ = d->slotsOffset_ + 2 * d->slotBytes_ * size;
+    // posix_fallocate reserves the pages now: a full /dev/shm fails here
+    // instead of raising SIGBUS on first touch in the middle of a collective.
+    if (fd >= 0) {
+      int err = ::posix_fallocate(fd, 0, static_cast<off_t>(d->mapBytes_));
+      if (err != 0) why = strCat("cannot reserve ", d->mapBytes_, " bytes in /dev/shm: ", errnoText(err));
+    }
+  } else {
+    std::istringstream in(fromBytes(store.get(strCat(pre, "shm/name"), options.timeout)));
+    in >> name >> d->slotBytes_;
+    if (name == "-") {
+      why = "rank 0 could not create the segment";
+    } else {
+      d->mapBytes_ = d->slotsOffset_ + 2 * d->slotBytes_ * size;
+      fd = ::shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0600);
+      if (fd < 0) why = strCat("shm_open(", name, ") failed: ", errnoText(errno));
+    }
+  }
+  if (fd >= 0 && why.empty()) {
+    // MAP_POPULATE: fault the pages in now rather than inside the first collectives.
+    void* p = ::mmap(nullptr, d->mapBytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (p == MAP_FAILED) {
+      why = strCat("mmap of ", d->mapBytes_, " bytes failed: ", errnoText(errno));
+    } else {
+      d->base_ = static_cast<uint8_t*>(p);
+    }
+  }
+  if (fd >= 0) ::close(fd);
+  if (rank == 0 && d->base_ != nullptr) {
+    auto* h = new (d->base_) Header{};
+    h->magic = kMagic;
+    h->size = static_cast<uint32_t>(size);
+    h->slotBytes = d->slotBytes_;
+    for (int r = 0; r < size; ++r) new (d->ctl(r)) RankCtl{};
+  }
+  // Publish the name only once the control blocks are initialised: peers write their pids there.
+  if (rank == 0) store.set(strCat(pre, "shm/name"), toBytes(why.empty() ? strCat(name, " ", d->slotBytes_) : std::string("-")));
+  if (d->base_ != nullptr) d->ctl(rank)->pid = static_cast<int32_t>(::getpid());
+
+  // 3. Everyone reports; the creator unlinks once all have reported, so the
+  // name exists only while ranks are attaching.
+  store.set(key("ok", rank), toBytes(why.empty() ? "1" : why));
+  bool allOk = why.empty();
+  for (int r = 0; r < size; ++r) {
+    const std::string v = r == rank ? (why.empty() ? "1" : why) : fromBytes(store.get(key("ok", r), options.timeout));
+    if (v != "1") {
+      if (allOk) AC_LOG(Info, "shm: rank ", r, ": ", v, "; shared memory off for this group");
+      allOk = false;
+    }
+  }
+  if (!unlinker.name.empty()) {
+    ::shm_unlink(unlinker.name.c_str());
+    unlinker.name.clear();
+  }
+  if (!allOk) return nullptr;  // the destructor unmaps
+
+  // 4. Cross Memory Attach probe: read a private variable of the next rank.
+  d->pids_.resize(size);
+  for (int r = 0; r < size; ++r) d->pids_[r] = d->ctl(r)->pid;
+  static thread_local uint64_t probe;  // any private address works; its value is random
+  probe = (uint64_t{std::random_device{}()} << 32) | std::random_device{}();
+  store.set(key("probe", rank), toBytes(strCat(reinterpret_cast<uintptr_t>(&probe), " ", probe)));
+  std::string cmaWhy;
+  if (!options.allowCma || !envFlag("AGENTCOMM_SHM_CMA", true)) {
+    cmaWhy = "disabled by AGENTCOMM_SHM_CMA=0";
+  } else {
+    const int peer = (rank + 1) % size;
+    std::istringstream in(fromBytes(store.get(key("probe", peer), options.timeout)));
+    uintptr_t addr = 0;
+    uint64_t expect = 0, got = 0;
+    in >> addr >> expect;
+    iovec local{&got, sizeof(got)}, remote{reinterpret_cast<void*>(addr), sizeof(got)};
+    ssize_t n = ::process_vm_readv(d->pids_[peer], &local, 1, &remote, 1, 0);
+    if (n != static_cast<ssize_t>(sizeof(got))) {
+      cmaWhy = strCat("process_vm_readv from rank ", peer, " failed: ", errnoText(errno));
+    } else if (got != expect) {
+      cmaWhy = strCat("process_vm_readv from rank ", peer, " read the wrong value");
+    }
+  }
+  store.set(key("cma", rank), toBytes(cmaWhy.empty() ? "1" : cmaWhy));
+  d->cma_ = cmaWhy.empty();
+  for (int r = 0; r < size; ++r) {
+    const std::string v = r == rank ? (cmaWhy.empty() ? "1" : cmaWhy) : fromBytes(store.get(key("cma", r), options.timeout));
+    if (v != "1" && d->cma_) {
+      d->cma_ = false;
+      d->cmaWhy_ = strCat("rank ", r, ": ", v);
+    }
+  }
+  // Nobody may reuse the probe variable before every peer has read it.
+  store.set(key("probed", rank), toBytes("1"));
+  for (int r = 0; r < size; ++r)
+    if (r != rank) store.get(key("probed", r), options.timeout);
+  AC_LOG(Info, "shm: ", size, " ranks on this host, segment ", d->mapBytes_ >> 10, " KiB, slots ", d->slotBytes_ >> 10,
+         " KiB, cross-memory attach ", d->cma_ ? "on" : strCat("off (", d->cmaWhy_, ")"));
+  return d;
+}
+
+ShmDomain::~ShmDomain() {
+  if (base_ != nullptr) ::munmap(base_, mapBytes_);
+}
+
+ShmDomain::RankCtl* ShmDomain::ctl(int r) const {
+  return reinterpret_cast<RankCtl*>(base_ + roundUp(sizeof(Header), 64) + ctlStride_ * r);
+}
+
+ShmOpDesc* ShmDomain::desc(int r, int parity) const {
+  return reinterpret_cast<ShmOpDesc*>(reinterpret_cast<uint8_t*>(ctl(r)) + sizeof(RankCtl)) + parity;
+}
+
+uint64_t* ShmDomain::words(int r, int parity) const {
+  auto* start = reinterpret_cast<uint8_t*>(ctl(r)) + sizeof(RankCtl) + 2 * sizeof(ShmOpDesc);
+  return reinterpret_cast<uint64_t*>(start) + parity * maxWords_;
+}
+
+uint64_t ShmDomain::peerWord(int peer, int parity, size_t i) const { return words(peer, parity)[i]; }
+
+uint8_t* ShmDomain::slot(int peer, int parity) const {
+  return base_ + slotsOffset_ + (static_cast<size_t>(peer) * 2 + parity) * slotBytes_;
+}
+
+void ShmDomain::fail(const std::string& msg, bool timeout) {
+  abort(msg);
+  if (timeout) throw TimeoutError(msg);
+  throw CommError(msg);
+}
+
+void ShmDomain::abort(const std::string& reason) {
+  auto* h = reinterpret_cast<Header*>(base_);
+  uint32_t expected = 0;
+  if (h->aborted.compare_exchange_strong(expected, 1)) {
+    std::strncpy(h->reason, reason.c_str(), sizeof(h->reason) - 1);
+    h->aborted.store(2, std::memory_order_release);
+  }
+  for (int r = 0; r < size_; ++r) futexWakeAll(&ctl(r)->counter);
+}
+
+void ShmDomain::waitPeers(uint32_t target, Deadline deadline, const char* what) {
+  auto* h = reinterpret_cast<Header*>(base_);
+  for (int j = 0; j < size_; ++j) {
+    if (j == rank_) continue;
+    std::atomic<uint32_t>& c = ctl(j)->counter;
+    auto reached = [&](uint32_t v) { return static_cast<int32_t>(v - target) >= 0; };
+    if (reached(c.load(std::memory_order_acquire))) continue;
+    // Phase 1: spin (the peer is usually running on another core right now).
+    const auto start = std::chrono::steady_clock::now();
+    bool done = false;
+    while (!done && std::chrono::steady_clock::now() - start < kSpinFor) {
+      for (int i = 0; i < 32 && !done; ++i) {
+        AC_CPU_RELAX();
+        done = reached(c.load(std::memory_order_acquire));
+      }
+    }
+    // Phase 2: yield (oversubscribed: let the peer have this core).
+    while (!done && std::chrono::steady_clock::now() - start < kYieldFor) {
+      ::sched_yield();
+      done = reached(c.load(std::memory_order_acquire));
+    }
+    // Phase 3: block on the peer's counter.
+    while (!done) {
+      if (h->aborted.load(std::memory_order_acquire) == 2) {
+        throw CommError(strCat("agentcomm: aborted: ", h->reason));
+      }
+      if (abortProbe_) {
+        if (auto why = abortProbe_()) fail(*why, false);
+      }
+      if (Clock::now() >= deadline) {
+        fail(strCat("agentcomm: Timed out ", what, " waiting for rank ", j, " (rank ", rank_, " of ", size_,
+                    ", shared memory); the peer may be dead, stuck, or calling a different collective"),
+             true);
+      }
+      ctl(j)->waiters.fetch_add(1, std::memory_order_seq_cst);
+      uint32_t v = c.load(std::memory_order_seq_cst);
+      if (!reached(v)) futexWait(&c, v, kBlockSliceNs);
+      ctl(j)->waiters.fetch_sub(1, std::memory_order_seq_cst);
+      done = reached(c.load(std::memory_order_acquire));
+    }
+  }
+}
+
+void ShmDomain::sync(Deadline deadline, const char* what) {
+  RankCtl* mine = ctl(rank_);
+  ++counter_;
+  // seq_cst store, then seq_cst load of waiters: pairs with the waiter's
+  // increment-then-load, so either it sees the new counter or we see it waiting.
+  mine->counter.store(counter_, std::memory_order_seq_cst);
+  if (mine->waiters.load(std::memory_order_seq_cst) != 0) futexWakeAll(&mine->counter);
+  waitPeers(counter_, deadline, what);
+}
+
+int ShmDomain::arrive(const ShmOpDesc& d, const uint64_t* w, size_t nwords, Deadline deadline, const char* what) {
+  AC_CHECK(nwords <= maxWords_, InvalidArgument, "shm: ", nwords, " published words exceed ", maxWords_);
+  if (auto* h = reinterpret_cast<Header*>(base_); h->aborted.load(std::memory_order_acquire) == 2) {
+    throw CommError(strCat("agentcomm: aborted: ", h->reason));
+  }
+  const int parity = static_cast<int>(round_ & 1);
+  ++round_;
+  *desc(rank_, parity) = d;
+  if (nwords > 0) std::memcpy(words(rank_, parity), w, nwords * sizeof(uint64_t));
+  sync(deadline, what);
+  for (int j = 0; j < size_; ++j) {
+    if (j == rank_) continue;
+    const ShmOpDesc& theirs = *desc(j, parity);
+    if (!(theirs == d)) {
+          auto describe = [](const ShmOpDesc& x) {
+        return strCat(collectiveName(static_cast<CollectiveKind>(x.collective)), " (sequence number ", x.seq, ", ",
+                      x.signature, " elements, dtype ", dataTypeName(static_cast<DataType>(x.dtype)), ", op ",
+                      reduceOpName(static_cast<ReduceOp>(x.op)), ", root ", static_cast<int>(x.root),
+                      ", shm algorithm ", x.algo, ")");
+      };
+      const std::string msg = strCat(
+          "agentcomm: collective mismatch between rank ", rank_, " and rank ", j, ": rank ", rank_, " called ",
+          describe(d), " but rank ", j, " called ", describe(theirs));
+      abort(msg);
+      throw MismatchError(msg);
+    }
+  }
+  return parity;
+}
+
+void ShmDomain::preferHugePages(const void* p, size_t n) {
+#ifndef MADV_COLLAPSE
+  constexpr int MADV_COLLAPSE = 25;  // Linux 6.1; older kernels answer EINVAL and we stop trying
+#endif
+  constexpr size_t kHuge = size_t{2} << 20;
+  constexpr size_t kMinBytes = size_t{8} << 20;
+  if (!collapse_ || n < kMinBytes) return;
+  const auto key = std::make_pair(reinterpret_cast<uintptr_t>(p), n);
+  int& seen = seenBuffers_[key];
+  if (++seen != 2) {
+    if (seenBuffers_.size() > 256) seenBuffers_.clear();  // bounded; forgetting only costs a later retry
+    return;
+  }
+  const uintptr_t lo = (key.first + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t hi = (key.first + n) & ~(kHuge - 1);
+  if (hi <= lo) return;
+  if (::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_COLLAPSE) != 0) {
+    const int err = errno;
+    if (err == EINVAL || err == EPERM) {
+      collapse_ = false;
+      AC_LOG(Info, "shm: MADV_COLLAPSE unavailable (", errnoText(err), "); large buffers stay on 4 KiB pages");
+    }
+  }
+}
+
+void ShmDomain::readPeer(int peer, uint64_t remote, void* dst, size_t n) const {
+  auto* out = static_cast<uint8_t*>(dst);
+  while (n > 0) {
+    iovec local{out, n}, rem{reinterpret_cast<void*>(remote), n};
+    ssize_t got = ::process_vm_readv(pids_[peer], &local, 1, &rem, 1, 0);
+    if (got <= 0) {
+      throw CommError(strCat("agentcomm: reading rank ", peer, "'s buffer (process_vm_readv) failed: ",
+                             got < 0 ? errnoText(errno) : std::string("no progress"),
+                             "; the peer may have died"));
+    }
+    out += got;
+    remote += static_cast<uint64_t>(got);
+    n -= static_cast<size_t>(got);
+  }
+}
+
+}  // namespace agentcomm::transport

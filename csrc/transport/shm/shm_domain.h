@@ -1,0 +1,140 @@
+#pragma once
+// Shared-memory domain: the ranks of one process group that live on the same
+// host (same hostId()) share one POSIX shared-memory segment, and, where the
+// kernel permits it, read each other's buffers directly (Cross Memory Attach,
+// process_vm_readv: one copy, no staging).
+//
+// Segment: created 0600 under an unguessable name (/agentcomm-<128 random
+// bits>) by the lowest rank, and unlinked as soon as every rank reported that
+// it attached (or failed to), so a crash afterwards leaves nothing in
+// /dev/shm. Layout: a header, one control block per rank (its sync counter,
+// pid, and two parity-indexed descriptor areas), then two parity-indexed data
+// slots of slotBytes per rank.
+//
+// Synchronisation model (the invariant every shm algorithm relies on):
+//   - Every rank passes through the same sequence of sync points. A sync
+//     point bumps this rank's counter and waits until every peer's counter has
+//     reached the same value. Waiting spins briefly, yields, then blocks on a
+//     futex, so 4 ranks on 2 cores do not starve each other.
+//   - arrive() is the sync point that starts a "round". It first writes this
+//     rank's descriptor (+ published words, e.g. buffer addresses) into
+//     parity p = round % 2, then syncs, then checks that every peer's
+//     descriptor equals its own (same collective, dtype, op, size, algorithm):
+//     a mismatch throws MismatchError before any data moves.
+//   - A rank may write its parity-p slot/descriptor for round t only after it
+//     passed arrive() of round t-1; every peer reached that point only after
+//     finishing all reads of round t-2 (the previous use of parity p). So one
+//     arrive per round is enough for double buffering.
+//   - A rank that exposes its own user buffer to peers (CMA) must not return
+//     before a final sync(): peers may still be reading it.
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "transport/mailbox.h"
+#include "transport/store.h"
+
+namespace agentcomm::transport {
+
+struct ShmOptions {
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};  // setup
+  std::string keyPrefix = "agentcomm/";
+  // Bytes per rank per parity slot; 0: AGENTCOMM_SHM_SLOT_BYTES, else 8 MiB.
+  size_t slotBytes = 0;
+  // Cross Memory Attach: on when the probe succeeds, unless AGENTCOMM_SHM_CMA=0.
+  bool allowCma = true;
+};
+
+// What every rank of one round must agree on (checked by arrive()).
+struct ShmOpDesc {
+  uint64_t seq = 0;        // the collective's sequence number
+  uint64_t signature = 0;  // e.g. element count; 0 where ranks differ legitimately
+  uint32_t algo = 0;       // which shm algorithm (ranks must run the same one)
+  uint8_t collective = 0, dtype = 0, op = 0, root = 0;
+  bool operator==(const ShmOpDesc&) const = default;
+};
+
+class ShmDomain {
+ public:
+  // Collective over all ranks of the group. Returns nullptr (and logs why at
+  // INFO) unless every rank is on this host and every rank attached; all
+  // ranks reach the same decision. `abortProbe` is polled while blocked (the
+  // transport's sticky abort reason).
+  static std::unique_ptr<ShmDomain> create(Store& store, int rank, int size, const ShmOptions& options,
+                                           std::function<std::optional<std::string>()> abortProbe);
+  ~ShmDomain();
+  ShmDomain(const ShmDomain&) = delete;
+  ShmDomain& operator=(const ShmDomain&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  size_t slotBytes() const { return slotBytes_; }
+  size_t maxWords() const { return maxWords_; }
+  bool cma() const { return cma_; }
+  const std::string& cmaUnavailableReason() const { return cmaWhy_; }
+
+  // Starts a round (see the invariant above). `words` (up to maxWords()) are
+  // published to peers, readable with peerWord() until the next round of the
+  // same parity. Returns the round's parity.
+  int arrive(const ShmOpDesc& desc, const uint64_t* words, size_t nwords, Deadline deadline, const char* what);
+  // Parity the next arrive() will use: a rank fills its slot(rank(), p)
+  // before arrive() to hand data to its peers in that round.
+  int nextParity() const { return static_cast<int>(round_ & 1); }
+  // A sync point inside a round.
+  void sync(Deadline deadline, const char* what);
+
+  uint64_t peerWord(int peer, int parity, size_t i) const;
+  // Data slot of `peer` for `parity`: slotBytes(), 64-byte aligned.
+  uint8_t* slot(int peer, int parity) const;
+
+  // Cross Memory Attach: copies n bytes at address `remote` in `peer`'s
+  // process into dst / from src. Throws CommError (peer gone, EPERM).
+  void readPeer(int peer, uint64_t remote, void* dst, size_t n) const;
+
+  // Called on a buffer this rank is about to expose to peers' Cross Memory
+  // Attach reads. process_vm_readv pins the source page by page, so a buffer
+  // on 4 KiB pages is read at about half of memcpy speed, one on 2 MiB pages
+  // at full speed. A large buffer seen a second time (a DDP bucket, a
+  // benchmark tensor) is collapsed into transparent huge pages once
+  // (madvise MADV_COLLAPSE: synchronous, contents unchanged; costs about one
+  // copy of the buffer). AGENTCOMM_SHM_COLLAPSE=0 disables it.
+  void preferHugePages(const void* p, size_t n);
+
+  // Sticky: wakes and fails every waiter on this host. Idempotent.
+  void abort(const std::string& reason);
+
+ private:
+  struct Header;
+  struct RankCtl;
+  ShmDomain(int rank, int size) : rank_(rank), size_(size) {}
+  RankCtl* ctl(int r) const;
+  uint64_t* words(int r, int parity) const;
+  ShmOpDesc* desc(int r, int parity) const;
+  void waitPeers(uint32_t target, Deadline deadline, const char* what);
+  [[noreturn]] void fail(const std::string& msg, bool timeout);
+
+  const int rank_;
+  const int size_;
+  size_t slotBytes_ = 0;
+  size_t maxWords_ = 0;
+  size_t ctlStride_ = 0;
+  size_t slotsOffset_ = 0;
+  size_t mapBytes_ = 0;
+  uint8_t* base_ = nullptr;
+  std::vector<int> pids_;
+  bool cma_ = false;
+  std::string cmaWhy_;
+  std::map<std::pair<uintptr_t, size_t>, int> seenBuffers_;  // preferHugePages' sightings
+  bool collapse_ = true;
+  uint32_t counter_ = 0;  // sync points passed by this rank (mirrors ctl(rank_)->counter)
+  uint64_t round_ = 0;
+  std::function<std::optional<std::string>()> abortProbe_;
+};
+
+}  // namespace agentcomm::transport

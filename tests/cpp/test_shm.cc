@@ -1,0 +1,307 @@
+// The shared-memory domain and every shm algorithm, world sizes 2..8, ranks
+// as threads (one process: Cross Memory Attach reads this process's own
+// memory, which exercises the same syscall path as between processes).
+// Slots are tiny so that every size runs many rounds and both parities.
+#include <dirent.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "algorithms/algorithms.h"
+#include "algorithms/shm_common.h"
+#include "core/error.h"
+#include "rank_threads.h"
+#include "transport/shm/shm_domain.h"
+
+using namespace agentcomm;
+using namespace agentcomm::algorithms;
+using transport::CollectiveKind;
+
+namespace {
+
+const std::vector<size_t> kCounts = {0, 1, 7, 33, 1000, 4099};
+
+float input(int rank, size_t j) { return static_cast<float>((j * 7 + 3 * rank) % 11) + 1.0f; }
+
+double expectedReduce(ReduceOp op, int n, size_t j) {
+  double acc = input(0, j);
+  for (int r = 1; r < n; ++r) {
+    double x = input(r, j);
+    switch (op) {
+      case ReduceOp::Sum:
+      case ReduceOp::Avg: acc += x; break;
+      case ReduceOp::Product: acc *= x; break;
+      case ReduceOp::Min: acc = std::min(acc, x); break;
+      case ReduceOp::Max: acc = std::max(acc, x); break;
+      default: break;
+    }
+  }
+  if (op == ReduceOp::Avg) acc /= n;
+  return acc;
+}
+
+int countShmEntries() {
+  int found = 0;
+  if (DIR* d = ::opendir("/dev/shm")) {
+    while (dirent* e = ::readdir(d))
+      if (std::strncmp(e->d_name, "agentcomm-", 10) == 0) ++found;
+    ::closedir(d);
+  }
+  return found;
+}
+
+struct Rank {
+  transport::Transport& t;
+  transport::ShmDomain& shm;
+  uint64_t seq = 0;
+  Context ctx(CollectiveKind kind, DataType dt = DataType::Float32, ReduceOp op = ReduceOp::Sum, uint64_t sig = 0) {
+    Context c(t, ++seq, kind, dt);
+    c.op = op;
+    c.signature = sig;
+    c.shm = &shm;
+    c.deadline = transport::Clock::now() + std::chrono::seconds(30);
+    return c;
+  }
+};
+
+// Runs fn on n rank threads, each with an in-process transport and a shm domain.
+void runShm(int n, size_t slotBytes, bool cma, const std::function<void(Rank&)>& fn) {
+  auto hub = transport::InProcHub::create(n);
+  std::vector<std::unique_ptr<transport::Transport>> ts;
+  for (int r = 0; r < n; ++r) ts.push_back(hub->connect(r));
+  transport::HashStore store;
+  ranktest::forEachRank(n, [&](int r) {
+    transport::ShmOptions o;
+    o.slotBytes = slotBytes;
+    o.allowCma = cma;
+    o.timeout = std::chrono::seconds(30);
+    auto shm = transport::ShmDomain::create(store, r, n, o, [&, r] { return ts[r]->mailbox().abortReason(); });
+    ASSERT_NE(shm, nullptr);
+    ASSERT_EQ(shm->cma(), cma) << shm->cmaUnavailableReason();
+    Rank rank{*ts[r], *shm};
+    fn(rank);
+  });
+}
+
+class ShmWorld : public ::testing::TestWithParam<int> {};
+
+}  // namespace
+
+TEST(Shm, SegmentIsUnlinkedOnceEveryRankAttached) {
+  const int before = countShmEntries();
+  runShm(3, 4096, true, [&](Rank& rk) {
+    // Every rank is past create(): the name is gone, the mapping still works.
+    EXPECT_EQ(countShmEntries(), before);
+    Context c = rk.ctx(CollectiveKind::Barrier);
+    barrierShm(c);
+  });
+  EXPECT_EQ(countShmEntries(), before);
+}
+
+TEST(Shm, SingleRankHasNoDomain) {
+  transport::HashStore store;
+  EXPECT_EQ(transport::ShmDomain::create(store, 0, 1, {}, nullptr), nullptr);
+}
+
+TEST_P(ShmWorld, AllReduceEveryAlgoOpAndSize) {
+  const int n = GetParam();
+  runShm(n, 256, true, [&](Rank& rk) {
+    for (AllReduceAlgo algo : {AllReduceAlgo::ShmFlat, AllReduceAlgo::ShmStaged, AllReduceAlgo::ShmCma}) {
+      for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Product, ReduceOp::Min, ReduceOp::Max}) {
+        for (size_t count : kCounts) {
+          std::vector<float> buf(count);
+          for (size_t j = 0; j < count; ++j) buf[j] = input(rk.t.rank(), j);
+          Context ctx = rk.ctx(CollectiveKind::AllReduce, DataType::Float32, op, count);
+          AllReduceOptions o;
+          o.data = buf.data();
+          o.count = count;
+          o.algo = algo;
+          allReduce(ctx, o);
+          for (size_t j = 0; j < count; ++j) {
+            const double want = expectedReduce(op, n, j);
+            ASSERT_NEAR(buf[j], want, std::abs(want) * 1e-6)
+                << allReduceAlgoName(algo) << " " << reduceOpName(op) << " count " << count << " j " << j;
+          }
+        }
+      }
+    }
+    // Every rank computes bitwise the same result (reduction in rank order).
+    std::vector<double> buf(555);
+    for (size_t j = 0; j < buf.size(); ++j) buf[j] = 0.1 * (j + 1) * (rk.t.rank() + 1) / 3.0;
+    for (AllReduceAlgo algo : {AllReduceAlgo::ShmFlat, AllReduceAlgo::ShmStaged, AllReduceAlgo::ShmCma}) {
+      std::vector<double> mine = buf;
+      Context ctx = rk.ctx(CollectiveKind::AllReduce, DataType::Float64, ReduceOp::Sum, mine.size());
+      AllReduceOptions o;
+      o.data = mine.data();
+      o.count = mine.size();
+      o.algo = algo;
+      allReduce(ctx, o);
+      std::vector<double> seen(mine.size() * n);
+      AllGatherOptions g;
+      g.input = mine.data();
+      for (int k = 0; k < n; ++k) {
+        g.outputs.push_back(seen.data() + k * mine.size());
+        g.counts.push_back(mine.size());
+      }
+      Context gc = rk.ctx(CollectiveKind::AllGather, DataType::Float64);
+      allGatherShm(gc, g, Path::ShmStaged);
+      for (int k = 0; k < n; ++k)
+        ASSERT_EQ(0, std::memcmp(seen.data() + k * mine.size(), mine.data(), mine.size() * sizeof(double)));
+    }
+  });
+}
+
+TEST_P(ShmWorld, BroadcastAllGatherReduceScatterBothPaths) {
+  const int n = GetParam();
+  runShm(n, 256, true, [&](Rank& rk) {
+    const int r = rk.t.rank();
+    for (Path path : {Path::ShmStaged, Path::ShmCma}) {
+      for (int root = 0; root < n; ++root) {
+        for (size_t count : kCounts) {
+          std::vector<float> buf(count, -1.0f);
+          if (r == root)
+            for (size_t j = 0; j < count; ++j) buf[j] = input(root, j);
+          Context ctx = rk.ctx(CollectiveKind::Broadcast, DataType::Float32, ReduceOp::Sum, count);
+          broadcastShm(ctx, {buf.data(), count, root}, path);
+          for (size_t j = 0; j < count; ++j) ASSERT_EQ(buf[j], input(root, j)) << "root " << root;
+        }
+      }
+      for (size_t base : {size_t{0}, size_t{1}, size_t{50}, size_t{300}}) {
+        std::vector<size_t> counts(n);
+        for (int k = 0; k < n; ++k) counts[k] = base * (k % 3);  // some blocks empty, sizes differ
+        std::vector<float> in(counts[r]);
+        for (size_t j = 0; j < in.size(); ++j) in[j] = input(r, j);
+        std::vector<std::vector<float>> outs(n);
+        AllGatherOptions o;
+        o.input = in.data();
+        for (int k = 0; k < n; ++k) {
+          outs[k].assign(counts[k], -1);
+          o.outputs.push_back(outs[k].data());
+        }
+        o.counts = counts;
+        Context ctx = rk.ctx(CollectiveKind::AllGather);
+        allGatherShm(ctx, o, path);
+        for (int k = 0; k < n; ++k)
+          for (size_t j = 0; j < counts[k]; ++j) ASSERT_EQ(outs[k][j], input(k, j));
+      }
+      for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Min}) {
+        for (size_t scaleBy : {size_t{0}, size_t{1}, size_t{40}}) {
+          std::vector<size_t> counts(n);
+          for (int k = 0; k < n; ++k) counts[k] = scaleBy * (3 + 17 * k) / 3;
+          std::vector<std::vector<float>> ins(n);
+          ReduceScatterOptions o;
+          size_t offset = 0;
+          for (int k = 0; k < n; ++k) {
+            for (size_t j = 0; j < counts[k]; ++j) ins[k].push_back(input(r, offset + j));
+            o.inputs.push_back(ins[k].data());
+            offset += counts[k];
+          }
+          auto saved = ins;
+          o.counts = counts;
+          std::vector<float> out(counts[r], -1);
+          o.output = out.data();
+          Context ctx = rk.ctx(CollectiveKind::ReduceScatter, DataType::Float32, op);
+          reduceScatterShm(ctx, o, path);
+          size_t myOffset = 0;
+          for (int k = 0; k < r; ++k) myOffset += counts[k];
+          for (size_t j = 0; j < out.size(); ++j) ASSERT_NEAR(out[j], expectedReduce(op, n, myOffset + j), 1e-5);
+          ASSERT_EQ(ins, saved);
+        }
+      }
+    }
+  });
+}
+
+TEST_P(ShmWorld, BarrierOrdersRanks) {
+  const int n = GetParam();
+  std::atomic<int> arrived{0};
+  runShm(n, 4096, false, [&](Rank& rk) {
+    for (int round = 1; round <= 50; ++round) {
+      arrived.fetch_add(1);
+      Context ctx = rk.ctx(CollectiveKind::Barrier);
+      barrierShm(ctx);
+      ASSERT_GE(arrived.load(), round * n);
+      Context ctx2 = rk.ctx(CollectiveKind::Barrier);
+      barrierShm(ctx2);
+    }
+  });
+}
+
+TEST_P(ShmWorld, StagedWorksWithoutCrossMemoryAttach) {
+  const int n = GetParam();
+  runShm(n, 512, false, [&](Rank& rk) {
+    std::vector<float> buf(3001);
+    for (size_t j = 0; j < buf.size(); ++j) buf[j] = input(rk.t.rank(), j);
+    Context ctx = rk.ctx(CollectiveKind::AllReduce, DataType::Float32, ReduceOp::Max, buf.size());
+    AllReduceOptions o;
+    o.data = buf.data();
+    o.count = buf.size();
+    allReduce(ctx, o);  // auto: never the CMA algorithm here
+    for (size_t j = 0; j < buf.size(); ++j) ASSERT_EQ(buf[j], expectedReduce(ReduceOp::Max, n, j));
+    o.algo = AllReduceAlgo::ShmCma;
+    Context c2 = rk.ctx(CollectiveKind::AllReduce, DataType::Float32, ReduceOp::Max, buf.size());
+    EXPECT_THROW(allReduce(c2, o), InvalidArgument);
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, ShmWorld, ::testing::Range(2, 9));
+
+TEST(ShmErrors, MismatchedCountsFailEveryRank) {
+  std::atomic<int> mismatches{0};
+  runShm(3, 4096, true, [&](Rank& rk) {
+    const size_t count = rk.t.rank() == 1 ? 9 : 8;
+    std::vector<float> buf(count, 1.0f);
+    Context ctx = rk.ctx(CollectiveKind::AllReduce, DataType::Float32, ReduceOp::Sum, count);
+    AllReduceOptions o;
+    o.data = buf.data();
+    o.count = count;
+    try {
+      allReduce(ctx, o);
+    } catch (const MismatchError& e) {
+      EXPECT_NE(std::string(e.what()).find("collective mismatch"), std::string::npos) << e.what();
+      ++mismatches;
+    } catch (const CommError&) {
+      ++mismatches;  // a rank that was still waiting sees the abort instead
+    }
+  });
+  EXPECT_EQ(mismatches.load(), 3);
+}
+
+TEST(ShmErrors, AbsentPeerTimesOutAndAbortWakesWaiters) {
+  runShm(3, 4096, true, [&](Rank& rk) {
+    if (rk.t.rank() == 2) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      rk.shm.abort("rank 2 gave up");  // wakes the blocked ranks at once
+      return;
+    }
+    Context ctx = rk.ctx(CollectiveKind::Barrier);
+    ctx.deadline = transport::Clock::now() + std::chrono::seconds(20);
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_THROW(barrierShm(ctx), CommError);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  });
+  runShm(2, 4096, true, [&](Rank& rk) {
+    if (rk.t.rank() == 1) return;
+    Context ctx = rk.ctx(CollectiveKind::Barrier);
+    ctx.deadline = transport::Clock::now() + std::chrono::milliseconds(200);
+    EXPECT_THROW(barrierShm(ctx), TimeoutError);
+  });
+}
+
+TEST(ShmErrors, PeerThatNeverAttachesLeavesNoSegment) {
+  const int before = countShmEntries();
+  transport::HashStore store;
+  ranktest::forEachRank(2, [&](int r) {  // a world of 3 whose rank 2 never shows up
+    transport::ShmOptions o;
+    o.timeout = std::chrono::milliseconds(300);
+    o.slotBytes = 4096;
+    EXPECT_THROW(transport::ShmDomain::create(store, r, 3, o, nullptr), TimeoutError);
+  });
+  EXPECT_EQ(countShmEntries(), before);
+}
