@@ -12,22 +12,30 @@
 
 namespace agentcomm::algorithms {
 
-enum class AllReduceAlgo { Auto, Ring, Direct, ShmFlat, ShmStaged, ShmCma };
+enum class AllReduceAlgo { Auto, Ring, Direct, ShmFlat, ShmStaged, ShmCma, Hierarchical };
 
 struct AllReduceOptions {
   void* data = nullptr;  // in place
   size_t count = 0;
   double premulFactor = 1.0;  // for PREMUL_SUM
   AllReduceAlgo algo = AllReduceAlgo::Auto;
+  int scaleWorld = 0;  // world size AVG divides by; 0: ctx.size() (sub-groups of a hierarchy set it)
 };
+
+// The final scale of an all-reduce (AVG, PREMUL_SUM), applied in its last pass.
+inline FinalScale allReduceScale(const Context& ctx, const AllReduceOptions& opts) {
+  return finalScaleFor(ctx.op, opts.scaleWorld > 0 ? opts.scaleWorld : ctx.size(), opts.premulFactor);
+}
 
 // Picks an algorithm: `requested` unless Auto, then AGENTCOMM_ALGO, then the
 // first entry of the ordered (predicate -> algorithm) table in allreduce.cc
 // that applies to this size and topology (shm: the group's shared-memory
 // domain, or null).
 AllReduceAlgo chooseAllReduceAlgo(size_t bytes, int worldSize, const transport::ShmDomain* shm,
-                                  AllReduceAlgo requested);
+                                  AllReduceAlgo requested, bool multiHost = false);
 const char* allReduceAlgoName(AllReduceAlgo algo);
+// The TCP-only choice (direct for small messages, else ring), ignoring AGENTCOMM_ALGO.
+AllReduceAlgo tcpAllReduceAlgo(size_t bytes, int worldSize);
 
 void allReduce(Context& ctx, const AllReduceOptions& opts);
 // Chunked, pipelined ring: reduce-scatter then all-gather, 2(n-1)/n * S bytes per rank.
@@ -41,6 +49,9 @@ void allReduceDirect(Context& ctx, const AllReduceOptions& opts);
 void allReduceShmFlat(Context& ctx, const AllReduceOptions& opts);
 void allReduceShmStaged(Context& ctx, const AllReduceOptions& opts);
 void allReduceShmCma(Context& ctx, const AllReduceOptions& opts);
+// Several hosts with several ranks each (allreduce_hier.cc): shared memory
+// inside hosts, the host leaders across them.
+void allReduceHierarchical(Context& ctx, const AllReduceOptions& opts);
 
 struct BroadcastOptions {
   void* data = nullptr;  // root: source; others: destination

@@ -23,6 +23,7 @@ struct Entry {
   bool (*applies)(size_t bytes, int n, const transport::ShmDomain* shm);
 };
 constexpr Entry kTable[] = {
+    // (Hierarchical comes first when the group spans hosts: see chooseAllReduceAlgo.)
     {AllReduceAlgo::ShmFlat,
      [](size_t bytes, int n, const transport::ShmDomain* shm) {
        return shm != nullptr && bytes <= kShmFlatMaxBytes && bytes <= shm->slotBytes();
@@ -45,10 +46,15 @@ AllReduceAlgo parse(const std::string& name) {
   if (name == "shm_flat") return AllReduceAlgo::ShmFlat;
   if (name == "shm_staged") return AllReduceAlgo::ShmStaged;
   if (name == "shm_cma") return AllReduceAlgo::ShmCma;
+  if (name == "hierarchical") return AllReduceAlgo::Hierarchical;
   throw InvalidArgument(strCat("AGENTCOMM_ALGO: '", name,
-                               "' is not an all_reduce algorithm (auto, ring, direct, shm_flat, shm_staged, shm_cma)"));
+                               "' is not an all_reduce algorithm (auto, ring, direct, shm_flat, shm_staged, shm_cma, hierarchical)"));
 }
 }  // namespace
+
+AllReduceAlgo tcpAllReduceAlgo(size_t bytes, int n) {
+  return bytes <= kDirectMaxBytes && n <= 16 ? AllReduceAlgo::Direct : AllReduceAlgo::Ring;
+}
 
 const char* allReduceAlgoName(AllReduceAlgo algo) {
   switch (algo) {
@@ -58,15 +64,27 @@ const char* allReduceAlgoName(AllReduceAlgo algo) {
     case AllReduceAlgo::ShmFlat: return "shm_flat";
     case AllReduceAlgo::ShmStaged: return "shm_staged";
     case AllReduceAlgo::ShmCma: return "shm_cma";
+    case AllReduceAlgo::Hierarchical: return "hierarchical";
   }
   return "?";
 }
 
-AllReduceAlgo chooseAllReduceAlgo(size_t bytes, int n, const transport::ShmDomain* shm, AllReduceAlgo requested) {
+AllReduceAlgo chooseAllReduceAlgo(size_t bytes, int n, const transport::ShmDomain* shm, AllReduceAlgo requested,
+                                  bool multiHost) {
   if (n == 1) return AllReduceAlgo::Ring;  // a local scale, whatever was asked for
   if (requested == AllReduceAlgo::Auto) {
     static const AllReduceAlgo env = parse(forcedAlgo("all_reduce"));
     requested = env;
+    // A whole-group algorithm named in AGENTCOMM_ALGO still applies inside
+    // each host; across hosts with several ranks each the hierarchy runs.
+    if (multiHost && requested != AllReduceAlgo::Ring && requested != AllReduceAlgo::Direct) {
+      return AllReduceAlgo::Hierarchical;
+    }
+  }
+  if (requested == AllReduceAlgo::Hierarchical) {
+    AC_CHECK(multiHost, InvalidArgument, "all_reduce algorithm hierarchical needs a group spanning several hosts",
+             " with several ranks on at least one of them");
+    return requested;
   }
   if (requested != AllReduceAlgo::Auto) {
     const bool needsShm = requested == AllReduceAlgo::ShmFlat || requested == AllReduceAlgo::ShmStaged ||
@@ -85,7 +103,8 @@ AllReduceAlgo chooseAllReduceAlgo(size_t bytes, int n, const transport::ShmDomai
 }
 
 void allReduce(Context& ctx, const AllReduceOptions& opts) {
-  const AllReduceAlgo algo = chooseAllReduceAlgo(opts.count * ctx.elemSize(), ctx.size(), ctx.shm, opts.algo);
+  const AllReduceAlgo algo =
+      chooseAllReduceAlgo(opts.count * ctx.elemSize(), ctx.size(), ctx.shm, opts.algo, ctx.topo != nullptr);
   AC_LOG(Trace, "all_reduce seq ", ctx.seq, ": ", opts.count, " x ", dataTypeName(ctx.dtype), " op ",
          reduceOpName(ctx.op), " via ", allReduceAlgoName(algo));
   switch (algo) {
@@ -93,6 +112,7 @@ void allReduce(Context& ctx, const AllReduceOptions& opts) {
     case AllReduceAlgo::ShmFlat: return allReduceShmFlat(ctx, opts);
     case AllReduceAlgo::ShmStaged: return allReduceShmStaged(ctx, opts);
     case AllReduceAlgo::ShmCma: return allReduceShmCma(ctx, opts);
+    case AllReduceAlgo::Hierarchical: return allReduceHierarchical(ctx, opts);
     default: return allReduceRing(ctx, opts);
   }
 }

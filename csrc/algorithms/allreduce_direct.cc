@@ -18,7 +18,7 @@ void allReduceDirect(Context& ctx, const AllReduceOptions& opts) {
   const int n = ctx.size();
   const int r = ctx.rank();
   const size_t bytes = opts.count * ctx.elemSize();
-  const FinalScale scale = finalScaleFor(ctx.op, n, opts.premulFactor);
+  const FinalScale scale = allReduceScale(ctx, opts);
   if (n == 1) {
     kernels::applyScale(opts.data, opts.data, opts.count, ctx.dtype, scale);
     return;

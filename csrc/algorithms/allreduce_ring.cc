@@ -21,7 +21,7 @@ void allReduceRing(Context& ctx, const AllReduceOptions& opts) {
     rb.partials.push_back(blocks[k]);  // in place
   }
   rb.output = blocks[r];
-  const FinalScale scale = finalScaleFor(ctx.op, n, opts.premulFactor);
+  const FinalScale scale = allReduceScale(ctx, opts);
   // All-gather receives go straight into their final blocks. A block is only
   // overwritten after this rank has forwarded its own partial sum of it, which
   // causally precedes the owner finishing it.

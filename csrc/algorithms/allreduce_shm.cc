@@ -38,7 +38,7 @@ void allReduceShmFlat(Context& ctx, const AllReduceOptions& opts) {
   if (bytes > 0) std::memcpy(shm.slot(ctx.rank(), p), opts.data, bytes);
   shm.arrive(shmDesc(ctx, ShmAlgo::Flat, opts.count), nullptr, 0, ctx.deadline, kWhat);
   if (bytes == 0) return;
-  const FinalScale scale = finalScaleFor(ctx.op, n, opts.premulFactor);
+  const FinalScale scale = allReduceScale(ctx, opts);
   const ReduceOp op = combiningOp(ctx.op);
   kernels::reduce(opts.data, shm.slot(0, p), shm.slot(1, p), opts.count, ctx.dtype, op,
                   n == 2 ? scale : FinalScale::none());
@@ -53,7 +53,7 @@ void allReduceShmStaged(Context& ctx, const AllReduceOptions& opts) {
   const int r = ctx.rank();
   const size_t es = ctx.elemSize();
   const size_t perRound = std::max<size_t>(1, shm.slotBytes() / es);
-  const FinalScale scale = finalScaleFor(ctx.op, n, opts.premulFactor);
+  const FinalScale scale = allReduceScale(ctx, opts);
   const ReduceOp op = combiningOp(ctx.op);
   auto* data = static_cast<uint8_t*>(opts.data);
   size_t off = 0;
@@ -110,7 +110,7 @@ void allReduceShmCma(Context& ctx, const AllReduceOptions& opts) {
   std::vector<uint64_t> at(n);
   for (int j = 0; j < n; ++j) at[j] = remote[j] + mine.offset * es;
   cmaReduce(ctx, at.data(), data + mine.offset * es, data + mine.offset * es, mine.count,
-            finalScaleFor(ctx.op, n, opts.premulFactor));
+            allReduceScale(ctx, opts));
   shm.sync(ctx.deadline, kWhat);
   // Phase 2: every slice is final in its owner's buffer; fetch the others.
   for (int j = 0; j < n; ++j) {

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "algorithms/algorithms.h"
+#include "algorithms/shm_common.h"
 #include "algorithms/ring_schedule.h"
 #include "core/error.h"
 
@@ -23,6 +24,9 @@ void allToAll(Context& ctx, const AllToAllOptions& opts) {
            InvalidArgument, "all_to_all: need one split per rank");
   AC_CHECK(opts.inCounts[r] == opts.outCounts[r], InvalidArgument, "all_to_all: rank ", r, " sends ",
            opts.inCounts[r], " elements to itself but expects ", opts.outCounts[r]);
+  // Ranks' splits differ, so the path must not depend on this rank's byte
+  // count (ranks would pick different algorithms): CMA whenever it exists.
+  if (Path p = choosePath(ctx, "all_to_all", kCmaMinBytes); p != Path::Tcp) return allToAllShm(ctx, opts, p);
   auto* out = static_cast<uint8_t*>(opts.output);
   auto* in = static_cast<const uint8_t*>(opts.input);
   std::vector<RecvHandle> handles;

@@ -139,3 +139,78 @@ void barrierShm(Context& ctx) {
 }
 
 }  // namespace agentcomm::algorithms
+
+namespace agentcomm::algorithms {
+
+// All-to-all. Splits may differ per rank, so every rank publishes its own
+// (offset, count) per destination in its first arrive() and checks that what
+// each peer sends it matches what it expects (a mismatch would otherwise read
+// past a buffer). Cma: read each peer's block for this rank straight from the
+// peer's input. Staged: rounds carrying up to `step` elements of every block.
+void allToAllShm(Context& ctx, const AllToAllOptions& opts, Path path) {
+  transport::ShmDomain& shm = *ctx.shm;
+  const char* what = "in all_to_all (shared memory)";
+  const int n = ctx.size();
+  const int r = ctx.rank();
+  const size_t es = ctx.elemSize();
+  auto* out = static_cast<uint8_t*>(opts.output);
+  auto* in = static_cast<const uint8_t*>(opts.input);
+  std::vector<uint64_t> words(2 * n + 1);
+  words[0] = addrOf(in);
+  for (int i = 0; i < n; ++i) {
+    words[1 + i] = opts.inOffsets[i];
+    words[1 + n + i] = opts.inCounts[i];
+  }
+  const size_t step = std::max<size_t>(1, shm.slotBytes() / (es * n));
+  const int p0 = shm.nextParity();
+  if (path == Path::ShmStaged) {  // round 0's data goes in before the first arrive
+    for (int i = 0; i < n; ++i)
+      if (opts.inCounts[i] > 0)
+        std::memcpy(shm.slot(r, p0) + i * step * es, in + opts.inOffsets[i] * es, std::min(step, opts.inCounts[i]) * es);
+  }
+  const ShmAlgo algo = path == Path::ShmCma ? ShmAlgo::Cma : ShmAlgo::Staged;
+  shm.arrive(shmDesc(ctx, algo, 0), words.data(), words.size(), ctx.deadline, what);
+  size_t most = 0;
+  for (int j = 0; j < n; ++j) {
+    const uint64_t theirs = shm.peerWord(j, p0, 1 + n + r);
+    if (j != r && theirs != opts.outCounts[j]) {
+      const std::string msg = strCat("agentcomm: collective mismatch in all_to_all (sequence number ", ctx.seq,
+                                     "): rank ", j, " sends ", theirs, " elements to rank ", r, ", which expects ",
+                                     opts.outCounts[j]);
+      shm.abort(msg);
+      throw MismatchError(msg);
+    }
+    for (int i = 0; i < n; ++i) most = std::max<size_t>(most, shm.peerWord(j, p0, 1 + n + i));
+  }
+  if (opts.inCounts[r] > 0)
+    std::memmove(out + opts.outOffsets[r] * es, in + opts.inOffsets[r] * es, opts.inCounts[r] * es);
+  if (path == Path::ShmCma) {
+    for (int k = 1; k < n; ++k) {
+      const int j = (r + k) % n;
+      if (opts.outCounts[j] > 0)
+        shm.readPeer(j, shm.peerWord(j, p0, 0) + shm.peerWord(j, p0, 1 + r) * es, out + opts.outOffsets[j] * es,
+                     opts.outCounts[j] * es);
+    }
+    shm.sync(ctx.deadline, what);
+    return;
+  }
+  int p = p0;
+  for (size_t off = 0;;) {
+    for (int k = 1; k < n; ++k) {
+      const int j = (r + k) % n;
+      if (off < opts.outCounts[j])
+        std::memcpy(out + (opts.outOffsets[j] + off) * es, shm.slot(j, p) + static_cast<size_t>(r) * step * es,
+                    std::min(step, opts.outCounts[j] - off) * es);
+    }
+    off += step;
+    if (off >= most) break;
+    p = shm.nextParity();
+    for (int i = 0; i < n; ++i)
+      if (off < opts.inCounts[i])
+        std::memcpy(shm.slot(r, p) + i * step * es, in + (opts.inOffsets[i] + off) * es,
+                    std::min(step, opts.inCounts[i] - off) * es);
+    shm.arrive(shmDesc(ctx, algo, 0), nullptr, 0, ctx.deadline, what);
+  }
+}
+
+}  // namespace agentcomm::algorithms

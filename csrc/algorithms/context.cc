@@ -30,13 +30,13 @@ void Context::send(int peer, uint64_t tag, const void* data, size_t nbytes) cons
   h.tag = tag;
   h.count = signature;
   h.nbytes = nbytes;
-  transport.send(peer, h, data, deadline);
+  transport.send(globalRank(peer), h, data, deadline);
 }
 
 RecvHandle Context::postRecv(int peer, uint64_t tag, void* data, size_t nbytes) const {
   transport::RecvSpec spec;
   spec.kind = transport::MsgKind::Collective;
-  spec.src = peer;
+  spec.src = globalRank(peer);
   spec.seq = seq;
   spec.tag = tag;
   spec.buffer = data;

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
 #include "core/reduce_op.h"
@@ -33,12 +34,20 @@ struct Context {
   // Set when every rank of the group shares this host's shared-memory domain;
   // the shm algorithms run over it, p2p and the TCP algorithms over transport.
   transport::ShmDomain* shm = nullptr;
+  // A sub-group view (hierarchical algorithms): when set, rank()/size() and
+  // the peers of send/postRecv are positions in `members` (global ranks).
+  const std::vector<int>* members = nullptr;
+  int memberRank = -1;
+  // Set when the group spans several hosts and at least one host has several
+  // ranks (see algorithms/topology.h); null otherwise.
+  const struct Topology* topo = nullptr;
 
   Context(transport::Transport& t, uint64_t sequence, transport::CollectiveKind kind, DataType dt)
       : transport(t), seq(sequence), collective(kind), dtype(dt) {}
 
-  int rank() const { return transport.rank(); }
-  int size() const { return transport.size(); }
+  int rank() const { return members ? memberRank : transport.rank(); }
+  int size() const { return members ? static_cast<int>(members->size()) : transport.size(); }
+  int globalRank(int peer) const { return members ? (*members)[peer] : peer; }
   size_t elemSize() const { return elementSize(dtype); }
   size_t chunkElems() const {
     size_t e = chunkBytes / elemSize();

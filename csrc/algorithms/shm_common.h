@@ -51,6 +51,7 @@ void cmaReduce(const Context& ctx, const uint64_t* remote, const void* local, vo
 void broadcastShm(Context& ctx, const BroadcastOptions& opts, Path path);
 void allGatherShm(Context& ctx, const AllGatherOptions& opts, Path path);
 void reduceScatterShm(Context& ctx, const ReduceScatterOptions& opts, Path path);
+void allToAllShm(Context& ctx, const AllToAllOptions& opts, Path path);
 void barrierShm(Context& ctx);
 
 inline uint64_t addrOf(const void* p) { return reinterpret_cast<uint64_t>(p); }

@@ -1,5 +1,7 @@
 #include "torch/backend.h"
 
+#include "transport/host.h"
+
 #include <Python.h>
 
 #include <ATen/Functions.h>
@@ -262,14 +264,33 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
     C10_THROW_ERROR(DistBackendError, e.what());
   }
   try {
+    // Shared memory among the ranks of each host; a hierarchy when the group
+    // spans hosts and some host runs several ranks.
+    const transport::HostMap hosts = transport::exchangeHosts(adapter, rank, size, opts.keyPrefix, timeout);
     transport::ShmOptions shmOpts;
     shmOpts.timeout = timeout;
-    shm_ = transport::ShmDomain::create(adapter, rank, size, shmOpts,
+    shmOpts.keyPrefix = opts.keyPrefix;
+    const std::vector<int> members = hosts.membersOf(rank);
+    shm_ = transport::ShmDomain::create(adapter, rank, members, shmOpts,
                                         [t = transport_.get()] { return t->mailbox().abortReason(); });
+    wholeGroupShm_ = shm_ != nullptr && static_cast<int>(members.size()) == size;
+    const std::vector<int> leaders = hosts.leaders();
+    if (leaders.size() > 1 && static_cast<int>(leaders.size()) < size) {
+      topo_ = std::make_unique<algorithms::Topology>();
+      topo_->local = shm_.get();
+      topo_->localRanks = members;
+      topo_->leaders = leaders;
+      topo_->localRank = static_cast<int>(std::find(members.begin(), members.end(), rank) - members.begin());
+      for (size_t i = 0; i < leaders.size(); ++i)
+        if (leaders[i] == rank) topo_->leaderIndex = static_cast<int>(i);
+    }
   } catch (const Error& e) {
     C10_THROW_ERROR(DistBackendError, e.what());
   }
-  transportName_ = shm_ ? (shm_->cma() ? "shm+cma/tcp" : "shm/tcp") : transport_->name();
+  const std::string shmName = shm_ ? (shm_->cma() ? "shm+cma" : "shm") : "";
+  transportName_ = wholeGroupShm_ ? shmName + "/tcp"
+                   : topo_        ? strCat("hierarchical(", shmName.empty() ? "tcp" : shmName, ")/tcp")
+                                  : transport_->name();
   AC_LOG(Info, "agentcomm ", kVersion, ": group '", groupName_, "' rank ", rank, "/", size, ", transport ",
          transportName_, ", chunk ", chunkBytes_, " bytes, timeout ", timeout.count(), " ms");
   worker_ = std::thread([this] { workerLoop(); });
@@ -308,6 +329,7 @@ void AgentBackend::shutdownNoGil() {
     // telling peers: they see our sockets close.
     if (transport_) transport_->mailbox().abort("agentcomm: the process group was shut down");
     completions_.stop(true);
+    topo_.reset();
     shm_.reset();
     transport_.reset();
   });
@@ -498,7 +520,8 @@ algorithms::Context AgentBackend::makeContext(CollectiveKind kind, DataType dt, 
   ctx.signature = signature;
   ctx.deadline = deadline;
   ctx.chunkBytes = chunkBytes_;
-  ctx.shm = shm_.get();
+  ctx.shm = wholeGroupShm_ ? shm_.get() : nullptr;
+  ctx.topo = topo_.get();
   return ctx;
 }
 

@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "algorithms/context.h"
+#include "algorithms/topology.h"
 #include "transport/mailbox.h"
 #include "transport/shm/shm_domain.h"
 #include "transport/transport.h"
@@ -181,7 +182,9 @@ class AgentBackend : public c10d::Backend {
   void shutdownNoGil();
 
   std::unique_ptr<transport::Transport> transport_;
-  std::unique_ptr<transport::ShmDomain> shm_;  // null unless every rank is on this host
+  std::unique_ptr<transport::ShmDomain> shm_;       // this host's ranks of the group (null if alone)
+  bool wholeGroupShm_ = false;                      // every rank of the group is in shm_
+  std::unique_ptr<algorithms::Topology> topo_;      // several hosts, some with several ranks
   std::string transportName_;
   std::chrono::milliseconds timeout_;
   std::string groupName_;

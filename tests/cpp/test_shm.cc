@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -15,6 +16,7 @@
 
 #include "algorithms/algorithms.h"
 #include "algorithms/shm_common.h"
+#include "algorithms/topology.h"
 #include "core/error.h"
 #include "rank_threads.h"
 #include "transport/shm/shm_domain.h"
@@ -44,6 +46,12 @@ double expectedReduce(ReduceOp op, int n, size_t j) {
   }
   if (op == ReduceOp::Avg) acc /= n;
   return acc;
+}
+
+std::vector<int> allRanks(int n) {
+  std::vector<int> v(n);
+  for (int i = 0; i < n; ++i) v[i] = i;
+  return v;
 }
 
 int countShmEntries() {
@@ -81,7 +89,7 @@ void runShm(int n, size_t slotBytes, bool cma, const std::function<void(Rank&)>&
     o.slotBytes = slotBytes;
     o.allowCma = cma;
     o.timeout = std::chrono::seconds(30);
-    auto shm = transport::ShmDomain::create(store, r, n, o, [&, r] { return ts[r]->mailbox().abortReason(); });
+    auto shm = transport::ShmDomain::create(store, r, allRanks(n), o, [&, r] { return ts[r]->mailbox().abortReason(); });
     ASSERT_NE(shm, nullptr);
     ASSERT_EQ(shm->cma(), cma) << shm->cmaUnavailableReason();
     Rank rank{*ts[r], *shm};
@@ -106,7 +114,7 @@ TEST(Shm, SegmentIsUnlinkedOnceEveryRankAttached) {
 
 TEST(Shm, SingleRankHasNoDomain) {
   transport::HashStore store;
-  EXPECT_EQ(transport::ShmDomain::create(store, 0, 1, {}, nullptr), nullptr);
+  EXPECT_EQ(transport::ShmDomain::create(store, 0, allRanks(1), {}, nullptr), nullptr);
 }
 
 TEST_P(ShmWorld, AllReduceEveryAlgoOpAndSize) {
@@ -218,6 +226,42 @@ TEST_P(ShmWorld, BroadcastAllGatherReduceScatterBothPaths) {
   });
 }
 
+TEST_P(ShmWorld, AllToAllWithSplitsBothPaths) {
+  const int n = GetParam();
+  runShm(n, 256, true, [&](Rank& rk) {
+    const int r = rk.t.rank();
+    for (Path path : {Path::ShmStaged, Path::ShmCma}) {
+      for (size_t scale : {size_t{1}, size_t{37}}) {
+        // Rank r sends scale * ((r + p) % 4) elements to rank p; values encode (src, dst, j).
+        auto split = [&](int src, int dst) { return scale * static_cast<size_t>((src + dst) % 4); };
+        AllToAllOptions o;
+        std::vector<float> in, out;
+        size_t off = 0;
+        for (int p = 0; p < n; ++p) {
+          o.inOffsets.push_back(off);
+          o.inCounts.push_back(split(r, p));
+          for (size_t j = 0; j < split(r, p); ++j) in.push_back(static_cast<float>(r * 100000 + p * 1000 + j));
+          off += split(r, p);
+        }
+        off = 0;
+        for (int p = 0; p < n; ++p) {
+          o.outOffsets.push_back(off);
+          o.outCounts.push_back(split(p, r));
+          off += split(p, r);
+        }
+        out.assign(off, -1);
+        o.input = in.data();
+        o.output = out.data();
+        Context ctx = rk.ctx(CollectiveKind::AllToAll);
+        allToAllShm(ctx, o, path);
+        for (int p = 0; p < n; ++p)
+          for (size_t j = 0; j < split(p, r); ++j)
+            ASSERT_EQ(out[o.outOffsets[p] + j], static_cast<float>(p * 100000 + r * 1000 + j));
+      }
+    }
+  });
+}
+
 TEST_P(ShmWorld, BarrierOrdersRanks) {
   const int n = GetParam();
   std::atomic<int> arrived{0};
@@ -301,7 +345,54 @@ TEST(ShmErrors, PeerThatNeverAttachesLeavesNoSegment) {
     transport::ShmOptions o;
     o.timeout = std::chrono::milliseconds(300);
     o.slotBytes = 4096;
-    EXPECT_THROW(transport::ShmDomain::create(store, r, 3, o, nullptr), TimeoutError);
+    EXPECT_THROW(transport::ShmDomain::create(store, r, allRanks(3), o, nullptr), TimeoutError);
   });
   EXPECT_EQ(countShmEntries(), before);
+}
+
+// Three "hosts" (ranks {0,1,2}, {3,4}, {5}) in one process: each host has its
+// own domain, the leaders 0, 3, 5 talk over the in-process transport.
+TEST(ShmHierarchical, AllReduceAcrossHostsEveryOpAndSize) {
+  const std::vector<std::vector<int>> hosts = {{0, 1, 2}, {3, 4}, {5}};
+  const int n = 6;
+  auto hub = transport::InProcHub::create(n);
+  std::vector<std::unique_ptr<transport::Transport>> ts;
+  for (int r = 0; r < n; ++r) ts.push_back(hub->connect(r));
+  transport::HashStore store;
+  ranktest::forEachRank(n, [&](int r) {
+    Topology topo;
+    for (const auto& h : hosts) {
+      topo.leaders.push_back(h[0]);
+      if (std::find(h.begin(), h.end(), r) != h.end()) topo.localRanks = h;
+    }
+    topo.localRank = static_cast<int>(std::find(topo.localRanks.begin(), topo.localRanks.end(), r) - topo.localRanks.begin());
+    for (size_t i = 0; i < topo.leaders.size(); ++i)
+      if (topo.leaders[i] == r) topo.leaderIndex = static_cast<int>(i);
+    transport::ShmOptions o;
+    o.slotBytes = 512;
+    auto shm = transport::ShmDomain::create(store, r, topo.localRanks, o, nullptr);
+    ASSERT_EQ(shm != nullptr, topo.localRanks.size() > 1);
+    topo.local = shm.get();
+    uint64_t seq = 0;
+    for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max, ReduceOp::Product}) {
+      for (size_t count : kCounts) {
+        std::vector<float> buf(count);
+        for (size_t j = 0; j < count; ++j) buf[j] = input(r, j);
+        Context ctx(*ts[r], ++seq, CollectiveKind::AllReduce, DataType::Float32);
+        ctx.op = op;
+        ctx.signature = count;
+        ctx.topo = &topo;
+        ctx.deadline = transport::Clock::now() + std::chrono::seconds(30);
+        AllReduceOptions ao;
+        ao.data = buf.data();
+        ao.count = count;
+        allReduce(ctx, ao);
+        ASSERT_EQ(chooseAllReduceAlgo(count * 4, n, nullptr, AllReduceAlgo::Auto, true), AllReduceAlgo::Hierarchical);
+        for (size_t j = 0; j < count; ++j) {
+          const double want = expectedReduce(op, n, j);
+          ASSERT_NEAR(buf[j], want, std::abs(want) * 1e-5) << reduceOpName(op) << " count " << count << " j " << j;
+        }
+      }
+    }
+  });
 }

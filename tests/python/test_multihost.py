@@ -37,6 +37,35 @@ print("ok", rank)
 """
 
 
+# Four ranks, two per "host": the hierarchical all-reduce (shared memory inside
+# each namespace, the two leaders over the veth pair), against closed forms.
+HIER_SCRIPT = r"""
+import sys, torch, torch.distributed as dist, agentcomm
+from datetime import timedelta
+rank = int(sys.argv[1])
+dist.init_process_group("agentcomm", init_method=sys.argv[2], rank=rank, world_size=4, timeout=timedelta(seconds=60))
+name = dist.group.WORLD._get_backend(torch.device("cpu")).transport
+assert name.startswith("hierarchical(shm"), name
+for n in (0, 1, 7, 1000, 1 << 20, 3_000_001):
+    for op, want in ((dist.ReduceOp.SUM, 10.0), (dist.ReduceOp.AVG, 2.5), (dist.ReduceOp.MAX, 4.0)):
+        t = torch.full((n,), float(rank + 1))
+        dist.all_reduce(t, op=op)
+        assert n == 0 or float(t.min()) == float(t.max()) == want, (n, op, t[:4])
+x = torch.arange(1000, dtype=torch.float64) * (rank + 1)
+dist.all_reduce(x)
+assert torch.equal(x, torch.arange(1000, dtype=torch.float64) * 10)
+b = torch.full((300_001,), float(rank))
+dist.broadcast(b, src=3)
+assert float(b.min()) == float(b.max()) == 3.0
+outs = [torch.empty(3) for _ in range(4)]
+dist.all_gather(outs, torch.full((3,), float(rank)))
+assert [float(o[0]) for o in outs] == [0.0, 1.0, 2.0, 3.0]
+dist.barrier()
+dist.destroy_process_group()
+print("ok", rank, name)
+"""
+
+
 def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=30)
 
@@ -87,6 +116,28 @@ def test_ranks_on_two_hosts(two_hosts, pin_interface: bool, tmp_path) -> None:
     try:
         for p in procs:
             out, err = p.communicate(timeout=120)
+            outputs.append((p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for rank, (code, out, err) in enumerate(outputs):
+        assert code == 0 and f"ok {rank}" in out, f"rank {rank} exit {code}\n{out}\n{err[-3000:]}"
+
+
+def test_hierarchical_two_hosts_two_ranks_each(two_hosts, tmp_path) -> None:
+    ns, dev, addr = two_hosts
+    script = tmp_path / "hier.py"
+    script.write_text(HIER_SCRIPT)
+    init = f"tcp://{addr[0]}:29657"
+    procs = [subprocess.Popen(["ip", "netns", "exec", ns[rank // 2], sys.executable, str(script), str(rank), init],
+                              cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(4)]
+    outputs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=180)
             outputs.append((p.returncode, out, err))
     finally:
         for p in procs:

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -96,22 +97,16 @@ struct alignas(64) ShmDomain::RankCtl {
   uint32_t pad;
 };
 
-std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int rank, int size, const ShmOptions& options,
+std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int globalRank, const std::vector<int>& members,
+                                             const ShmOptions& options,
                                              std::function<std::optional<std::string>()> abortProbe) {
+  const int size = static_cast<int>(members.size());
   if (size < 2) return nullptr;
-  const std::string& pre = options.keyPrefix;
-  auto key = [&](const char* what, int r) { return strCat(pre, "shm/", what, "/", r); };
-
-  // 1. Same host for everyone? (Every rank reads every host id, so all decide
-  // alike; a rank with AGENTCOMM_SHM=0 publishes an id nobody else has.)
-  const std::string me = envFlag("AGENTCOMM_SHM", true) ? hostId() : strCat("shm-disabled/", rank);
-  store.set(key("host", rank), toBytes(me));
-  for (int r = 0; r < size; ++r) {
-    if (r != rank && fromBytes(store.get(key("host", r), options.timeout)) != me) {
-      AC_LOG(Info, "shm: rank ", r, " is on another host; shared memory off for this group");
-      return nullptr;
-    }
-  }
+  const int rank = static_cast<int>(std::find(members.begin(), members.end(), globalRank) - members.begin());
+  AC_CHECK(rank < size, InvalidArgument, "shm: rank ", globalRank, " is not among the members");
+  // Keys are per host (named by its lowest rank); r below is a position in members.
+  const std::string pre = strCat(options.keyPrefix, "shm/", members[0], "/");
+  auto key = [&](const char* what, int r) { return strCat(pre, what, "/", r); };
 
   std::unique_ptr<ShmDomain> d(new ShmDomain(rank, size));
   d->abortProbe_ = std::move(abortProbe);
@@ -158,7 +153,7 @@ std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int rank, int size, c
       if (err != 0) why = strCat("cannot reserve ", d->mapBytes_, " bytes in /dev/shm: ", errnoText(err));
     }
   } else {
-    std::istringstream in(fromBytes(store.get(strCat(pre, "shm/name"), options.timeout)));
+    std::istringstream in(fromBytes(store.get(strCat(pre, "name"), options.timeout)));
     in >> name >> d->slotBytes_;
     if (name == "-") {
       why = "rank 0 could not create the segment";
@@ -186,7 +181,7 @@ std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int rank, int size, c
     for (int r = 0; r < size; ++r) new (d->ctl(r)) RankCtl{};
   }
   // Publish the name only once the control blocks are initialised: peers write their pids there.
-  if (rank == 0) store.set(strCat(pre, "shm/name"), toBytes(why.empty() ? strCat(name, " ", d->slotBytes_) : std::string("-")));
+  if (rank == 0) store.set(strCat(pre, "name"), toBytes(why.empty() ? strCat(name, " ", d->slotBytes_) : std::string("-")));
   if (d->base_ != nullptr) d->ctl(rank)->pid = static_cast<int32_t>(::getpid());
 
   // 3. Everyone reports; the creator unlinks once all have reported, so the

@@ -36,6 +36,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "transport/mailbox.h"
 #include "transport/store.h"
@@ -62,11 +63,14 @@ struct ShmOpDesc {
 
 class ShmDomain {
  public:
-  // Collective over all ranks of the group. Returns nullptr (and logs why at
-  // INFO) unless every rank is on this host and every rank attached; all
-  // ranks reach the same decision. `abortProbe` is polled while blocked (the
+  // Collective over `members` (the group's global ranks on this host,
+  // ascending, including `rank`; see exchangeHosts). Returns nullptr (and
+  // logs why at INFO) when there are fewer than two, or when a member cannot
+  // attach; all members reach the same decision. rank()/size() below are
+  // positions in `members`. `abortProbe` is polled while blocked (the
   // transport's sticky abort reason).
-  static std::unique_ptr<ShmDomain> create(Store& store, int rank, int size, const ShmOptions& options,
+  static std::unique_ptr<ShmDomain> create(Store& store, int rank, const std::vector<int>& members,
+                                           const ShmOptions& options,
                                            std::function<std::optional<std::string>()> abortProbe);
   ~ShmDomain();
   ShmDomain(const ShmDomain&) = delete;
