@@ -22,6 +22,10 @@ if ! python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '
   pip install -q "torch==$TORCH_VERSION"
 fi
 pip install -q numpy pytest pytest-timeout expecttest setuptools wheel
+if [ "${AGENTCOMM_TEST_DEPS:-0}" = "1" ]; then
+  # The benchmark's --plot and the kernel microbenchmarks (bench/test_kernels.py).
+  pip install -q matplotlib pytest-benchmark
+fi
 command -v ninja >/dev/null 2>&1 || pip install -q ninja
 
 if [ "${AGENTCOMM_NEED_GTEST:-0}" = "1" ] && [ ! -f /usr/include/gtest/gtest.h ]; then

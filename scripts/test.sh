@@ -2,7 +2,7 @@
 # Set up, build from scratch, and run the whole test suite: the core's C++
 # unit tests (GoogleTest via CTest, no torch) and the Python tests (pytest).
 set -euo pipefail
-export AGENTCOMM_NEED_GTEST=1
+export AGENTCOMM_NEED_GTEST=1 AGENTCOMM_TEST_DEPS=1
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 
 echo "== C++ core tests (built without torch)"
@@ -14,3 +14,6 @@ ctest --test-dir build/core --output-on-failure --timeout 300 -j 2
 echo "== Python tests"
 cd "$ROOT/tests/python"  # not the repo root: the source tree's agentcomm/ has no built extension
 OMP_NUM_THREADS=1 python -m pytest -q -p no:cacheprovider --timeout 900 "$@"
+
+echo "== kernel microbenchmarks, run once each as tests (bench/RESULTS.md has the timed runs)"
+OMP_NUM_THREADS=1 python -m pytest -q -p no:cacheprovider --timeout 300 --benchmark-disable "$ROOT/bench/test_kernels.py"

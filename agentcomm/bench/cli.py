@@ -24,6 +24,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from datetime import timedelta
 
 import torch
@@ -65,6 +66,7 @@ def _transport(group: dist.ProcessGroup) -> str:
 
 def worker(rank: int, world: int, args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     import agentcomm
 
     timeout = timedelta(seconds=args.timeout)

@@ -2,6 +2,11 @@
 
 #include "transport/host.h"
 
+#include <map>
+
+#include "kernels/cpu/reduce_simd.h"
+#include "kernels/kernels.h"
+
 #include <Python.h>
 
 #include <ATen/Functions.h>
@@ -1049,5 +1054,36 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::recv(std::vector<at::Tensor>& tenso
 c10::intrusive_ptr<c10d::Work> AgentBackend::recvAnysource(std::vector<at::Tensor>& tensors, int tag) {
   return postRecv(tensors, -1, tag);
 }
+
+}  // namespace agentcomm::torch_adapter
+
+namespace agentcomm::torch_adapter {
+
+void reduceInto(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const std::string& op,
+                const std::string& simdLevel) {
+  TORCH_CHECK_VALUE(out.is_cpu() && a.is_cpu() && b.is_cpu(), "reduce_into: CPU tensors only");
+  TORCH_CHECK_VALUE(out.is_contiguous() && a.is_contiguous() && b.is_contiguous(), "reduce_into: contiguous tensors only");
+  TORCH_CHECK_VALUE(out.numel() == a.numel() && a.numel() == b.numel(), "reduce_into: sizes differ (", out.numel(), ", ",
+                    a.numel(), ", ", b.numel(), ")");
+  TORCH_CHECK_VALUE(out.scalar_type() == a.scalar_type() && a.scalar_type() == b.scalar_type(),
+                    "reduce_into: dtypes differ");
+  auto dt = mapDtype(a.scalar_type());
+  TORCH_CHECK_TYPE(dt.has_value(), "reduce_into: unsupported dtype ", a.scalar_type());
+  static const std::map<std::string, ReduceOp> ops = {
+      {"sum", ReduceOp::Sum}, {"prod", ReduceOp::Product}, {"min", ReduceOp::Min}, {"max", ReduceOp::Max}};
+  auto it = ops.find(op);
+  TORCH_CHECK_VALUE(it != ops.end(), "reduce_into: op must be sum, prod, min or max, got '", op, "'");
+  using kernels::simd::Level;
+  const Level saved = kernels::simd::level();
+  if (simdLevel != "auto") {
+    TORCH_CHECK_VALUE(simdLevel == "scalar" || simdLevel == "avx2" || simdLevel == "avx512",
+                      "reduce_into: simd must be auto, scalar, avx2 or avx512");
+    kernels::simd::setLevel(simdLevel == "avx512" ? Level::Avx512 : simdLevel == "avx2" ? Level::Avx2 : Level::Scalar);
+  }
+  kernels::reduce(out.data_ptr(), a.data_ptr(), b.data_ptr(), static_cast<size_t>(a.numel()), *dt, it->second);
+  kernels::simd::setLevel(saved);
+}
+
+std::string simdLevelName() { return kernels::simd::levelName(kernels::simd::level()); }
 
 }  // namespace agentcomm::torch_adapter

@@ -205,4 +205,11 @@ class AgentBackend : public c10d::Backend {
   std::once_flag shutdownOnce_;
 };
 
+// Kernel entry points for microbenchmarks and tests (agentcomm._C.reduce_into):
+// out = a (op) b elementwise with the vector level `simdLevel` (auto, scalar,
+// avx2, avx512; clamped to the CPU's).
+void reduceInto(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const std::string& op,
+                const std::string& simdLevel);
+std::string simdLevelName();
+
 }  // namespace agentcomm::torch_adapter

@@ -24,4 +24,8 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("transport", &AgentBackend::transportName);
   m.def("version", [] { return std::string("0.1.0"); });
   m.def("set_log_rank", &agentcomm::setLogRank);
+  m.def("reduce_into", &agentcomm::torch_adapter::reduceInto, py::arg("out"), py::arg("a"), py::arg("b"),
+        py::arg("op") = "sum", py::arg("simd") = "auto", py::call_guard<py::gil_scoped_release>(),
+        "out = a (op) b with agentcomm's CPU reduction kernel (simd: auto, scalar, avx2, avx512)");
+  m.def("simd_level", &agentcomm::torch_adapter::simdLevelName, "the vector level the reduction kernels use");
 }
