@@ -25,7 +25,8 @@ void allToAll(Context& ctx, const AllToAllOptions& opts) {
   AC_CHECK(opts.inCounts[r] == opts.outCounts[r], InvalidArgument, "all_to_all: rank ", r, " sends ",
            opts.inCounts[r], " elements to itself but expects ", opts.outCounts[r]);
   // Ranks' splits differ, so the path must not depend on this rank's byte
-  // count (ranks would pick different algorithms): CMA whenever it exists.
+  // count (ranks would pick different algorithms): CMA whenever it exists
+  // (one copy, no rounds), otherwise the slots.
   if (Path p = choosePath(ctx, "all_to_all", kCmaMinBytes); p != Path::Tcp) return allToAllShm(ctx, opts, p);
   auto* out = static_cast<uint8_t*>(opts.output);
   auto* in = static_cast<const uint8_t*>(opts.input);

@@ -499,8 +499,11 @@ c10::intrusive_ptr<AgentWork> AgentBackend::enqueueCollective(c10d::OpType type,
       work->complete(error);  // the caller has not seen the Work yet: no callbacks to run
       lock.lock();
       inlineRunning_ = false;
+      // Wake the worker only if something was queued meanwhile (it waits for
+      // inlineRunning_ only then): a wake-up per op costs a context switch.
+      const bool queued = !root_.children.empty();
       lock.unlock();
-      schedCv_.notify_all();
+      if (queued) schedCv_.notify_all();
       return work;
     }
   }

@@ -62,7 +62,7 @@ size_t envSize(const char* name, size_t fallback) {
   if (v == nullptr || *v == 0) return fallback;
   char* end = nullptr;
   unsigned long long x = std::strtoull(v, &end, 10);
-  AC_CHECK(end != v && *end == 0 && x > 0, InvalidArgument, name, "=", v, " is not a positive byte count");
+  AC_CHECK(end != v && *end == 0 && x > 0, InvalidArgument, name, "=", v, " is not a positive number");
   return static_cast<size_t>(x);
 }
 
@@ -72,9 +72,11 @@ bool envFlag(const char* name, bool fallback) {
   return !(std::strcmp(v, "0") == 0 || strcasecmp(v, "false") == 0 || strcasecmp(v, "off") == 0);
 }
 
-// Time budgets of the three waiting phases (see waitPeers).
-constexpr auto kSpinFor = std::chrono::microseconds(10);
-constexpr auto kYieldFor = std::chrono::microseconds(100);
+// Time budgets of the first two waiting phases (see waitPeers), in µs:
+// spinning wins when the peer runs on another core right now; yielding lets a
+// peer that shares this core run (4 ranks on 2 cores); past both, block.
+constexpr size_t kSpinUs = 1;
+constexpr size_t kYieldUs = 20;
 constexpr long kBlockSliceNs = 5'000'000;  // re-check abort/deadline this often while blocked
 
 }  // namespace
@@ -111,6 +113,8 @@ std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int globalRank, const
   std::unique_ptr<ShmDomain> d(new ShmDomain(rank, size));
   d->abortProbe_ = std::move(abortProbe);
   d->collapse_ = envFlag("AGENTCOMM_SHM_COLLAPSE", true);
+  d->spinFor_ = std::chrono::microseconds(envSize("AGENTCOMM_SHM_SPIN_US", kSpinUs));
+  d->yieldFor_ = d->spinFor_ + std::chrono::microseconds(envSize("AGENTCOMM_SHM_YIELD_US", kYieldUs));
   d->maxWords_ = 2 * static_cast<size_t>(size) + 8;
   d->ctlStride_ = roundUp(sizeof(RankCtl) + 2 * (sizeof(ShmOpDesc) + d->maxWords_ * sizeof(uint64_t)), 64);
   const size_t ctlOffset = roundUp(sizeof(Header), 64);
@@ -291,14 +295,14 @@ void ShmDomain::waitPeers(uint32_t target, Deadline deadline, const char* what) 
     // Phase 1: spin (the peer is usually running on another core right now).
     const auto start = std::chrono::steady_clock::now();
     bool done = false;
-    while (!done && std::chrono::steady_clock::now() - start < kSpinFor) {
+    while (!done && std::chrono::steady_clock::now() - start < spinFor_) {
       for (int i = 0; i < 32 && !done; ++i) {
         AC_CPU_RELAX();
         done = reached(c.load(std::memory_order_acquire));
       }
     }
     // Phase 2: yield (oversubscribed: let the peer have this core).
-    while (!done && std::chrono::steady_clock::now() - start < kYieldFor) {
+    while (!done && std::chrono::steady_clock::now() - start < yieldFor_) {
       ::sched_yield();
       done = reached(c.load(std::memory_order_acquire));
     }

@@ -136,6 +136,8 @@ class ShmDomain {
   std::string cmaWhy_;
   std::map<std::pair<uintptr_t, size_t>, int> seenBuffers_;  // preferHugePages' sightings
   bool collapse_ = true;
+  std::chrono::microseconds spinFor_{1};    // AGENTCOMM_SHM_SPIN_US
+  std::chrono::microseconds yieldFor_{21};   // spin + AGENTCOMM_SHM_YIELD_US
   uint32_t counter_ = 0;  // sync points passed by this rank (mirrors ctl(rank_)->counter)
   uint64_t round_ = 0;
   std::function<std::optional<std::string>()> abortProbe_;
