@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Cross-host comparison on one machine: two network namespaces joined by a veth
-# pair (optionally rate-limited), one rank in each, running the shared
-# benchmark (python -m agentcomm.bench under the torchrun-style environment).
+# pair (optionally rate-limited), PER_HOST ranks in each (default 1; with 2 or
+# more agentcomm all-reduces hierarchically), running the shared benchmark
+# (python -m agentcomm.bench under the torchrun-style environment).
 # Needs root and iproute2. Usage:
-#   bench/multihost.sh [RATE] [bench args...]     e.g. bench/multihost.sh 10gbit -b 4K -e 64M -f 16384
+#   [PER_HOST=2] bench/multihost.sh [RATE] [bench args...]   e.g. bench/multihost.sh 10gbit -b 4K -e 64M -f 16384
 # RATE "none" (default) leaves the veth unshaped.
 set -euo pipefail
 RATE=${1:-none}; shift || true
@@ -23,9 +24,14 @@ for i in 0 1; do
     ip netns exec "${ns[$i]}" tc qdisc add dev "${dev[$i]}" root tbf rate "$RATE" burst 1mbit latency 50ms
   fi
 done
+PER_HOST=${PER_HOST:-1}
+WORLD=$((2 * PER_HOST))
 pids=()
-for r in 0 1; do
-  ip netns exec "${ns[$r]}" env RANK=$r WORLD_SIZE=2 LOCAL_RANK=0 MASTER_ADDR=${addr[0]} MASTER_PORT=29677 \
+for r in $(seq 0 $((WORLD - 1))); do
+  h=$((r / PER_HOST))
+  # Gloo resolves the hostname (127.0.0.1 inside a namespace): name its interface.
+  ip netns exec "${ns[$h]}" env RANK=$r WORLD_SIZE=$WORLD LOCAL_RANK=$((r % PER_HOST)) MASTER_ADDR=${addr[0]} \
+    MASTER_PORT=29677 GLOO_SOCKET_IFNAME=${dev[$h]} \
     "$PY" -m agentcomm.bench --no-progress "$@" &
   pids+=($!)
 done

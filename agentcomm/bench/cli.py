@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--maxbytes", type=parse_size, default=parse_size("64M"), help="largest size (e.g. 256M)")
     p.add_argument("-f", "--stepfactor", type=int, default=4, help="multiply the size by this each step")
     p.add_argument("-i", "--stepbytes", type=parse_size, default=0, help="or add this many bytes (with -f 1)")
-    p.add_argument("-n", "--iters", type=int, default=20, help="timed iterations per batch (5 batches)")
+    p.add_argument("-n", "--iters", type=int, default=100,
+                   help="timed iterations per batch (5 batches; fewer for large sizes, ~2 s per case)")
     p.add_argument("-w", "--warmup", type=int, default=5, help="warm-up iterations")
     p.add_argument("-c", "--check", type=int, default=0, help="1: check results against the closed form")
     p.add_argument("-I", "--inplace", type=int, default=0, choices=(0, 1, 2),

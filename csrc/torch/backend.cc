@@ -682,7 +682,8 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter_tensor_coalesced(std
                                runReduceScatter(ctx, ins[i].chunk(size_), outs[i], factor);
                                unstage(originals[i], outs[i]);
                              }
-                           });
+                           },
+                           ins.size() == 1 && ins[0].numel() * ins[0].element_size() <= int64_t{kInlineMaxBytes});
 }
 
 // ---------------------------------------------------------------- data movement
@@ -818,7 +819,8 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allgather_into_tensor_coalesced(std
                                runAllGather(ctx, ins[i], outs[i].chunk(size_), unit);
                                unstage(originals[i], outs[i].view(originals[i].sizes()));
                              }
-                           });
+                           },
+                           outs.size() == 1 && outs[0].numel() * outs[0].element_size() <= int64_t{kInlineMaxBytes});
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::gather(std::vector<std::vector<at::Tensor>>& outputs,
@@ -925,7 +927,8 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall_base(at::Tensor& output, a
                              o.output = out.data_ptr();
                              algorithms::allToAll(ctx, o);
                              unstage(original, out);
-                           });
+                           },
+                           in.numel() * in.element_size() <= int64_t{kInlineMaxBytes});
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall(std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs,
