@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -395,4 +396,29 @@ TEST(ShmHierarchical, AllReduceAcrossHostsEveryOpAndSize) {
       }
     }
   });
+}
+
+TEST(Shm, ManyGroupsShrinkTheirSlotsToTheBudget) {
+  // Groups created while others are mapped get smaller slots once the
+  // process budget (AGENTCOMM_SHM_BUDGET_BYTES, 512 MiB) is used up.
+  transport::HashStore store;
+  std::vector<std::unique_ptr<transport::ShmDomain>> keep;
+  std::mutex mu;
+  size_t first = 0, last = 0;
+  for (int g = 0; g < 6; ++g) {
+    ranktest::forEachRank(2, [&](int r) {
+      transport::ShmOptions o;
+      o.keyPrefix = "group" + std::to_string(g) + "/";
+      o.slotBytes = size_t{64} << 20;  // 2 ranks x 2 parities x 64 MiB = 256 MiB per group
+      o.allowCma = false;
+      auto d = transport::ShmDomain::create(store, r, allRanks(2), o, nullptr);
+      ASSERT_NE(d, nullptr);
+      std::lock_guard<std::mutex> lock(mu);
+      if (g == 0) first = d->slotBytes();
+      last = d->slotBytes();
+      keep.push_back(std::move(d));
+    });
+  }
+  EXPECT_GT(first, last);
+  EXPECT_GE(last, size_t{64} << 10);
 }

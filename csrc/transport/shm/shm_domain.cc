@@ -42,6 +42,10 @@ constexpr uint64_t kMagic = 0x61636f6d6d73686dull;  // "acommshm"
 constexpr size_t kAlign = 4096;
 constexpr size_t kDefaultSlotBytes = size_t{8} << 20;
 constexpr size_t kMinSlotBytes = size_t{64} << 10;
+// Shared memory one process keeps mapped for all its groups before new
+// groups get smaller slots (AGENTCOMM_SHM_BUDGET_BYTES).
+constexpr size_t kDefaultBudgetBytes = size_t{512} << 20;
+std::atomic<size_t> gMappedBytes{0};
 
 size_t roundUp(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
@@ -134,12 +138,15 @@ std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int globalRank, const
   std::string why;
   if (rank == 0) {
     size_t slot = roundUp(options.slotBytes ? options.slotBytes : envSize("AGENTCOMM_SHM_SLOT_BYTES", kDefaultSlotBytes), 64);
-    // Shrink the slots to what /dev/shm can hold (containers often give it 64 MiB).
+    // Shrink the slots to what /dev/shm can hold (containers often give it
+    // 64 MiB), and to this process's budget: the segment is reserved memory,
+    // and a job may create many groups (torch's hierarchical averagers do).
+    size_t limit = envSize("AGENTCOMM_SHM_BUDGET_BYTES", kDefaultBudgetBytes);
+    const size_t used = gMappedBytes.load();
+    limit = used < limit ? limit - used : 0;
     struct statvfs fs {};
-    if (::statvfs("/dev/shm", &fs) == 0) {
-      const size_t avail = static_cast<size_t>(fs.f_bavail) * fs.f_frsize;
-      while (slot > kMinSlotBytes && d->slotsOffset_ + 2 * slot * size > avail / 2) slot /= 2;
-    }
+    if (::statvfs("/dev/shm", &fs) == 0) limit = std::min(limit, static_cast<size_t>(fs.f_bavail) * fs.f_frsize / 2);
+    while (slot > kMinSlotBytes && d->slotsOffset_ + 2 * slot * size > limit) slot /= 2;
     d->slotBytes_ = slot;
     std::random_device rd;
     std::ostringstream n;
@@ -174,6 +181,7 @@ std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int globalRank, const
       why = strCat("mmap of ", d->mapBytes_, " bytes failed: ", errnoText(errno));
     } else {
       d->base_ = static_cast<uint8_t*>(p);
+      gMappedBytes += d->mapBytes_;
     }
   }
   if (fd >= 0) ::close(fd);
@@ -247,7 +255,10 @@ std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int globalRank, const
 }
 
 ShmDomain::~ShmDomain() {
-  if (base_ != nullptr) ::munmap(base_, mapBytes_);
+  if (base_ != nullptr) {
+    ::munmap(base_, mapBytes_);
+    gMappedBytes -= mapBytes_;
+  }
 }
 
 ShmDomain::RankCtl* ShmDomain::ctl(int r) const {
