@@ -91,7 +91,13 @@ void cmaReduce(const Context& ctx, const uint64_t* remote, const void* local, vo
       const uint8_t* next = source(j, tmp);
       uint8_t* into = j == n - 1 ? out + b : acc;
       // into may alias first (acc) or next (this rank's own slice); never partially.
-      kernels::reduce(into, first, next, m, ctx.dtype, op, j == n - 1 ? scale : FinalScale::none());
+      // The last pass writes memory this core does not read again (peers
+      // fetch it from DRAM): non-temporal stores skip the read-for-ownership.
+      if (j == n - 1) {
+        kernels::reduceStreaming(into, first, next, m, ctx.dtype, op, scale);
+      } else {
+        kernels::reduce(into, first, next, m, ctx.dtype, op, FinalScale::none());
+      }
       first = acc;
     }
   }

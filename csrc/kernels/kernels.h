@@ -17,6 +17,13 @@ namespace agentcomm::kernels {
 void reduce(void* dst, const void* a, const void* b, size_t count, DataType dt, ReduceOp op,
             FinalScale scale = FinalScale::none());
 
+// Same result as reduce(), but float32/float64 outputs are written with
+// non-temporal stores where the vector unit allows: for large outputs this
+// core will not read again soon (they skip the read-for-ownership of every
+// line). Fenced before returning, so the data may be published at once.
+void reduceStreaming(void* dst, const void* a, const void* b, size_t count, DataType dt, ReduceOp op,
+                     FinalScale scale = FinalScale::none());
+
 // dst[i] = src[i] * scale (dst may alias src). A no-op copy when scale is inactive.
 void applyScale(void* dst, const void* src, size_t count, DataType dt, FinalScale scale);
 

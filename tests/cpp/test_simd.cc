@@ -89,6 +89,29 @@ TEST(Simd, VectorLoopsMatchScalarBitwise) {
   }
 }
 
+TEST(Simd, StreamingStoresMatchPlainStores) {
+  LevelGuard guard;
+  std::mt19937 rng(99);
+  for (simd::Level l : {simd::Level::Scalar, simd::Level::Avx2, simd::Level::Avx512}) {
+    simd::setLevel(l);
+    for (DataType dt : {DataType::Float32, DataType::Float64, DataType::BFloat16}) {
+      const size_t es = elementSize(dt);
+      for (size_t offset : {size_t{0}, size_t{1}, size_t{3}}) {  // misaligned destinations: the head is peeled
+        for (size_t n : {size_t{0}, size_t{5}, size_t{100}, size_t{4099}}) {
+          const auto a = randomBuffer(dt, n, rng);
+          const auto b = randomBuffer(dt, n, rng);
+          std::vector<uint8_t> want(n * es), got((n + offset) * es + 64);
+          kernels::reduce(want.data(), a.data(), b.data(), n, dt, ReduceOp::Sum, FinalScale{FinalScale::Kind::Divide, 3.0});
+          kernels::reduceStreaming(got.data() + offset * es, a.data(), b.data(), n, dt, ReduceOp::Sum,
+                                   FinalScale{FinalScale::Kind::Divide, 3.0});
+          ASSERT_EQ(0, std::memcmp(got.data() + offset * es, want.data(), n * es))
+              << simd::levelName(simd::level()) << " " << dataTypeName(dt) << " offset " << offset << " n " << n;
+        }
+      }
+    }
+  }
+}
+
 TEST(Simd, LevelIsClampedToHardware) {
   LevelGuard guard;
   simd::setLevel(simd::Level::Avx512);

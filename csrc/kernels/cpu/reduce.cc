@@ -1,6 +1,7 @@
 // Portable CPU reduction kernels. Each (dtype, op) pair is one tight loop the
 // compiler can vectorise; the final scale (AVG / PREMUL_SUM) is applied inside
 // the same loop so the data is swept once.
+#include <algorithm>
 #include <complex>
 #include <cstdint>
 #include <cstring>
@@ -207,6 +208,24 @@ void reduce(void* dst, const void* a, const void* b, size_t count, DataType dt, 
   auto* x = static_cast<const uint8_t*>(a) + done * es;
   auto* y = static_cast<const uint8_t*>(b) + done * es;
   dispatch(dt, [&](auto tag) { reduceTyped<decltype(tag)>(o, x, y, count - done, op, scale); });
+}
+
+void reduceStreaming(void* dst, const void* a, const void* b, size_t count, DataType dt, ReduceOp op,
+                     FinalScale scale) {
+  const size_t align = simd::streamAlignment();
+  const size_t es = elementSize(dt);
+  const auto addr = reinterpret_cast<uintptr_t>(dst);
+  if (align == 0 || (dt != DataType::Float32 && dt != DataType::Float64) || addr % es != 0) {
+    return reduce(dst, a, b, count, dt, op, scale);
+  }
+  const size_t head = std::min(count, (align - addr % align) % align / es);
+  reduce(dst, a, b, head, dt, op, scale);
+  auto* o = static_cast<uint8_t*>(dst) + head * es;
+  auto* x = static_cast<const uint8_t*>(a) + head * es;
+  auto* y = static_cast<const uint8_t*>(b) + head * es;
+  const size_t done = simd::reduce(o, x, y, count - head, dt, op, scale, /*stream=*/true);
+  simd::streamFence();
+  reduce(o + done * es, x + done * es, y + done * es, count - head - done, dt, op, scale);
 }
 
 void applyScale(void* dst, const void* src, size_t count, DataType dt, FinalScale scale) {

@@ -86,7 +86,26 @@ const char* levelName(Level l) {
   return "?";
 }
 
-size_t reduce(void* dst, const void* a, const void* b, size_t count, DataType dt, ReduceOp op, FinalScale scale) {
+size_t streamAlignment() {
+#ifdef AC_HAVE_X86_SIMD
+  switch (current()) {
+    case Level::Avx512: return avx512::kStreamAlign;
+    case Level::Avx2: return avx2::kStreamAlign;
+    default: break;
+  }
+#endif
+  return 0;
+}
+
+void streamFence() {
+#ifdef AC_HAVE_X86_SIMD
+  if (current() == Level::Avx512) return avx512::fence();
+  if (current() == Level::Avx2) return avx2::fence();
+#endif
+}
+
+size_t reduce(void* dst, const void* a, const void* b, size_t count, DataType dt, ReduceOp op, FinalScale scale,
+              bool stream) {
   int o = -1;
   switch (op) {
     case ReduceOp::Sum: o = 0; break;
@@ -98,8 +117,8 @@ size_t reduce(void* dst, const void* a, const void* b, size_t count, DataType dt
   const int sk = scale.kind == FinalScale::Kind::Divide ? 1 : scale.kind == FinalScale::Kind::Multiply ? 2 : 0;
 #ifdef AC_HAVE_X86_SIMD
   switch (current()) {
-    case Level::Avx512: return avx512::reduce(dst, a, b, count, dt, o, sk, scale.value);
-    case Level::Avx2: return avx2::reduce(dst, a, b, count, dt, o, sk, scale.value);
+    case Level::Avx512: return avx512::reduce(dst, a, b, count, dt, o, sk, scale.value, stream);
+    case Level::Avx2: return avx2::reduce(dst, a, b, count, dt, o, sk, scale.value, stream);
     default: break;
   }
 #endif

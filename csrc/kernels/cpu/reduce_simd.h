@@ -19,6 +19,12 @@ const char* levelName(Level l);
 // Reduces a prefix of the buffers and returns its length (a multiple of the
 // vector width, shorter when a NaN meets 16-bit storage); 0 when the
 // (dtype, op) pair has no vector loop. The caller finishes the rest.
-size_t reduce(void* dst, const void* a, const void* b, size_t count, DataType dt, ReduceOp op, FinalScale scale);
+// stream: float32/float64 only, dst aligned to streamAlignment(): store with
+// non-temporal stores (the output is not read again by this core soon);
+// call streamFence() before publishing the data to other processes.
+size_t reduce(void* dst, const void* a, const void* b, size_t count, DataType dt, ReduceOp op, FinalScale scale,
+              bool stream = false);
+size_t streamAlignment();  // 0 without a vector unit
+void streamFence();
 
 }  // namespace agentcomm::kernels::simd
