@@ -17,7 +17,10 @@ enum class AllReduceAlgo { Auto, Ring, Direct, ShmFlat, ShmStaged, ShmCma, Hiera
 struct AllReduceOptions {
   void* data = nullptr;  // in place
   size_t count = 0;
-  double premulFactor = 1.0;  // for PREMUL_SUM
+  // PREMUL_SUM with one factor every rank shares, applied once in the last
+  // pass. (torch's factor is per rank: the torch adapter scales each rank's
+  // input itself and reduces with SUM.)
+  double premulFactor = 1.0;
   AllReduceAlgo algo = AllReduceAlgo::Auto;
   int scaleWorld = 0;  // world size AVG divides by; 0: ctx.size() (sub-groups of a hierarchy set it)
 };

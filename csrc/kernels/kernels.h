@@ -24,6 +24,13 @@ void reduce(void* dst, const void* a, const void* b, size_t count, DataType dt, 
 void reduceStreaming(void* dst, const void* a, const void* b, size_t count, DataType dt, ReduceOp op,
                      FinalScale scale = FinalScale::none());
 
+// Multi-tensor pack / unpack (apex's multi_tensor_apply idea, for model
+// averaging): one pass over n tensors of one dtype, the scale fused in.
+// pack:   dst = concat(srcs[0][0..counts[0]), ...) * scale
+// unpack: dsts[i][0..counts[i]) = src[offset_i ...] * scale, offsets the running sums of counts
+void packScaled(const void* const* srcs, const size_t* counts, size_t n, void* dst, DataType dt, FinalScale scale);
+void unpackScaled(const void* src, void* const* dsts, const size_t* counts, size_t n, DataType dt, FinalScale scale);
+
 // dst[i] = src[i] * scale (dst may alias src). A no-op copy when scale is inactive.
 void applyScale(void* dst, const void* src, size_t count, DataType dt, FinalScale scale);
 

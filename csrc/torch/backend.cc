@@ -152,6 +152,16 @@ std::pair<ReduceOp, double> mapReduceOp(const c10d::ReduceOp& op, const char* na
   return {static_cast<ReduceOp>(op.op_), factor};
 }
 
+// torch's PREMUL_SUM multiplies each rank's input by that rank's own factor
+// before summing (factors may differ between ranks); the core's premulFactor
+// is one factor applied once at the end. So the adapter scales the input
+// itself and reduces with SUM. Returns whether `rop` was PREMUL_SUM.
+bool takePremul(ReduceOp& rop) {
+  if (rop != ReduceOp::PremulSum) return false;
+  rop = ReduceOp::Sum;
+  return true;
+}
+
 // Non-contiguous tensors are staged through a contiguous copy at issue time.
 at::Tensor staged(const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
 void unstage(const at::Tensor& orig, const at::Tensor& buf) {
@@ -541,14 +551,15 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce(std::vector<at::Tensor>& 
   auto [rop, factor] = mapReduceOp(opts.reduceOp, "all_reduce");
   const at::Tensor t = tensors[0];
   View v = reduceView(t, "all_reduce", rop);
+  const bool premul = takePremul(rop);
   at::Tensor buf = staged(t);
   return enqueueCollective(c10d::OpType::ALLREDUCE, "agentcomm:all_reduce", tensors, opts.timeout,
                            [=, this](Deadline d) {
+                             if (premul) buf.mul_(factor);  // in place: all_reduce overwrites it anyway
                              auto ctx = makeContext(CollectiveKind::AllReduce, v.dt, rop, v.count, d);
                              algorithms::AllReduceOptions o;
                              o.data = buf.data_ptr();
                              o.count = v.count;
-                             o.premulFactor = factor;
                              algorithms::allReduce(ctx, o);
                              unstage(t, buf);
                            },
@@ -566,15 +577,16 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce_coalesced(std::vector<at:
     flatParts.push_back(t.reshape({-1}));
   }
   View v = reduceView(tensors[0], "all_reduce_coalesced", rop);
+  const bool premul = takePremul(rop);
   at::Tensor flat = at::cat(flatParts);  // one buffer, one collective
   std::vector<at::Tensor> outs = tensors;
   return enqueueCollective(c10d::OpType::ALLREDUCE_COALESCED, "agentcomm:all_reduce_coalesced", tensors,
                            opts.timeout, [=, this](Deadline d) {
+                             if (premul) flat.mul_(factor);
                              auto ctx = makeContext(CollectiveKind::AllReduce, v.dt, rop, flat.numel(), d);
                              algorithms::AllReduceOptions o;
                              o.data = flat.data_ptr();
                              o.count = flat.numel();
-                             o.premulFactor = factor;
                              algorithms::allReduce(ctx, o);
                              int64_t off = 0;
                              for (const auto& t : outs) {
@@ -591,15 +603,17 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce(std::vector<at::Tensor>& ten
   auto [rop, factor] = mapReduceOp(opts.reduceOp, "reduce");
   const at::Tensor t = tensors[0];
   View v = reduceView(t, "reduce", rop);
-  at::Tensor buf = staged(t);
+  const bool premul = takePremul(rop);
   const int root = static_cast<int>(opts.rootRank);
+  // A non-root's input must stay unchanged: it reduces a scaled copy.
+  at::Tensor buf = premul && rank_ != root ? at::mul(t.contiguous(), factor) : staged(t);
   return enqueueCollective(c10d::OpType::REDUCE, "agentcomm:reduce", tensors, opts.timeout, [=, this](Deadline d) {
+    if (premul && rank_ == root) buf.mul_(factor);  // the root's tensor receives the result anyway
     auto ctx = makeContext(CollectiveKind::Reduce, v.dt, rop, v.count, d);
     algorithms::ReduceOptions o;
     o.data = buf.data_ptr();
     o.count = v.count;
     o.root = root;
-    o.premulFactor = factor;
     algorithms::reduce(ctx, o);
     if (rank_ == root) unstage(t, buf);
   });
@@ -607,15 +621,13 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce(std::vector<at::Tensor>& ten
 
 namespace {
 // Runs one reduce-scatter over `blocks` (this rank's contribution to each rank's block).
-void runReduceScatter(algorithms::Context& ctx, const std::vector<at::Tensor>& blocks, const at::Tensor& out,
-                      double factor) {
+void runReduceScatter(algorithms::Context& ctx, const std::vector<at::Tensor>& blocks, const at::Tensor& out) {
   algorithms::ReduceScatterOptions o;
   for (const auto& b : blocks) {
     o.inputs.push_back(b.data_ptr());
     o.counts.push_back(static_cast<size_t>(b.numel()));
   }
   o.output = out.data_ptr();
-  o.premulFactor = factor;
   algorithms::reduceScatter(ctx, o);
 }
 }  // namespace
@@ -630,12 +642,13 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter(std::vector<at::Tens
   auto [rop, factor] = mapReduceOp(opts.reduceOp, "reduce_scatter");
   const at::Tensor out = outputs[0];
   View v = reduceView(out, "reduce_scatter", rop);
+  const bool premul = takePremul(rop);
   std::vector<at::Tensor> blocks;
   uint64_t total = 0;
   for (auto& t : inputs[0]) {
     reduceView(t, "reduce_scatter", rop);
     checkSameDtype(t, out, "reduce_scatter");
-    blocks.push_back(staged(t));
+    blocks.push_back(premul ? at::mul(t.contiguous(), factor) : staged(t));  // inputs stay unchanged
     total += t.numel();
   }
   TORCH_CHECK_VALUE(inputs[0][rank_].numel() == out.numel(), "agentcomm reduce_scatter: the output has ", out.numel(),
@@ -644,7 +657,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter(std::vector<at::Tens
   return enqueueCollective(c10d::OpType::REDUCE_SCATTER, "agentcomm:reduce_scatter", outputs, opts.timeout,
                            [=, this](Deadline d) {
                              auto ctx = makeContext(CollectiveKind::ReduceScatter, v.dt, rop, total, d);
-                             runReduceScatter(ctx, blocks, obuf, factor);
+                             runReduceScatter(ctx, blocks, obuf);
                              unstage(out, obuf);
                            });
 }
@@ -661,6 +674,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter_tensor_coalesced(std
   TORCH_CHECK_VALUE(outputs.size() == inputs.size(), "agentcomm reduce_scatter_tensor: ", outputs.size(),
                     " outputs but ", inputs.size(), " inputs");
   auto [rop, factor] = mapReduceOp(opts.reduceOp, "reduce_scatter_tensor");
+  const bool premul = takePremul(rop);
   std::vector<View> views;
   std::vector<at::Tensor> ins, outs;
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -670,7 +684,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter_tensor_coalesced(std
     TORCH_CHECK_VALUE(inputs[i].numel() == outputs[i].numel() * size_, "agentcomm reduce_scatter_tensor: the input has ",
                       inputs[i].numel(), " elements, expected output size ", outputs[i].numel(), " x world size ",
                       size_);
-    ins.push_back(staged(inputs[i]).reshape({-1}));
+    ins.push_back((premul ? at::mul(inputs[i].contiguous(), factor) : staged(inputs[i])).reshape({-1}));
     outs.push_back(staged(outputs[i]));
   }
   std::vector<at::Tensor> originals = outputs;
@@ -679,7 +693,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter_tensor_coalesced(std
                              for (size_t i = 0; i < ins.size(); ++i) {
                                auto ctx = makeContext(CollectiveKind::ReduceScatter, views[i].dt, rop,
                                                       static_cast<uint64_t>(ins[i].numel()), d);
-                               runReduceScatter(ctx, ins[i].chunk(size_), outs[i], factor);
+                               runReduceScatter(ctx, ins[i].chunk(size_), outs[i]);
                                unstage(originals[i], outs[i]);
                              }
                            },
@@ -1091,5 +1105,51 @@ void reduceInto(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const
 }
 
 std::string simdLevelName() { return kernels::simd::levelName(kernels::simd::level()); }
+
+namespace {
+FinalScale scaleFrom(double divideBy, double multiplyBy) {
+  TORCH_CHECK_VALUE(divideBy == 1.0 || multiplyBy == 1.0, "agentcomm: give divide_by or multiply_by, not both");
+  if (divideBy != 1.0) return FinalScale{FinalScale::Kind::Divide, divideBy};
+  if (multiplyBy != 1.0) return FinalScale{FinalScale::Kind::Multiply, multiplyBy};
+  return FinalScale::none();
+}
+
+// Checks a flat buffer against a tensor list; returns the element counts.
+std::vector<size_t> multiTensorCounts(const std::vector<at::Tensor>& tensors, const at::Tensor& flat, const char* what) {
+  TORCH_CHECK_VALUE(flat.is_cpu() && flat.is_contiguous(), "agentcomm ", what, ": the flat buffer must be a contiguous CPU tensor");
+  auto dt = mapDtype(flat.scalar_type());
+  TORCH_CHECK_TYPE(dt.has_value() && *dt != DataType::Bool, "agentcomm ", what, ": unsupported dtype ", flat.scalar_type());
+  std::vector<size_t> counts;
+  size_t total = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK_VALUE(t.is_cpu() && t.is_contiguous(), "agentcomm ", what, ": tensor ", i,
+                      " is not a contiguous CPU tensor");
+    TORCH_CHECK_TYPE(t.scalar_type() == flat.scalar_type(), "agentcomm ", what, ": tensor ", i, " is ",
+                     t.scalar_type(), " but the flat buffer is ", flat.scalar_type());
+    counts.push_back(static_cast<size_t>(t.numel()));
+    total += counts.back();
+  }
+  TORCH_CHECK_VALUE(static_cast<size_t>(flat.numel()) >= total, "agentcomm ", what, ": the flat buffer has ",
+                    flat.numel(), " elements, the tensors ", total);
+  return counts;
+}
+}  // namespace
+
+void packInto(const std::vector<at::Tensor>& tensors, at::Tensor& flat, double divideBy, double multiplyBy) {
+  const auto counts = multiTensorCounts(tensors, flat, "pack");
+  std::vector<const void*> ptrs;
+  for (const auto& t : tensors) ptrs.push_back(t.data_ptr());
+  kernels::packScaled(ptrs.data(), counts.data(), counts.size(), flat.data_ptr(), *mapDtype(flat.scalar_type()),
+                      scaleFrom(divideBy, multiplyBy));
+}
+
+void unpackFrom(const at::Tensor& flat, std::vector<at::Tensor>& tensors, double divideBy, double multiplyBy) {
+  const auto counts = multiTensorCounts(tensors, flat, "unpack");
+  std::vector<void*> ptrs;
+  for (auto& t : tensors) ptrs.push_back(t.data_ptr());
+  kernels::unpackScaled(flat.data_ptr(), ptrs.data(), counts.data(), counts.size(), *mapDtype(flat.scalar_type()),
+                        scaleFrom(divideBy, multiplyBy));
+}
 
 }  // namespace agentcomm::torch_adapter

@@ -211,5 +211,9 @@ class AgentBackend : public c10d::Backend {
 void reduceInto(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const std::string& op,
                 const std::string& simdLevel);
 std::string simdLevelName();
+// Multi-tensor pack / unpack with a fused scale (agentcomm._C.pack_into /
+// unpack_from): one pass over all tensors, no Python-level loop.
+void packInto(const std::vector<at::Tensor>& tensors, at::Tensor& flat, double divideBy, double multiplyBy);
+void unpackFrom(const at::Tensor& flat, std::vector<at::Tensor>& tensors, double divideBy, double multiplyBy);
 
 }  // namespace agentcomm::torch_adapter

@@ -27,5 +27,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("reduce_into", &agentcomm::torch_adapter::reduceInto, py::arg("out"), py::arg("a"), py::arg("b"),
         py::arg("op") = "sum", py::arg("simd") = "auto", py::call_guard<py::gil_scoped_release>(),
         "out = a (op) b with agentcomm's CPU reduction kernel (simd: auto, scalar, avx2, avx512)");
+  m.def("pack_into", &agentcomm::torch_adapter::packInto, py::arg("tensors"), py::arg("flat"),
+        py::arg("divide_by") = 1.0, py::arg("multiply_by") = 1.0, py::call_guard<py::gil_scoped_release>(),
+        "flat[...] = concat(tensors) / divide_by * multiply_by, in one pass");
+  m.def("unpack_from", &agentcomm::torch_adapter::unpackFrom, py::arg("flat"), py::arg("tensors"),
+        py::arg("divide_by") = 1.0, py::arg("multiply_by") = 1.0, py::call_guard<py::gil_scoped_release>(),
+        "tensors[i][...] = the matching slice of flat / divide_by * multiply_by, in one pass");
   m.def("simd_level", &agentcomm::torch_adapter::simdLevelName, "the vector level the reduction kernels use");
 }

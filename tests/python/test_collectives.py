@@ -214,6 +214,20 @@ def check_misc(c: Checker) -> None:
     dist.all_reduce_coalesced(ts)
     for i, (g, w) in enumerate(zip(ts, wants)):
         c.expect_equal(f"all_reduce_coalesced[{i}]", g, w)
+    # PREMUL_SUM with a different factor on every rank (torch's semantics: each
+    # rank scales its own input before the sum), for all_reduce, reduce and reduce_scatter.
+    x = make_input(rank, 10 * world, torch.float32, salt=13)
+    gx = c.gathered(x)
+    want = sum(gx[r] * (r + 1) for r in range(world))
+    got = x.clone()
+    dist.all_reduce(got, op=dist._make_nccl_premul_sum(float(rank + 1)))
+    c.expect_equal("all_reduce premul per-rank factor", got, want)
+    got = x.clone()
+    dist.reduce(got, dst=0, op=dist._make_nccl_premul_sum(float(rank + 1)))
+    c.expect_equal("reduce premul per-rank factor", got, want if rank == 0 else x)
+    out = torch.empty(10, dtype=torch.float32)
+    dist.reduce_scatter_tensor(out, x, op=dist._make_nccl_premul_sum(float(rank + 1)))
+    c.expect_equal("reduce_scatter premul per-rank factor", out, want[rank * 10:(rank + 1) * 10])
     # Multi-dimensional shapes and scalars.
     m = make_input(rank, 24, torch.int64).view(2, 3, 4)
     w = c.gloo_all_reduce(m, R.MAX)
