@@ -287,7 +287,10 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
     shmOpts.keyPrefix = opts.keyPrefix;
     const std::vector<int> members = hosts.membersOf(rank);
     shm_ = transport::ShmDomain::create(adapter, rank, members, shmOpts,
-                                        [t = transport_.get()] { return t->mailbox().abortReason(); });
+                                        [t = transport_.get()](int peer) -> std::optional<std::string> {
+                                          if (auto why = t->mailbox().abortReason()) return why;
+                                          return t->mailbox().peerFailure(peer);
+                                        });
     wholeGroupShm_ = shm_ != nullptr && static_cast<int>(members.size()) == size;
     const std::vector<int> leaders = hosts.leaders();
     if (leaders.size() > 1 && static_cast<int>(leaders.size()) < size) {

@@ -117,6 +117,8 @@ RecvHandle Mailbox::post(RecvSpec spec) {
         }
         if (!bad.empty()) {
           failLocked(slot, RecvSlot::FailKind::Mismatch, bad, completed);
+        } else if (auto dead = deadPeers_.find(sp.src); dead != deadPeers_.end()) {
+          failLocked(slot, RecvSlot::FailKind::Comm, dead->second, completed);  // nothing more will come
         } else {
           posted_[Key{static_cast<uint8_t>(sp.kind), sp.src, sp.seq, sp.tag}].push_back(slot);
         }
@@ -279,6 +281,31 @@ void Mailbox::abort(const std::string& reason) {
     unexpected_.clear();
   }
   runCallbacks(completed);
+}
+
+void Mailbox::failPeer(int src, const std::string& reason) {
+  std::vector<RecvHandle> completed;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (abortReason_ || deadPeers_.count(src)) return;
+    deadPeers_[src] = reason;
+    for (auto it = posted_.begin(); it != posted_.end();) {
+      if (std::get<1>(it->first) == src) {
+        for (auto& s : it->second) failLocked(s, RecvSlot::FailKind::Comm, reason, completed);
+        it = posted_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  runCallbacks(completed);
+}
+
+std::optional<std::string> Mailbox::peerFailure(int src) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = deadPeers_.find(src);
+  if (it == deadPeers_.end()) return std::nullopt;
+  return it->second;
 }
 
 std::optional<std::string> Mailbox::abortReason() {

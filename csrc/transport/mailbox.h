@@ -103,6 +103,13 @@ class Mailbox {
   void abort(const std::string& reason);
   std::optional<std::string> abortReason();
 
+  // A peer's connection is gone (it exited, crashed, or destroyed its group).
+  // Fails the receives posted for that source, and later ones that no parked
+  // message satisfies; others go on: a peer that finished and left must not
+  // fail a collective still waiting on the remaining ranks.
+  void failPeer(int src, const std::string& reason);
+  std::optional<std::string> peerFailure(int src);
+
  private:
   using Key = std::tuple<uint8_t, int, uint64_t, uint64_t>;  // kind, src, seq, tag
   std::string checkMatch(const RecvSpec& spec, int src, const Header& h, bool compareBytes = true) const;
@@ -114,6 +121,7 @@ class Mailbox {
   std::mutex mutex_;
   uint64_t nextOrder_ = 0;
   std::optional<std::string> abortReason_;
+  std::map<int, std::string> deadPeers_;
   std::map<Key, std::deque<RecvHandle>> posted_;
   std::map<uint64_t, std::deque<RecvHandle>> postedAny_;  // P2P any-source, by tag
   std::map<Key, std::deque<std::shared_ptr<Unexpected>>> unexpected_;

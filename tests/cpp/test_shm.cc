@@ -90,7 +90,7 @@ void runShm(int n, size_t slotBytes, bool cma, const std::function<void(Rank&)>&
     o.slotBytes = slotBytes;
     o.allowCma = cma;
     o.timeout = std::chrono::seconds(30);
-    auto shm = transport::ShmDomain::create(store, r, allRanks(n), o, [&, r] { return ts[r]->mailbox().abortReason(); });
+    auto shm = transport::ShmDomain::create(store, r, allRanks(n), o, [&, r](int) { return ts[r]->mailbox().abortReason(); });
     ASSERT_NE(shm, nullptr);
     ASSERT_EQ(shm->cma(), cma) << shm->cmaUnavailableReason();
     Rank rank{*ts[r], *shm};

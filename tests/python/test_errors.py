@@ -155,3 +155,28 @@ def test_peer_that_never_arrives_times_out() -> None:
     results = run_world(absent_peer, 3, timeout=120)
     for rank in (0, 1):
         assert "timed out" in results[rank] or "timeout" in results[rank].lower(), results[rank]
+
+
+def early_leaver(rank: int, world: int) -> str:
+    """Rank 1 finishes and destroys its group while rank 0 still waits for rank 2."""
+    dist.init_process_group("agentcomm", timeout=timedelta(seconds=60))
+    dist.barrier()
+    if rank == 1:
+        dist.destroy_process_group()  # closes its connections: no error for the others
+        return "left"
+    if rank == 2:
+        time.sleep(1.0)
+        dist.send(torch.full((4,), 7.0), dst=0)
+        return "sent"
+    buf = torch.zeros(4)
+    try:
+        dist.recv(buf, src=2)
+    except Exception as e:  # noqa: BLE001
+        return f"failed: {e}"
+    return "ok" if bool((buf == 7.0).all()) else f"wrong data {buf.tolist()}"
+
+
+def test_peer_leaving_early_does_not_fail_the_others() -> None:
+    # Over TCP (each rank its own "host"), where a closed connection used to abort everything.
+    results = run_world(early_leaver, 3, timeout=120, env={"AGENTCOMM_SHM": "0"})
+    assert results == ["ok", "left", "sent"], results

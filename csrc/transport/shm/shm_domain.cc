@@ -105,7 +105,7 @@ struct alignas(64) ShmDomain::RankCtl {
 
 std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int globalRank, const std::vector<int>& members,
                                              const ShmOptions& options,
-                                             std::function<std::optional<std::string>()> abortProbe) {
+                                             std::function<std::optional<std::string>(int)> abortProbe) {
   const int size = static_cast<int>(members.size());
   if (size < 2) return nullptr;
   const int rank = static_cast<int>(std::find(members.begin(), members.end(), globalRank) - members.begin());
@@ -116,6 +116,7 @@ std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int globalRank, const
 
   std::unique_ptr<ShmDomain> d(new ShmDomain(rank, size));
   d->abortProbe_ = std::move(abortProbe);
+  d->members_ = members;
   d->collapse_ = envFlag("AGENTCOMM_SHM_COLLAPSE", true);
   d->spinFor_ = std::chrono::microseconds(envSize("AGENTCOMM_SHM_SPIN_US", kSpinUs));
   d->yieldFor_ = d->spinFor_ + std::chrono::microseconds(envSize("AGENTCOMM_SHM_YIELD_US", kYieldUs));
@@ -323,7 +324,7 @@ void ShmDomain::waitPeers(uint32_t target, Deadline deadline, const char* what) 
         throw CommError(strCat("agentcomm: aborted: ", h->reason));
       }
       if (abortProbe_) {
-        if (auto why = abortProbe_()) fail(*why, false);
+        if (auto why = abortProbe_(members_[j])) fail(*why, false);
       }
       if (Clock::now() >= deadline) {
         fail(strCat("agentcomm: Timed out ", what, " waiting for rank ", j, " (rank ", rank_, " of ", size_,

@@ -67,11 +67,12 @@ class ShmDomain {
   // ascending, including `rank`; see exchangeHosts). Returns nullptr (and
   // logs why at INFO) when there are fewer than two, or when a member cannot
   // attach; all members reach the same decision. rank()/size() below are
-  // positions in `members`. `abortProbe` is polled while blocked (the
-  // transport's sticky abort reason).
+  // positions in `members`. `abortProbe(globalRank)` is polled while blocked
+  // on that member: the transport's sticky abort reason, or why that peer's
+  // connection is gone.
   static std::unique_ptr<ShmDomain> create(Store& store, int rank, const std::vector<int>& members,
                                            const ShmOptions& options,
-                                           std::function<std::optional<std::string>()> abortProbe);
+                                           std::function<std::optional<std::string>(int)> abortProbe);
   ~ShmDomain();
   ShmDomain(const ShmDomain&) = delete;
   ShmDomain& operator=(const ShmDomain&) = delete;
@@ -140,7 +141,8 @@ class ShmDomain {
   std::chrono::microseconds yieldFor_{21};   // spin + AGENTCOMM_SHM_YIELD_US
   uint32_t counter_ = 0;  // sync points passed by this rank (mirrors ctl(rank_)->counter)
   uint64_t round_ = 0;
-  std::function<std::optional<std::string>()> abortProbe_;
+  std::function<std::optional<std::string>(int)> abortProbe_;
+  std::vector<int> members_;  // global ranks, by position
 };
 
 }  // namespace agentcomm::transport

@@ -378,8 +378,11 @@ void TcpTransport::readerLoop(int src) {
     if (!ok) break;
   }
   if (!closing_.load()) {
-    abort(strCat("agentcomm: lost the connection to rank ", src,
-                 " (it exited, crashed, or destroyed its process group)"));
+    // Not an abort of the whole communicator: only what still waits on this
+    // peer fails (its receives; sends to it fail with EPIPE). A peer that
+    // finished its last collective and left early is no error for the others.
+    mailbox_.failPeer(src, strCat("agentcomm: lost the connection to rank ", src,
+                                  " (it exited, crashed, or destroyed its process group)"));
   }
 }
 
