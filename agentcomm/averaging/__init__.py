@@ -25,6 +25,7 @@ from agentcomm.averaging.averagers import (
     WeightedAverager,
 )
 from agentcomm.averaging.flat import FlatParameters
+from agentcomm.averaging.hooks import LocalSGDState, post_local_sgd_hook
 
-__all__ = ["Averager", "AsyncAverager", "FlatParameters", "HierarchicalAverager", "PeriodicAverager",
-           "WeightedAverager"]
+__all__ = ["Averager", "AsyncAverager", "FlatParameters", "HierarchicalAverager", "LocalSGDState",
+           "PeriodicAverager", "WeightedAverager", "post_local_sgd_hook"]

@@ -16,7 +16,9 @@ from harness import run_world
 
 import agentcomm
 from agentcomm import _C
-from agentcomm.averaging import AsyncAverager, HierarchicalAverager, PeriodicAverager, WeightedAverager
+from agentcomm.averaging import (AsyncAverager, HierarchicalAverager, LocalSGDState, PeriodicAverager,
+                                 WeightedAverager, post_local_sgd_hook)
+from torch.distributed.algorithms.ddp_comm_hooks.post_localSGD_hook import PostLocalSGDState, post_localSGD_hook
 
 
 def make_model() -> torch.nn.Module:
@@ -145,6 +147,26 @@ def averaging_cases(rank: int, world: int) -> list[str]:
     if not all(torch.equal(x, gathered[0]) for x in gathered):
         failures.append("a replaced parameter was not averaged")
     del mean
+
+    # 7. Post-local SGD: DDP with our hook + our averager equals DDP with torch's hook + torch's
+    # averager (gradients averaged for 4 steps, then local steps averaged every 2).
+    ours = torch.nn.parallel.DistributedDataParallel(make_model())
+    theirs = torch.nn.parallel.DistributedDataParallel(make_model())
+    ours.register_comm_hook(LocalSGDState(start_localsgd_iter=4), post_local_sgd_hook)
+    theirs.register_comm_hook(PostLocalSGDState(process_group=None, subgroup=None, start_localSGD_iter=4,
+                                                post_local_gradient_allreduce=False), post_localSGD_hook)
+    opt_a = torch.optim.SGD(ours.parameters(), lr=0.1)
+    opt_b = torch.optim.SGD(theirs.parameters(), lr=0.1)
+    avg_a, avg_b = PeriodicAverager(period=2, warmup_steps=4), PeriodicModelAverager(period=2, warmup_steps=4)
+    for step in range(10):
+        local_step(ours, opt_a, rank, step)
+        local_step(theirs, opt_b, rank, step)
+        avg_a.average_parameters(ours.parameters())
+        avg_b.average_parameters(theirs.parameters())
+        if not same(ours, theirs):
+            failures.append(f"rank {rank}: post-local SGD differs from torch's after step {step}")
+            break
+    del ours, theirs
 
     dist.barrier()
     dist.destroy_process_group()
