@@ -23,8 +23,9 @@ if ! python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '
 fi
 pip install -q numpy pytest pytest-timeout expecttest setuptools wheel
 if [ "${AGENTCOMM_TEST_DEPS:-0}" = "1" ]; then
-  # The benchmark's --plot and the kernel microbenchmarks (bench/test_kernels.py).
-  pip install -q matplotlib pytest-benchmark
+  # The benchmark's --plot, the microbenchmarks (bench/test_*.py), and scikit-learn's digits
+  # dataset for the averaging convergence test.
+  pip install -q matplotlib pytest-benchmark scikit-learn
 fi
 command -v ninja >/dev/null 2>&1 || pip install -q ninja
 
