@@ -66,17 +66,20 @@ class Averager:
     def _due(self) -> dist.ProcessGroup | None:
         raise NotImplementedError
 
+    def _group_now(self) -> dist.ProcessGroup | None:
+        """The group to average over at this step: past warm-up, due, and this rank in it."""
+        group = self._due() if self.step >= self.warmup_steps else None
+        return None if group is None or dist._rank_not_in_group(group) else group
+
     def average_parameters(self, params: Iterable) -> bool:
         """Averages ``params`` (parameters or optimizer param groups) if this step is due.
         Returns whether it averaged. Counts the step either way."""
-        group = self._due() if self.step >= self.warmup_steps else None
-        averaged = False
-        if group is not None and not dist._rank_not_in_group(group):
+        group = self._group_now()
+        if group is not None:
             for buf in self._flat.bind(collect(params)):
                 all_reduce_average(buf, group)
-            averaged = True
         self.step += 1
-        return averaged
+        return group is not None
 
     def state_dict(self) -> dict:
         return {"step": self.step}
@@ -147,7 +150,7 @@ class HierarchicalAverager(Averager):
         return None
 
 
-class WeightedAverager(Averager):
+class WeightedAverager(PeriodicAverager):
     """Weighted averaging: ``p = sum_i w_i p_i / sum_i w_i`` with a weight per rank and step
     (e.g. the samples each rank saw: uneven shards).
 
@@ -161,20 +164,13 @@ class WeightedAverager(Averager):
     """
 
     def __init__(self, period: int = 1, warmup_steps: int = 0, process_group: dist.ProcessGroup | None = None) -> None:
-        super().__init__(process_group, warmup_steps)
-        if period < 1:
-            raise ValueError(f"period must be >= 1, got {period}")
-        self.period = period
-
-    def _due(self) -> dist.ProcessGroup | None:
-        return self.process_group if (self.step - self.warmup_steps) % self.period == 0 else None
+        super().__init__(period, warmup_steps, process_group)
 
     def average_parameters(self, params: Iterable, weight: float = 1.0) -> bool:  # type: ignore[override]
         if not weight >= 0:
             raise ValueError(f"weight must be a non-negative number, got {weight}")
-        group = self._due() if self.step >= self.warmup_steps else None
-        averaged = False
-        if group is not None and not dist._rank_not_in_group(group):
+        group = self._group_now()
+        if group is not None:
             total = torch.tensor([float(weight)], dtype=torch.float64)
             dist.all_reduce(total, group=group)
             if total.item() <= 0:
@@ -186,9 +182,8 @@ class WeightedAverager(Averager):
                 else:
                     buf.mul_(factor)
                     dist.all_reduce(buf, group=group)
-            averaged = True
         self.step += 1
-        return averaged
+        return group is not None
 
 
 @dataclass
@@ -199,7 +194,7 @@ class _Pending:
     averages: list[torch.Tensor]   # becomes the average when the works complete
 
 
-class AsyncAverager(Averager):
+class AsyncAverager(PeriodicAverager):
     """Averaging in the background with bounded staleness.
 
     Every ``period`` steps it snapshots the parameters and issues a non-blocking all_reduce
@@ -214,18 +209,12 @@ class AsyncAverager(Averager):
 
     def __init__(self, period: int, max_staleness: int = 1, warmup_steps: int = 0,
                  process_group: dist.ProcessGroup | None = None) -> None:
-        super().__init__(process_group, warmup_steps)
-        if period < 1:
-            raise ValueError(f"period must be >= 1, got {period}")
+        super().__init__(period, warmup_steps, process_group)
         if max_staleness < 0:
             raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
-        self.period = period
         self.max_staleness = max_staleness
         self._pending: _Pending | None = None
         self.merged = 0  # averagings merged so far
-
-    def _due(self) -> dist.ProcessGroup | None:
-        return self.process_group if (self.step - self.warmup_steps) % self.period == 0 else None
 
     def _merge(self, bufs: list[torch.Tensor], wait: bool) -> None:
         pending = self._pending
@@ -247,9 +236,9 @@ class AsyncAverager(Averager):
         bufs = self._flat.bind(collect(params))
         if self._pending is not None:
             self._merge(bufs, wait=self.step - self._pending.launched >= self.max_staleness)
-        group = self._due() if self.step >= self.warmup_steps else None
+        group = self._group_now()
         launched = False
-        if group is not None and self._pending is None and not dist._rank_not_in_group(group):
+        if group is not None and self._pending is None:
             snapshots = [b.clone() for b in bufs]
             averages = [s.clone() for s in snapshots]
             works = [all_reduce_average(a, group, async_op=True) for a in averages]
