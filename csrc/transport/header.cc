@@ -19,6 +19,7 @@ const char* collectiveName(CollectiveKind k) {
     case CollectiveKind::AllToAll: return "all_to_all";
     case CollectiveKind::Barrier: return "barrier";
     case CollectiveKind::Send: return "send";
+    case CollectiveKind::CompressedAllReduce: return "compressed_all_reduce";
   }
   return "unknown";
 }
@@ -26,7 +27,7 @@ const char* collectiveName(CollectiveKind k) {
 std::string validateHeader(const Header& h) {
   if (h.magic != kHeaderMagic) return strCat("bad magic 0x", std::hex, h.magic);
   if (h.kind < 1 || h.kind > 3) return strCat("bad message kind ", int(h.kind));
-  if (h.collective > static_cast<uint8_t>(CollectiveKind::Send)) return strCat("bad collective ", int(h.collective));
+  if (h.collective > static_cast<uint8_t>(CollectiveKind::CompressedAllReduce)) return strCat("bad collective ", int(h.collective));
   if (!isValidDataType(h.dtype)) return strCat("bad dtype ", int(h.dtype));
   if (!isValidReduceOp(h.op)) return strCat("bad reduce op ", int(h.op));
   if (h.nbytes > kMaxPayloadBytes) return strCat("payload of ", h.nbytes, " bytes is implausible");

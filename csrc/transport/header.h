@@ -27,6 +27,7 @@ enum class CollectiveKind : uint8_t {
   AllToAll,
   Barrier,
   Send,
+  CompressedAllReduce,  // algorithms/compressed.h
 };
 
 const char* collectiveName(CollectiveKind k);
