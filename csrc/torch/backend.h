@@ -111,6 +111,19 @@ class AgentBackend : public c10d::Backend {
 
   const std::string& transportName() const { return transportName_; }
 
+  // Compressed all-reduces of a contiguous float32 CPU tensor, in place
+  // (compression.cc; algorithms/compressed.h has the semantics). residual /
+  // serverResidual: error-feedback buffers updated in place (optional). stats:
+  // an int64[4] tensor that (raw bytes, wire bytes, encode ns, decode ns) are
+  // added to before the work completes.
+  c10::intrusive_ptr<c10d::Work> sparseAllreduce(at::Tensor tensor, std::optional<at::Tensor> residual, int64_t k,
+                                                 const std::string& method, int64_t seed, double scale,
+                                                 std::optional<at::Tensor> stats);
+  c10::intrusive_ptr<c10d::Work> quantizedAllreduce(at::Tensor tensor, std::optional<at::Tensor> residual,
+                                                    std::optional<at::Tensor> serverResidual, int64_t bits,
+                                                    int64_t block, int64_t seed, double scale,
+                                                    std::optional<at::Tensor> stats);
+
  private:
   struct Job {
     c10::intrusive_ptr<AgentWork> work;
@@ -215,5 +228,18 @@ std::string simdLevelName();
 // unpack_from): one pass over all tensors, no Python-level loop.
 void packInto(const std::vector<at::Tensor>& tensors, at::Tensor& flat, double divideBy, double multiplyBy);
 void unpackFrom(const at::Tensor& flat, std::vector<at::Tensor>& tensors, double divideBy, double multiplyBy);
+
+// Compression kernels (compression.cc), exposed for tests and microbenchmarks.
+std::tuple<at::Tensor, at::Tensor> topkKernel(at::Tensor data, int64_t k, std::optional<at::Tensor> add,
+                                              bool errorFeedback, bool sampled, int64_t seed);
+std::tuple<at::Tensor, at::Tensor> quantizeKernel(at::Tensor data, int64_t bits, int64_t block, int64_t seed,
+                                                  std::optional<at::Tensor> add, bool errorFeedback,
+                                                  std::optional<at::Tensor> codesOut,
+                                                  std::optional<at::Tensor> scalesOut);
+void dequantizeKernel(const at::Tensor& codes, const at::Tensor& scales, at::Tensor& out, int64_t bits, int64_t block,
+                      double alpha, bool accumulate);
+void castKernel(const at::Tensor& src, at::Tensor& dst, double scale);
+std::tuple<int64_t, int64_t> quantSliceOf(int64_t count, int64_t block, int64_t rank, int64_t size);
+at::Tensor randomkIndices(int64_t seed, int64_t n, int64_t k);
 
 }  // namespace agentcomm::torch_adapter

@@ -21,7 +21,16 @@ PYBIND11_MODULE(_C, m) {
            }),
            py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("timeout_seconds"), py::arg("group_name") = "",
            py::call_guard<py::gil_scoped_release>())
-      .def_property_readonly("transport", &AgentBackend::transportName);
+      .def_property_readonly("transport", &AgentBackend::transportName)
+      .def("sparse_all_reduce", &AgentBackend::sparseAllreduce, py::arg("tensor"), py::arg("residual") = py::none(),
+           py::arg("k"), py::arg("method") = "topk", py::arg("seed") = 0, py::arg("scale") = 1.0,
+           py::arg("stats") = py::none(), py::call_guard<py::gil_scoped_release>(),
+           "Sparse (top-k / DGC / random-k) all-reduce of a float32 tensor in place; returns a Work")
+      .def("quantized_all_reduce", &AgentBackend::quantizedAllreduce, py::arg("tensor"),
+           py::arg("residual") = py::none(), py::arg("server_residual") = py::none(), py::arg("bits") = 8,
+           py::arg("block") = 256, py::arg("seed") = 0, py::arg("scale") = 1.0, py::arg("stats") = py::none(),
+           py::call_guard<py::gil_scoped_release>(),
+           "Quantized (8/4/1-bit) reduce-scatter + all-gather of a float32 tensor in place; returns a Work");
   m.def("version", [] { return std::string("0.1.0"); });
   m.def("set_log_rank", &agentcomm::setLogRank);
   m.def("reduce_into", &agentcomm::torch_adapter::reduceInto, py::arg("out"), py::arg("a"), py::arg("b"),
@@ -33,5 +42,23 @@ PYBIND11_MODULE(_C, m) {
   m.def("unpack_from", &agentcomm::torch_adapter::unpackFrom, py::arg("flat"), py::arg("tensors"),
         py::arg("divide_by") = 1.0, py::arg("multiply_by") = 1.0, py::call_guard<py::gil_scoped_release>(),
         "tensors[i][...] = the matching slice of flat / divide_by * multiply_by, in one pass");
+  using namespace agentcomm::torch_adapter;
+  m.def("topk", &topkKernel, py::arg("data"), py::arg("k"), py::arg("add") = py::none(),
+        py::arg("error_feedback") = false, py::arg("sampled") = false, py::arg("seed") = 0,
+        py::call_guard<py::gil_scoped_release>(),
+        "(indices int32 ascending, values) of the k largest |data| (+ add first); error_feedback zeroes them in data");
+  m.def("quantize", &quantizeKernel, py::arg("data"), py::arg("bits"), py::arg("block") = 256, py::arg("seed") = 0,
+        py::arg("add") = py::none(), py::arg("error_feedback") = false, py::arg("codes") = py::none(),
+        py::arg("scales") = py::none(), py::call_guard<py::gil_scoped_release>(),
+        "(codes uint8, scales float32) of data (+ add first); error_feedback leaves data - decoded in data");
+  m.def("dequantize", &dequantizeKernel, py::arg("codes"), py::arg("scales"), py::arg("out"), py::arg("bits"),
+        py::arg("block") = 256, py::arg("alpha") = 1.0, py::arg("accumulate") = false,
+        py::call_guard<py::gil_scoped_release>(), "out (+)= decode(codes, scales) * alpha");
+  m.def("cast_into", &castKernel, py::arg("src"), py::arg("dst"), py::arg("scale") = 1.0,
+        py::call_guard<py::gil_scoped_release>(), "dst = src * scale across float32 <-> float16/bfloat16");
+  m.def("quant_slice", &quantSliceOf, py::arg("count"), py::arg("block"), py::arg("rank"), py::arg("size"),
+        "(offset, count) of the block-aligned slice a rank owns in a quantized all-reduce");
+  m.def("randomk_indices", &randomkIndices, py::arg("seed"), py::arg("n"), py::arg("k"),
+        "the k indices random-k picks for this seed (identical on every rank)");
   m.def("simd_level", &agentcomm::torch_adapter::simdLevelName, "the vector level the reduction kernels use");
 }

@@ -285,18 +285,31 @@ AC_CLONES float addAndAbsSum(float* x, const float* add, size_t m) {
   return sum;
 }
 
+// Random bits for a block: one 32-bit hash per pair of elements, read as two
+// 16-bit uniforms (the rounding is unbiased to within 2^-16 of a step). A
+// separate loop so both this and the rounding loop vectorize.
+AC_CLONES void blockRandom(uint32_t* out, size_t pairs, uint32_t firstPair, uint32_t s32) {
+  for (size_t p = 0; p < pairs; ++p) out[p] = mix32((firstPair + static_cast<uint32_t>(p)) * 0x9e3779b9u + s32);
+}
+
 // q[j] = floor(x[j] * inv + u_j) clamped to [-L, L]; with ef, x[j] -= q * step.
-AC_CLONES void stochasticRound(float* x, size_t m, uint32_t base, uint32_t s32, float inv, float step, float L,
-                               int8_t* q, bool ef) {
+AC_CLONES void stochasticRound(float* x, size_t m, const uint16_t* rnd, float inv, float step, float L, int8_t* q,
+                               bool ef) {
   for (size_t j = 0; j < m; ++j) {
-    const uint32_t h = mix32((base + static_cast<uint32_t>(j)) * 0x9e3779b9u + s32);
-    const float u = static_cast<float>(h >> 8) * (1.0f / 16777216.0f);
+    const float u = static_cast<float>(rnd[j]) * (1.0f / 65536.0f);
     float r = std::floor(x[j] * inv + u);
     r = r > L ? L : r;
     r = r < -L ? -L : r;
     q[j] = static_cast<int8_t>(r);
     if (ef) x[j] -= r * step;
   }
+}
+
+AC_CLONES void packNibbles(const int8_t* q, size_t m, uint8_t* out) {
+  const size_t pairs = m / 2;
+  for (size_t b = 0; b < pairs; ++b)
+    out[b] = static_cast<uint8_t>(static_cast<uint8_t>(q[2 * b] + 8) | (static_cast<uint8_t>(q[2 * b + 1] + 8) << 4));
+  if (m % 2) out[pairs] = static_cast<uint8_t>(static_cast<uint8_t>(q[m - 1] + 8) | (8 << 4));
 }
 
 AC_CLONES void signEncode(float* x, size_t m, float s, uint8_t* bits, bool ef) {
@@ -314,26 +327,49 @@ AC_CLONES void signEncode(float* x, size_t m, float s, uint8_t* bits, bool ef) {
     for (size_t j = 0; j < m; ++j) x[j] -= x[j] >= 0.0f ? s : -s;
 }
 
-AC_CLONES void decode8(const int8_t* q, size_t m, float step, bool acc, float* out) {
-  if (acc)
-    for (size_t j = 0; j < m; ++j) out[j] += static_cast<float>(q[j]) * step;
+template <bool Acc>
+inline void put(float* out, float v) {
+  if constexpr (Acc)
+    *out += v;
   else
-    for (size_t j = 0; j < m; ++j) out[j] = static_cast<float>(q[j]) * step;
+    *out = v;
 }
 
-AC_CLONES void decode4(const uint8_t* q, size_t m, float step, bool acc, float* out) {
-  for (size_t j = 0; j < m; ++j) {
-    const int v = ((q[j >> 1] >> ((j & 1) * 4)) & 0xf) - 8;
-    const float d = static_cast<float>(v) * step;
-    out[j] = acc ? out[j] + d : d;
-  }
+template <bool Acc>
+AC_CLONES void decode8(const int8_t* q, size_t m, float step, float* out) {
+  for (size_t j = 0; j < m; ++j) put<Acc>(out + j, static_cast<float>(q[j]) * step);
 }
 
-AC_CLONES void decode1(const uint8_t* bits, size_t m, float s, bool acc, float* out) {
-  for (size_t j = 0; j < m; ++j) {
-    const float d = ((bits[j >> 3] >> (j & 7)) & 1) ? s : -s;
-    out[j] = acc ? out[j] + d : d;
+// One byte -> two elements (low nibble first); loops over bytes so the
+// vectorizer sees plain strided stores instead of a gather.
+template <bool Acc>
+AC_CLONES void decode4(const uint8_t* q, size_t m, float step, float* out) {
+  const size_t pairs = m / 2;
+  for (size_t b = 0; b < pairs; ++b) {
+    put<Acc>(out + 2 * b, static_cast<float>(static_cast<int>(q[b] & 0xf) - 8) * step);
+    put<Acc>(out + 2 * b + 1, static_cast<float>(static_cast<int>(q[b] >> 4) - 8) * step);
   }
+  if (m % 2) put<Acc>(out + m - 1, static_cast<float>(static_cast<int>(q[pairs] & 0xf) - 8) * step);
+}
+
+// Sign bits -> +-1 for all 256 bytes: a byte decodes with one 8-float load.
+struct SignTable {
+  alignas(32) float v[256][8];
+  SignTable() {
+    for (int b = 0; b < 256; ++b)
+      for (int t = 0; t < 8; ++t) v[b][t] = ((b >> t) & 1) ? 1.0f : -1.0f;
+  }
+};
+const SignTable kSigns;
+
+template <bool Acc>
+AC_CLONES void decode1(const uint8_t* bits, size_t m, float s, float* out) {
+  const size_t full = m / 8;
+  for (size_t b = 0; b < full; ++b) {
+    const float* sg = kSigns.v[bits[b]];
+    for (int t = 0; t < 8; ++t) put<Acc>(out + 8 * b + t, sg[t] * s);
+  }
+  for (size_t j = full * 8; j < m; ++j) put<Acc>(out + j, kSigns.v[bits[full]][j - full * 8] * s);
 }
 
 size_t blockCodeBytes(size_t m, int bits) { return (m * static_cast<size_t>(bits) + 7) / 8; }
@@ -354,7 +390,9 @@ void quantize(float* data, const float* add, size_t n, int bits, size_t block, u
   AC_CHECK(block > 0 && block % 8 == 0, InvalidArgument, "quantize: block must be a positive multiple of 8, got ", block);
   const uint32_t s32 = seed32(seed);
   thread_local std::vector<int8_t> tmp;
+  thread_local std::vector<uint32_t> rnd;
   if (bits == 4) tmp.resize(block);
+  if (bits != 1) rnd.resize(block / 2 + 1);
   for (size_t b0 = 0, blk = 0; b0 < n; b0 += block, ++blk) {
     const size_t m = std::min(block, n - b0);
     float* x = data + b0;
@@ -382,14 +420,11 @@ void quantize(float* data, const float* add, size_t n, int bits, size_t block, u
         for (size_t j = 0; j < m; ++j) x[j] = 0.0f;
       }
     } else {
-      stochasticRound(x, m, static_cast<uint32_t>(b0), s32, L / amax, amax / L, L, q, errorFeedback);
+      const size_t pairs = (m + 1) / 2;
+      blockRandom(rnd.data(), pairs, static_cast<uint32_t>(b0 / 2), s32);
+      stochasticRound(x, m, reinterpret_cast<const uint16_t*>(rnd.data()), L / amax, amax / L, L, q, errorFeedback);
     }
-    if (bits == 4)
-      for (size_t j = 0; j < m; j += 2) {
-        const uint8_t lo = static_cast<uint8_t>(q[j] + 8);
-        const uint8_t hi = j + 1 < m ? static_cast<uint8_t>(q[j + 1] + 8) : 8;
-        out[j >> 1] = static_cast<uint8_t>(lo | (hi << 4));
-      }
+    if (bits == 4) packNibbles(q, m, out);
   }
 }
 
@@ -402,9 +437,24 @@ void dequantize(const uint8_t* codes, const float* scales, size_t n, int bits, s
     const float s = scales[blk];
     // A non-finite scale decodes to NaN (0 * inf) so the caller sees it.
     switch (bits) {
-      case 8: decode8(reinterpret_cast<const int8_t*>(in), m, s / 127.0f * alpha, accumulate, out + b0); break;
-      case 4: decode4(in, m, s / 7.0f * alpha, accumulate, out + b0); break;
-      default: decode1(in, m, s * alpha, accumulate, out + b0); break;
+      case 8:
+        if (accumulate)
+          decode8<true>(reinterpret_cast<const int8_t*>(in), m, s / 127.0f * alpha, out + b0);
+        else
+          decode8<false>(reinterpret_cast<const int8_t*>(in), m, s / 127.0f * alpha, out + b0);
+        break;
+      case 4:
+        if (accumulate)
+          decode4<true>(in, m, s / 7.0f * alpha, out + b0);
+        else
+          decode4<false>(in, m, s / 7.0f * alpha, out + b0);
+        break;
+      default:
+        if (accumulate)
+          decode1<true>(in, m, s * alpha, out + b0);
+        else
+          decode1<false>(in, m, s * alpha, out + b0);
+        break;
     }
   }
 }
