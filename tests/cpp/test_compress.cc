@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <numeric>
 #include <random>
@@ -225,6 +226,28 @@ TEST(Quantize, ErrorFeedbackConservesMassAndExactLevels) {
   // Accumulating decode with a scale.
   dequantize(codes.data(), scales.data(), g.size(), 8, 128, 0.5f, true, dec.data());
   for (size_t i = 0; i < g.size(); ++i) ASSERT_EQ(dec[i], grid[i] * 1.5f);
+}
+
+TEST(Quantize, TinyZeroAndNonFiniteBlocks) {
+  // Blocks of zeros, of subnormals (L / max overflows), and with an inf.
+  const size_t block = 16, n = 48;
+  for (int bits : {8, 4, 1}) {
+    std::vector<float> x(n, 0.0f);
+    for (size_t j = 16; j < 32; ++j) x[j] = (j % 2 ? 1.0f : -1.0f) * 1e-40f;
+    for (size_t j = 32; j < 48; ++j) x[j] = 0.5f;
+    x[40] = std::numeric_limits<float>::infinity();
+    auto residual = x;
+    std::vector<uint8_t> codes(quantCodeBytes(n, bits, block));
+    std::vector<float> scales(quantBlocks(n, block)), dec(n);
+    quantize(residual.data(), nullptr, n, bits, block, 1, codes.data(), scales.data(), true);
+    dequantize(codes.data(), scales.data(), n, bits, block, 1.0f, false, dec.data());
+    for (size_t j = 0; j < 32; ++j) {
+      ASSERT_TRUE(std::isfinite(dec[j])) << "bits=" << bits << " j=" << j;
+      ASSERT_TRUE(std::isfinite(residual[j]));
+      ASSERT_EQ(dec[j] + residual[j], x[j]) << "tiny values stay in the residual";
+    }
+    for (size_t j = 32; j < 48; ++j) ASSERT_FALSE(std::isfinite(dec[j])) << "inf/NaN propagates";
+  }
 }
 
 TEST(Quantize, RejectsBadParameters) {

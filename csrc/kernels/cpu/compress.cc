@@ -410,15 +410,17 @@ void quantize(float* data, const float* add, size_t n, int bits, size_t block, u
     std::memcpy(&amax, &key, 4);
     scales[blk] = amax;
     int8_t* q = bits == 8 ? reinterpret_cast<int8_t*>(out) : tmp.data();
-    if (!(amax > 0.0f) || !std::isfinite(amax)) {
-      // All zeros (nothing to send), or non-finite: the decoded block is the
-      // scale times 0, so inf/NaN propagate as a dense reduction would.
+    if (!std::isfinite(amax)) {
+      // inf/NaN in the block: the decoded block is the scale times 0, i.e.
+      // NaN, so it propagates as a dense reduction would; the residual restarts.
       std::memset(q, 0, m);
-      if (errorFeedback && amax == 0.0f) {
-        // residual stays 0
-      } else if (errorFeedback) {
+      if (errorFeedback)
         for (size_t j = 0; j < m; ++j) x[j] = 0.0f;
-      }
+    } else if (!std::isfinite(L / amax)) {
+      // All zeros, or magnitudes so small (< ~4e-37) that L / amax overflows:
+      // send nothing (scale 0); error feedback keeps the values for later.
+      scales[blk] = 0.0f;
+      std::memset(q, 0, m);
     } else {
       const size_t pairs = (m + 1) / 2;
       blockRandom(rnd.data(), pairs, static_cast<uint32_t>(b0 / 2), s32);

@@ -1,0 +1,45 @@
+"""DDP communication hooks for gradient compression, and the compressed all-reduces under them.
+
+Strategies (state class + hook, torch's ``(state, bucket) -> Future[Tensor]`` shape):
+top-k / DGC (:class:`TopKState`, :func:`topk_hook`), random-k (:class:`RandomKState`,
+:func:`randomk_hook`), 8/4/1-bit quantization (:class:`QuantizeState`,
+:func:`quantize_hook`), fp16/bf16 (:class:`CastState`, :func:`cast_hook`). The ops
+(:mod:`agentcomm.hooks.ops`) can be used without DDP.
+
+Example:
+    >>> import agentcomm.hooks as H
+    >>> state = H.QuantizeState(bits=8, warmup_iters=10)                     # doctest: +SKIP
+    >>> ddp_model.register_comm_hook(state, H.quantize_hook)                  # doctest: +SKIP
+"""
+
+from . import ops
+from .compression import (
+    CastState,
+    CompressionState,
+    CompressionStats,
+    QuantizeState,
+    RandomKState,
+    TopKState,
+    bf16_compress_hook,
+    cast_hook,
+    fp16_compress_hook,
+    quantize_hook,
+    randomk_hook,
+    topk_hook,
+)
+
+__all__ = [
+    "ops",
+    "CastState",
+    "CompressionState",
+    "CompressionStats",
+    "QuantizeState",
+    "RandomKState",
+    "TopKState",
+    "bf16_compress_hook",
+    "cast_hook",
+    "fp16_compress_hook",
+    "quantize_hook",
+    "randomk_hook",
+    "topk_hook",
+]
