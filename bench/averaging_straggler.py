@@ -12,15 +12,13 @@ Prints the wall time per step (slowest rank) of each strategy, run one after the
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import socket
 import time
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from agentcomm.bench import harness
 import agentcomm  # noqa: F401
 from agentcomm.averaging import AsyncAverager, PeriodicAverager
 
@@ -55,11 +53,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--world-size", type=int, default=4)
     args = p.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    mp.spawn(run, args=(args.world_size, args), nprocs=args.world_size, join=True)
+    harness.spawn_local(run, args.world_size, args)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,13 @@ Prints the test accuracy of rank 0's model and its mean and median step time.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
 import time
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from agentcomm.bench import harness
 import agentcomm  # noqa: F401  (registers the backend)
 from agentcomm.averaging import AsyncAverager, HierarchicalAverager, PeriodicAverager, WeightedAverager
 
@@ -87,11 +85,7 @@ def main() -> None:
     p.add_argument("--world-size", type=int, default=4)
     p.add_argument("--slow-rank", type=int, default=-1)
     args = p.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    mp.spawn(run, args=(args.world_size, args), nprocs=args.world_size, join=True)
+    harness.spawn_local(run, args.world_size, args)
 
 
 if __name__ == "__main__":

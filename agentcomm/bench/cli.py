@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 import warnings
@@ -29,9 +28,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from agentcomm.bench import harness, report
+from agentcomm.bench import compressed, harness, report
 
 
 def parse_size(text: str) -> int:
@@ -72,7 +70,9 @@ def worker(rank: int, world: int, args: argparse.Namespace) -> None:
     timeout = timedelta(seconds=args.timeout)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timeout)
     ref = dist.new_group(backend="gloo", timeout=timeout)  # for timing reductions
-    groups = {b: dist.new_group(backend=b, timeout=timeout) for b in args.backends}
+    bases = {compressed.split_backend(b)[0] for b in args.backends}
+    base_groups = {b: dist.new_group(backend=b, timeout=timeout) for b in sorted(bases)}
+    groups = {b: base_groups[compressed.split_backend(b)[0]] for b in args.backends}
     dtype = harness.DTYPES[args.datatype]
     plan = [(c, s, pl) for c in args.collectives for s in sizes(args) for pl in places(c, args.inplace)]
     progress = report.Progress(len(plan) * len(args.backends), None if args.progress is None else args.progress)
@@ -84,9 +84,17 @@ def worker(rank: int, world: int, args: argparse.Namespace) -> None:
         row = {"collective": coll, "place": place, "bytes": nbytes, "type": args.datatype, "op": args.op}
         for b in args.backends:  # interleaved: this case on every backend before the next case
             progress.step(f"{coll} {place} {report.human(nbytes)} {b}")
-            case = harness.make_case(coll, nbytes, place, dtype, args.op, groups[b])
+            scheme = compressed.split_backend(b)[1]
+            counters = None
+            if scheme:
+                if coll != "all_reduce":
+                    row[b] = None  # compression is an all-reduce
+                    continue
+                case, counters = compressed.make_compressed_case(scheme, nbytes, groups[b])
+            else:
+                case = harness.make_case(coll, nbytes, place, dtype, args.op, groups[b])
             wrong = -1
-            if args.check:
+            if args.check and not scheme:
                 mine = torch.tensor([harness.check_case(case)], dtype=torch.int64)
                 dist.all_reduce(mine, group=ref)
                 wrong = int(mine.item())
@@ -94,12 +102,17 @@ def worker(rank: int, world: int, args: argparse.Namespace) -> None:
             algbw = nbytes / t / 1e9
             row[b] = {"time_us": t * 1e6, "algbw": algbw, "busbw": algbw * harness.BUS_FACTOR[coll](world),
                       "wrong": wrong}
+            if counters is not None:
+                row[b].update(counters.per_op())
+                row[b]["ratio"] = compressed.dense_ring_wire(nbytes, world) / max(1.0, row[b]["wire_bytes"])
             row["count"] = case.count
         rows.append(row)
         if rank == 0:
             progress.clear()
             report.print_row(row, args.backends)
     progress.close()
+    if rank == 0 and any(compressed.split_backend(b)[1] for b in args.backends):
+        report.print_compression(rows, args.backends, world)
     if rank == 0 and (args.json or args.csv or args.plot):
         meta = {"world_size": world, "backends": args.backends, "machine": report.machine_info(),
                 "torch": torch.__version__, "agentcomm": agentcomm.__version__,
@@ -112,7 +125,7 @@ def worker(rank: int, world: int, args: argparse.Namespace) -> None:
             report.write_csv(args.csv, rows, meta)
         if args.plot:
             report.plot(args.plot, rows, meta)
-    wrong = sum(max(0, r[b]["wrong"]) for r in rows for b in args.backends)
+    wrong = sum(max(0, r[b]["wrong"]) for r in rows for b in args.backends if r[b] is not None)
     dist.barrier(group=ref)
     dist.destroy_process_group()
     if wrong:
@@ -137,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--op", choices=sorted(harness.OPS), default="sum")
     p.add_argument("--collectives", default="all_reduce",
                    help="comma list of " + ",".join(harness.COLLECTIVES) + ", or 'all'")
-    p.add_argument("--backends", default="agentcomm,gloo", help="comma list; the last one is the baseline")
+    p.add_argument("--backends", default="agentcomm,gloo",
+                   help="comma list; the last one is the baseline. agentcomm:<scheme> runs a compressed "
+                        "all-reduce: topk=R, dgc=R, randomk=R, q8, q4, q1, fp16, bf16 (agentcomm/bench/compressed.py)")
     p.add_argument("--timing", choices=("batch", "iter"), default="batch",
                    help="batch: n ops back to back per sample (nccl-tests); iter: each op after a barrier")
     p.add_argument("--json", default="", help="write rows + versions + machine to this file")
@@ -160,11 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun
         worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args)
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    mp.spawn(worker, args=(args.world_size, args), nprocs=args.world_size, join=True)
+    harness.spawn_local(worker, args.world_size, args)
 
 
 if __name__ == "__main__":

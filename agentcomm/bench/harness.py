@@ -14,9 +14,11 @@ Example (inside an initialised job)::
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -190,3 +192,19 @@ def time_case(case: Case, iters: int, warmup: int, ref_group: dist.ProcessGroup,
             samples[b] = (time.perf_counter() - start) / n
     dist.all_reduce(samples, op=dist.ReduceOp.MAX, group=ref_group)
     return float(samples.median())
+
+
+def spawn_local(fn: Callable[..., None], world: int, *args: Any) -> None:
+    """Runs ``fn(rank, world, *args)`` on ``world`` local processes with an env://
+    rendezvous on a free loopback port (what the examples and bench scripts share).
+
+    Example:
+        >>> spawn_local(worker, 4, args)  # doctest: +SKIP
+    """
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    mp.spawn(fn, args=(world, *args), nprocs=world, join=True)

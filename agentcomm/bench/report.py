@@ -64,11 +64,31 @@ def print_row(row: dict, backends: list[str], file: TextIO = sys.stdout) -> None
             f"{row['type']:>8} {row['op']:>4}")
     for b in backends:
         r = row[b]
+        if r is None:  # not measured (a compressed all-reduce on another collective)
+            line += f" | {'':>12} {'-':>10} {'-':>7} {'-':>7} {'-':>6}"
+            continue
         line += f" | {'':>12} {r['time_us']:>10.1f} {r['algbw']:>7.3f} {r['busbw']:>7.3f} {r['wrong']:>6}"
-    if len(backends) > 1:
+    if len(backends) > 1 and row[backends[-1]] is not None:
         base = row[backends[-1]]["time_us"]
-        line += " | " + " ".join(f"{base / row[b]['time_us']:>8.2f}x" for b in backends[:-1])
+        line += " | " + " ".join(f"{base / row[b]['time_us']:>8.2f}x" if row[b] else f"{'-':>9}"
+                                 for b in backends[:-1])
     print(line, file=file, flush=True)
+
+
+def print_compression(rows: list[dict], backends: list[str], world: int, file: TextIO = sys.stdout) -> None:
+    """The compressed backends' wire bytes, ratio against a dense ring, encode/decode time."""
+    print(f"# compressed all-reduce, world size {world}: wire = bytes this rank sent per op; ratio = a dense "
+          f"ring's 2(n-1)/n*S / wire; busbw above is effective (from the uncompressed size)", file=file)
+    print(f"{'size':>8} {'scheme':>22} {'wire':>10} {'ratio':>8} {'encode(us)':>11} {'decode(us)':>11}", file=file)
+    for row in rows:
+        for b in backends:
+            r = row.get(b)
+            if r is None or "wire_bytes" not in r:
+                continue
+            wire = r["wire_bytes"]
+            wire_text = f"{wire / 2**20:.2f}M" if wire >= 2**20 else f"{wire / 2**10:.1f}K"
+            print(f"{human(row['bytes']):>8} {b:>22} {wire_text:>10} {r['ratio']:>7.1f}x "
+                  f"{r['encode_us']:>11.1f} {r['decode_us']:>11.1f}", file=file)
 
 
 def write_json(path: str, rows: list[dict], meta: dict) -> None:
@@ -79,17 +99,22 @@ def write_json(path: str, rows: list[dict], meta: dict) -> None:
 def write_csv(path: str, rows: list[dict], meta: dict) -> None:
     """One line per (row, backend); versions and machine repeated so every line stands alone."""
     fields = ["collective", "place", "bytes", "count", "type", "op", "world_size", "backend", "time_us", "algbw",
-              "busbw", "wrong", "agentcomm", "torch", "cpu", "cpus", "timestamp"]
+              "busbw", "wrong", "wire_bytes", "ratio", "encode_us", "decode_us", "agentcomm", "torch", "cpu", "cpus",
+              "timestamp"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for row in rows:
             for b in meta["backends"]:
                 r = row[b]
+                if r is None:
+                    continue
                 w.writerow({"collective": row["collective"], "place": row["place"], "bytes": row["bytes"],
                             "count": row["count"], "type": row["type"], "op": row["op"],
                             "world_size": meta["world_size"], "backend": b, "time_us": f"{r['time_us']:.3f}",
                             "algbw": f"{r['algbw']:.4f}", "busbw": f"{r['busbw']:.4f}", "wrong": r["wrong"],
+                            "wire_bytes": r.get("wire_bytes", ""), "ratio": r.get("ratio", ""),
+                            "encode_us": r.get("encode_us", ""), "decode_us": r.get("decode_us", ""),
                             "agentcomm": meta["agentcomm"], "torch": meta["torch"], "cpu": meta["machine"]["cpu"],
                             "cpus": meta["machine"]["cpus"], "timestamp": meta["timestamp"]})
 
@@ -108,8 +133,11 @@ def plot(path: str, rows: list[dict], meta: dict) -> None:
         sel = sorted((r for r in rows if r["collective"] == coll and r["place"] == place), key=lambda r: r["bytes"])
         xs = [r["bytes"] for r in sel]
         for b in meta["backends"]:
-            ax_t.plot(xs, [r[b]["time_us"] for r in sel], marker="o", label=b)
-            ax_b.plot(xs, [r[b]["busbw"] for r in sel], marker="o", label=b)
+            pts = [(x, r[b]) for x, r in zip(xs, sel) if r[b] is not None]
+            if not pts:
+                continue
+            ax_t.plot([x for x, _ in pts], [v["time_us"] for _, v in pts], marker="o", label=b)
+            ax_b.plot([x for x, _ in pts], [v["busbw"] for _, v in pts], marker="o", label=b)
         for ax, ylabel in ((ax_t, "time per op (us)"), (ax_b, "busbw (GB/s)")):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("bytes")

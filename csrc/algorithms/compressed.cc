@@ -26,17 +26,22 @@ namespace {
 constexpr uint64_t kPhaseCompressed = 10;
 enum Step : uint64_t {
   kCounts = 0,
-  kPairIdx,
-  kPairVal,
+  kPairs,
   kSliceHeader,
-  kSliceIdx,
-  kSliceVal,
+  kSlice,
   kCodes,
   kScales,
   kCodes2,
   kScales2,
 };
 constexpr uint64_t kDenseSlice = ~uint64_t{0};
+
+// A sparse element on the wire: index inside the receiver's (or sender's) range.
+struct Pair {
+  uint32_t index;
+  float value;
+};
+static_assert(sizeof(Pair) == 8, "wire format");
 
 using Clock = std::chrono::steady_clock;
 uint64_t nsSince(Clock::time_point t0) {
@@ -153,16 +158,23 @@ void sparseAllReduce(Context& ctx, const SparseAllReduceOptions& o) {
   const size_t got = o.method == SparseMethod::TopKSampled
                          ? kernels::topkSampled(src, add, o.count, k, idx, val, ef, o.seed)
                          : kernels::topkExact(src, add, o.count, k, idx, val, ef);
-  // Split by owner range; indices become offsets inside the owner's range.
+  // Split by owner range and pack (offset inside the owner's range, value)
+  // pairs: one message per owner.
   std::vector<size_t> split(n + 1);
   for (int p = 0; p <= n; ++p) {
     const size_t lo = rangeStart(o.count, p, n);
     split[p] = static_cast<size_t>(std::lower_bound(idx, idx + got, static_cast<uint32_t>(std::min(lo, o.count))) - idx);
   }
   split[n] = got;
+  Pair* pairs = nullptr;
+  {
+    Carver c;
+    c.add(pairs, got);
+    c.commit(1);
+  }
   for (int p = 0; p < n; ++p) {
     const uint32_t lo = static_cast<uint32_t>(rangeStart(o.count, p, n));
-    for (size_t j = split[p]; j < split[p + 1]; ++j) idx[j] -= lo;
+    for (size_t j = split[p]; j < split[p + 1]; ++j) pairs[j] = Pair{idx[j] - lo, val[j]};
   }
   if (o.stats) o.stats->encodeNs += nsSince(t0);
 
@@ -184,78 +196,59 @@ void sparseAllReduce(Context& ctx, const SparseAllReduceOptions& o) {
   const size_t sliceLen = rangeStart(o.count, r + 1, n) - lo;
   size_t totalIn = 0;
   for (int p = 0; p < n; ++p) totalIn += p == r ? 0 : recvCount[p];
-  uint32_t* inIdx = nullptr;
-  float* inVal = nullptr;
+  Pair* inPairs = nullptr;
   float* acc = nullptr;
-  uint32_t* outIdx = nullptr;
-  float* outVal = nullptr;
+  Pair* outPairs = nullptr;
   {
     Carver c;
-    c.add(inIdx, totalIn);
-    c.add(inVal, totalIn);
+    c.add(inPairs, totalIn);
     c.add(acc, sliceLen);
-    c.add(outIdx, sliceLen);
-    c.add(outVal, sliceLen);
-    c.commit(1);
+    c.add(outPairs, sliceLen);
+    c.commit(2);
   }
-  std::vector<uint32_t*> srcIdx(n);
-  std::vector<float*> srcVal(n);
+  std::vector<const Pair*> from(n);
   {
+    std::vector<const void*> sp(n);
+    std::vector<size_t> sb(n), rb(n);
+    std::vector<void*> rp(n);
     size_t off = 0;
     for (int p = 0; p < n; ++p) {
+      sp[p] = pairs + split[p];
+      sb[p] = sendCount[p] * sizeof(Pair);
+      rb[p] = recvCount[p] * sizeof(Pair);
       if (p == r) {
-        srcIdx[p] = idx + split[r];
-        srcVal[p] = val + split[r];
+        from[p] = pairs + split[r];
       } else {
-        srcIdx[p] = inIdx + off;
-        srcVal[p] = inVal + off;
+        rp[p] = inPairs + off;
+        from[p] = inPairs + off;
         off += recvCount[p];
       }
     }
-    std::vector<const void*> si(n), sv(n);
-    std::vector<size_t> sb(n), rb(n);
-    std::vector<void*> ri(n), rv(n);
-    for (int p = 0; p < n; ++p) {
-      si[p] = idx + split[p];
-      sv[p] = val + split[p];
-      sb[p] = sendCount[p] * 4;
-      ri[p] = srcIdx[p];
-      rv[p] = srcVal[p];
-      rb[p] = recvCount[p] * 4;
-    }
-    // Post both rounds' receives before either round's sends would be
-    // simpler, but two rounds keep the code in one helper; pairs are small.
-    exchange(ctx, kPairIdx, si, sb, ri, rb, o.stats);
-    exchange(ctx, kPairVal, sv, sb, rv, rb, o.stats);
+    exchange(ctx, kPairs, sp, sb, rp, rb, o.stats);
   }
 
   // 3. The owner sums its slice in rank order (the same order on every run).
   t0 = Clock::now();
   std::memset(acc, 0, sliceLen * sizeof(float));
   for (int p = 0; p < n; ++p) {
-    const uint32_t* ii = srcIdx[p];
-    const float* vv = srcVal[p];
+    const Pair* pp = from[p];
     for (size_t j = 0; j < recvCount[p]; ++j) {
-      AC_CHECK(ii[j] < sliceLen, MismatchError, "sparse all_reduce: rank ", p, " sent index ", ii[j] + lo,
-               " outside the range of rank ", r);
-      acc[ii[j]] += vv[j];
+      AC_CHECK(pp[j].index < sliceLen, MismatchError, "sparse all_reduce: rank ", p, " sent index ",
+               pp[j].index + lo, " outside the range of rank ", r);
+      acc[pp[j].index] += pp[j].value;
     }
   }
   size_t nnz = 0;
   for (size_t j = 0; j < sliceLen; ++j) {
     const float v = acc[j] * o.scale;
     acc[j] = v;
-    if (v != 0.0f || v != v) {  // NaN counts as non-zero
-      outIdx[nnz] = static_cast<uint32_t>(j);
-      outVal[nnz] = v;
-      ++nnz;
-    }
+    if (v != 0.0f || v != v) outPairs[nnz++] = Pair{static_cast<uint32_t>(j), v};  // NaN counts as non-zero
   }
-  const bool dense = static_cast<double>(nnz) * 8.0 >= o.denseSwitch * static_cast<double>(sliceLen) * 4.0;
+  const bool dense = static_cast<double>(nnz) * sizeof(Pair) >= o.denseSwitch * static_cast<double>(sliceLen) * 4.0;
   const uint64_t header = dense ? kDenseSlice : nnz;
   if (o.stats) o.stats->decodeNs += nsSince(t0);
 
-  // 4. All-gather the reduced slices: headers, then payloads.
+  // 4. All-gather the reduced slices: headers, then each slice sparse or dense.
   std::vector<uint64_t> headers(n);
   {
     std::vector<void*> rp(n);
@@ -263,7 +256,8 @@ void sparseAllReduce(Context& ctx, const SparseAllReduceOptions& o) {
     exchangeSame(ctx, kSliceHeader, &header, 8, rp, eight, o.stats);
   }
   headers[r] = header;
-  // Dense slices land directly in data; sparse ones in scratch, scattered after.
+  // Dense slices land directly in data (already encoded in step 1, so free);
+  // sparse ones in scratch, scattered after.
   std::vector<size_t> sparseOff(n, 0);
   size_t sparseTotal = 0;
   for (int p = 0; p < n; ++p)
@@ -271,40 +265,26 @@ void sparseAllReduce(Context& ctx, const SparseAllReduceOptions& o) {
       sparseOff[p] = sparseTotal;
       sparseTotal += headers[p];
     }
-  uint32_t* gIdx = nullptr;
-  float* gVal = nullptr;
+  Pair* gathered = nullptr;
   {
     Carver c;
-    c.add(gIdx, sparseTotal);
-    c.add(gVal, sparseTotal);
-    c.commit(2);
+    c.add(gathered, sparseTotal);
+    c.commit(3);
   }
   {
-    std::vector<void*> ri(n), rv(n);
-    std::vector<size_t> rbi(n), rbv(n);
+    std::vector<void*> rp(n);
+    std::vector<size_t> rb(n);
     for (int p = 0; p < n; ++p) {
       const size_t plo = rangeStart(o.count, p, n);
       const size_t plen = rangeStart(o.count, p + 1, n) - plo;
-      if (headers[p] == kDenseSlice) {
-        ri[p] = o.data + plo;  // the dense slice arrives in the index round
-        rbi[p] = plen * 4;
-        rv[p] = nullptr;
-        rbv[p] = 0;
-      } else {
-        ri[p] = gIdx + sparseOff[p];
-        rbi[p] = headers[p] * 4;
-        rv[p] = gVal + sparseOff[p];
-        rbv[p] = headers[p] * 4;
-      }
+      const bool pDense = headers[p] == kDenseSlice;
+      rp[p] = pDense ? static_cast<void*>(o.data + plo) : static_cast<void*>(gathered + sparseOff[p]);
+      rb[p] = pDense ? plen * 4 : headers[p] * sizeof(Pair);
     }
-    // Own data must not be overwritten before it was encoded: it was (step 1).
-    if (dense) {
-      exchangeSame(ctx, kSliceIdx, acc, sliceLen * 4, ri, rbi, o.stats);
-      exchangeSame(ctx, kSliceVal, nullptr, 0, rv, rbv, o.stats);
-    } else {
-      exchangeSame(ctx, kSliceIdx, outIdx, nnz * 4, ri, rbi, o.stats);
-      exchangeSame(ctx, kSliceVal, outVal, nnz * 4, rv, rbv, o.stats);
-    }
+    if (dense)
+      exchangeSame(ctx, kSlice, acc, sliceLen * 4, rp, rb, o.stats);
+    else
+      exchangeSame(ctx, kSlice, outPairs, nnz * sizeof(Pair), rp, rb, o.stats);
   }
   t0 = Clock::now();
   for (int p = 0; p < n; ++p) {
@@ -315,12 +295,11 @@ void sparseAllReduce(Context& ctx, const SparseAllReduceOptions& o) {
       std::memcpy(out, acc, plen * sizeof(float));
     } else if (headers[p] != kDenseSlice) {
       std::memset(out, 0, plen * sizeof(float));
-      const uint32_t* ii = gIdx + sparseOff[p];
-      const float* vv = gVal + sparseOff[p];
+      const Pair* pp = gathered + sparseOff[p];
       for (size_t j = 0; j < headers[p]; ++j) {
-        AC_CHECK(ii[j] < plen, MismatchError, "sparse all_reduce: rank ", p, " sent index ", ii[j] + plo,
-                 " outside its range");
-        out[ii[j]] = vv[j];
+        AC_CHECK(pp[j].index < plen, MismatchError, "sparse all_reduce: rank ", p, " sent index ",
+                 pp[j].index + plo, " outside its range");
+        out[pp[j].index] = pp[j].value;
       }
     }
   }
