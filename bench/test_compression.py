@@ -1,6 +1,6 @@
 """Microbenchmarks of agentcomm's compression kernels against torch (pytest-benchmark).
 
-    pytest bench/test_compression.py --benchmark-only --benchmark-group-by=param:case
+    pytest bench/test_compression.py --benchmark-only --benchmark-group-by=func
 
 One thread (a rank encodes its buckets on one core), 25M float32 (a 100 MB bucket set):
 - top-k of 1% by magnitude: agentcomm's radix selection (exact, and DGC's sampled
