@@ -15,6 +15,6 @@ echo "== Python tests"
 cd "$ROOT/tests/python"  # not the repo root: the source tree's agentcomm/ has no built extension
 OMP_NUM_THREADS=1 python -m pytest -q -p no:cacheprovider --timeout 900 "$@"
 
-echo "== microbenchmarks (kernels, averaging), run once each as tests (bench/RESULTS.md has the timed runs)"
+echo "== microbenchmarks (kernels, averaging, compression), run once each as tests (bench/RESULTS.md has the timed runs)"
 OMP_NUM_THREADS=1 python -m pytest -q -p no:cacheprovider --timeout 300 --benchmark-disable \
-  "$ROOT/bench/test_kernels.py" "$ROOT/bench/test_averaging.py"
+  "$ROOT/bench/test_kernels.py" "$ROOT/bench/test_averaging.py" "$ROOT/bench/test_compression.py"
