@@ -5,7 +5,9 @@
 # (python -m agentcomm.bench under the torchrun-style environment).
 # Needs root and iproute2. Usage:
 #   [PER_HOST=2] bench/multihost.sh [RATE] [bench args...]   e.g. bench/multihost.sh 10gbit -b 4K -e 64M -f 16384
-# RATE "none" (default) leaves the veth unshaped.
+# RATE "none" (default) leaves the veth unshaped. SCRIPT=path runs that script (with the
+# same environment and arguments) instead of python -m agentcomm.bench, e.g.
+#   SCRIPT=bench/compression_ddp.py bench/multihost.sh 1gbit --steps 6
 set -euo pipefail
 RATE=${1:-none}; shift || true
 PY=${PYTHON:-python}
@@ -32,7 +34,7 @@ for r in $(seq 0 $((WORLD - 1))); do
   # Gloo resolves the hostname (127.0.0.1 inside a namespace): name its interface.
   ip netns exec "${ns[$h]}" env RANK=$r WORLD_SIZE=$WORLD LOCAL_RANK=$((r % PER_HOST)) MASTER_ADDR=${addr[0]} \
     MASTER_PORT=29677 GLOO_SOCKET_IFNAME=${dev[$h]} \
-    "$PY" -m agentcomm.bench --no-progress "$@" &
+    "$PY" ${SCRIPT:--m agentcomm.bench --no-progress} "$@" &
   pids+=($!)
 done
 rc=0
