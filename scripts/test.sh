@@ -10,6 +10,9 @@ rm -rf build/core
 cmake -S "$ROOT" -B build/core -G Ninja -DAGENTCOMM_BUILD_TESTS=ON >/dev/null
 cmake --build build/core -j "$CMAKE_BUILD_PARALLEL_LEVEL"
 ctest --test-dir build/core --output-on-failure --timeout 300 -j 2
+if [ -x build/core/agentcomm_cuda_tests ]; then  # built when nvcc exists; says whether its tests could run
+  build/core/agentcomm_cuda_tests --gtest_filter=CudaKernels.ReportsAvailability | grep "CUDA device available"
+fi
 
 echo "== Python tests"
 cd "$ROOT/tests/python"  # not the repo root: the source tree's agentcomm/ has no built extension

@@ -1,0 +1,282 @@
+// Elementwise CUDA kernels: reduction with the final scale fused, scaling,
+// multi-tensor pack/unpack (one launch for a list of tensors, apex's
+// multi_tensor_apply idea) and float32 <-> float16/bfloat16 casts.
+// Arithmetic mirrors kernels/cpu/reduce.cc: 16-bit types combine in float and
+// round once (round to nearest even); NaN propagates through min/max.
+#include <vector>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/kernels_cuda.h"
+
+namespace agentcomm::kernels::cuda {
+
+using namespace detail;
+
+namespace {
+
+template <typename T> struct Compute { using type = T; };
+template <> struct Compute<__half> { using type = float; };
+template <> struct Compute<__nv_bfloat16> { using type = float; };
+
+__device__ inline float load(__half v) { return __half2float(v); }
+__device__ inline float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ inline float load(float v) { return v; }
+__device__ inline double load(double v) { return v; }
+
+template <typename T> __device__ inline T store(typename Compute<T>::type v) { return v; }
+template <> __device__ inline __half store<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ inline __nv_bfloat16 store<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+struct OpSum {
+  template <typename C> __device__ static C apply(C x, C y) { return x + y; }
+};
+struct OpProd {
+  template <typename C> __device__ static C apply(C x, C y) { return x * y; }
+};
+struct OpMin {
+  template <typename C> __device__ static C apply(C x, C y) {
+    if (x != x) return x;
+    if (y != y) return y;
+    return y < x ? y : x;
+  }
+};
+struct OpMax {
+  template <typename C> __device__ static C apply(C x, C y) {
+    if (x != x) return x;
+    if (y != y) return y;
+    return x < y ? y : x;
+  }
+};
+
+// The final scale as the CPU applies it: divide or multiply by value in C.
+struct Scale {
+  int kind;  // 0 none, 1 divide, 2 multiply
+  double value;
+  template <typename C> __device__ C apply(C v) const {
+    if (kind == 1) return v / static_cast<C>(value);
+    if (kind == 2) return v * static_cast<C>(value);
+    return v;
+  }
+};
+
+Scale scaleOf(FinalScale s) {
+  return Scale{s.kind == FinalScale::Kind::Divide ? 1 : s.kind == FinalScale::Kind::Multiply ? 2 : 0, s.value};
+}
+
+template <typename T, int V> struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
+
+template <typename T, typename Op, int V>
+__global__ void reduceKernel(T* out, const T* a, const T* b, size_t n, Scale s) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  const size_t first = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const size_t nv = n / V;
+  for (size_t i = first; i < nv; i += stride) {
+    const Vec<T, V> x = reinterpret_cast<const Vec<T, V>*>(a)[i];
+    const Vec<T, V> y = reinterpret_cast<const Vec<T, V>*>(b)[i];
+    Vec<T, V> r;
+#pragma unroll
+    for (int t = 0; t < V; ++t) r.v[t] = store<T>(s.apply(Op::apply(load(x.v[t]), load(y.v[t]))));
+    reinterpret_cast<Vec<T, V>*>(out)[i] = r;
+  }
+  for (size_t i = nv * V + first; i < n; i += stride) out[i] = store<T>(s.apply(Op::apply(load(a[i]), load(b[i]))));
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+template <typename T, typename Op>
+void launchReduce(void* dst, const void* a, const void* b, size_t n, Scale s, cudaStream_t st) {
+  constexpr int V = 16 / sizeof(T);
+  auto* o = static_cast<T*>(dst);
+  auto* x = static_cast<const T*>(a);
+  auto* y = static_cast<const T*>(b);
+  if (aligned16(dst) && aligned16(a) && aligned16(b))
+    reduceKernel<T, Op, V><<<gridFor(n / V + 1), kThreads, 0, st>>>(o, x, y, n, s);
+  else
+    reduceKernel<T, Op, 1><<<gridFor(n), kThreads, 0, st>>>(o, x, y, n, s);
+  AC_CUDA_LAUNCHED();
+}
+
+template <typename T>
+void reduceTyped(void* dst, const void* a, const void* b, size_t n, ReduceOp op, Scale s, cudaStream_t st) {
+  switch (op) {
+    case ReduceOp::Sum: return launchReduce<T, OpSum>(dst, a, b, n, s, st);
+    case ReduceOp::Product: return launchReduce<T, OpProd>(dst, a, b, n, s, st);
+    case ReduceOp::Min: return launchReduce<T, OpMin>(dst, a, b, n, s, st);
+    case ReduceOp::Max: return launchReduce<T, OpMax>(dst, a, b, n, s, st);
+    default: break;
+  }
+  throw InvalidArgument(strCat("CUDA reduce: op ", reduceOpName(op), " is not supported on the device"));
+}
+
+template <typename T>
+__global__ void scaleKernel(T* out, const T* in, size_t n, Scale s) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    out[i] = store<T>(s.apply(load(in[i])));
+}
+
+// One entry per chunk of one tensor: the multi-tensor kernels' work list.
+struct Chunk {
+  const void* src;
+  void* dst;
+  size_t count;
+};
+constexpr size_t kChunkElems = 16384;
+
+template <typename T>
+__global__ void multiTensorKernel(const Chunk* chunks, size_t nChunks, Scale s) {
+  for (size_t c = blockIdx.x; c < nChunks; c += gridDim.x) {
+    const Chunk ch = chunks[c];
+    const T* in = static_cast<const T*>(ch.src);
+    T* out = static_cast<T*>(ch.dst);
+    for (size_t i = threadIdx.x; i < ch.count; i += blockDim.x) out[i] = store<T>(s.apply(load(in[i])));
+  }
+}
+
+template <typename T>
+void launchMulti(const std::vector<Chunk>& chunks, Scale s, cudaStream_t st) {
+  if (chunks.empty()) return;
+  Chunk* dev = nullptr;
+  const size_t bytes = chunks.size() * sizeof(Chunk);
+  AC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&dev), bytes, st));
+  // Pageable source: the call returns once the table was staged, so `chunks` may go.
+  AC_CUDA_CHECK(cudaMemcpyAsync(dev, chunks.data(), bytes, cudaMemcpyHostToDevice, st));
+  multiTensorKernel<T><<<gridFor(chunks.size() * kThreads), kThreads, 0, st>>>(dev, chunks.size(), s);
+  AC_CUDA_LAUNCHED();
+  AC_CUDA_CHECK(cudaFreeAsync(dev, st));
+}
+
+template <typename F>
+void dispatchFloat(DataType dt, const char* what, F&& f) {
+  switch (dt) {
+    case DataType::Float32: return f(float{});
+    case DataType::Float64: return f(double{});
+    case DataType::Float16: return f(__half{});
+    case DataType::BFloat16: return f(__nv_bfloat16{});
+    default: break;
+  }
+  throw InvalidArgument(strCat("CUDA ", what, ": dtype ", dataTypeName(dt),
+                               " is not supported on the device (float32, float64, float16, bfloat16)"));
+}
+
+std::vector<Chunk> chunksOf(const void* const* srcs, void* const* dsts, const size_t* counts, size_t n,
+                            const void* packedSrc, void* packedDst, size_t es) {
+  std::vector<Chunk> out;
+  size_t offset = 0;
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t c = 0; c < counts[i]; c += kChunkElems) {
+      const size_t len = counts[i] - c < kChunkElems ? counts[i] - c : kChunkElems;
+      const size_t at = (offset + c) * es;
+      Chunk ch;
+      ch.src = srcs ? static_cast<const uint8_t*>(srcs[i]) + c * es : static_cast<const uint8_t*>(packedSrc) + at;
+      ch.dst = dsts ? static_cast<uint8_t*>(dsts[i]) + c * es : static_cast<uint8_t*>(packedDst) + at;
+      ch.count = len;
+      out.push_back(ch);
+    }
+    offset += counts[i];
+  }
+  return out;
+}
+
+__global__ void toHalfKernel(const float* src, __half* dst, size_t n, float scale) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    dst[i] = __float2half_rn(src[i] * scale);
+}
+__global__ void toBf16Kernel(const float* src, __nv_bfloat16* dst, size_t n, float scale) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    dst[i] = __float2bfloat16_rn(src[i] * scale);
+}
+__global__ void fromHalfKernel(const __half* src, float* dst, size_t n, float scale) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    dst[i] = __half2float(src[i]) * scale;
+}
+__global__ void fromBf16Kernel(const __nv_bfloat16* src, float* dst, size_t n, float scale) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    dst[i] = __bfloat162float(src[i]) * scale;
+}
+
+}  // namespace
+
+bool available(std::string* why) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    if (why) *why = e != cudaSuccess ? cudaGetErrorString(e) : "no CUDA device";
+    cudaGetLastError();  // clear the sticky error of the failed query
+    return false;
+  }
+  return true;
+}
+
+void reduce(void* dst, const void* a, const void* b, size_t count, DataType dt, ReduceOp op, FinalScale scale,
+            Stream stream) {
+  if (count == 0) return;
+  const ReduceOp combine = combiningOp(op);
+  dispatchFloat(dt, "reduce", [&](auto tag) {
+    reduceTyped<decltype(tag)>(dst, a, b, count, combine, scaleOf(scale), asStream(stream));
+  });
+}
+
+void applyScale(void* dst, const void* src, size_t count, DataType dt, FinalScale scale, Stream stream) {
+  if (count == 0) return;
+  if (!scale.active()) {
+    if (dst != src)
+      AC_CUDA_CHECK(cudaMemcpyAsync(dst, src, count * elementSize(dt), cudaMemcpyDeviceToDevice, asStream(stream)));
+    return;
+  }
+  dispatchFloat(dt, "applyScale", [&](auto tag) {
+    using T = decltype(tag);
+    scaleKernel<T><<<gridFor(count), kThreads, 0, asStream(stream)>>>(static_cast<T*>(dst),
+                                                                       static_cast<const T*>(src), count,
+                                                                       scaleOf(scale));
+    AC_CUDA_LAUNCHED();
+  });
+}
+
+void packScaled(const void* const* srcs, const size_t* counts, size_t n, void* dst, DataType dt, FinalScale scale,
+                Stream stream) {
+  dispatchFloat(dt, "pack", [&](auto tag) {
+    using T = decltype(tag);
+    launchMulti<T>(chunksOf(srcs, nullptr, counts, n, nullptr, dst, sizeof(T)), scaleOf(scale), asStream(stream));
+  });
+}
+
+void unpackScaled(const void* src, void* const* dsts, const size_t* counts, size_t n, DataType dt, FinalScale scale,
+                  Stream stream) {
+  dispatchFloat(dt, "unpack", [&](auto tag) {
+    using T = decltype(tag);
+    launchMulti<T>(chunksOf(nullptr, dsts, counts, n, src, nullptr, sizeof(T)), scaleOf(scale), asStream(stream));
+  });
+}
+
+void castFromFloat(const float* src, void* dst, size_t n, DataType dt, float scale, Stream stream) {
+  if (n == 0) return;
+  auto st = asStream(stream);
+  if (dt == DataType::Float16)
+    toHalfKernel<<<gridFor(n), kThreads, 0, st>>>(src, static_cast<__half*>(dst), n, scale);
+  else if (dt == DataType::BFloat16)
+    toBf16Kernel<<<gridFor(n), kThreads, 0, st>>>(src, static_cast<__nv_bfloat16*>(dst), n, scale);
+  else
+    throw InvalidArgument(strCat("CUDA cast: float16 or bfloat16 expected, got ", dataTypeName(dt)));
+  AC_CUDA_LAUNCHED();
+}
+
+void castToFloat(const void* src, DataType dt, float* dst, size_t n, float scale, Stream stream) {
+  if (n == 0) return;
+  auto st = asStream(stream);
+  if (dt == DataType::Float16)
+    fromHalfKernel<<<gridFor(n), kThreads, 0, st>>>(static_cast<const __half*>(src), dst, n, scale);
+  else if (dt == DataType::BFloat16)
+    fromBf16Kernel<<<gridFor(n), kThreads, 0, st>>>(static_cast<const __nv_bfloat16*>(src), dst, n, scale);
+  else
+    throw InvalidArgument(strCat("CUDA cast: float16 or bfloat16 expected, got ", dataTypeName(dt)));
+  AC_CUDA_LAUNCHED();
+}
+
+}  // namespace agentcomm::kernels::cuda

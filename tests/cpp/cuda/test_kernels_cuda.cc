@@ -1,0 +1,243 @@
+// Every CUDA kernel against its CPU twin, on random (never all-zero) inputs:
+// bitwise equality, since both compute the same operations in the same order.
+// Without a device every test skips and says why (CI builds this binary but
+// has no GPU).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/half.h"
+#include "kernels/compress.h"
+#include "kernels/cuda/kernels_cuda.h"
+#include "kernels/kernels.h"
+
+using namespace agentcomm;
+namespace kc = agentcomm::kernels::cuda;
+
+namespace {
+
+#define REQUIRE_DEVICE()                                   \
+  do {                                                     \
+    std::string why_;                                      \
+    if (!kc::available(&why_)) GTEST_SKIP() << "no CUDA device: " << why_; \
+  } while (0)
+
+void check(cudaError_t e) { ASSERT_EQ(e, cudaSuccess) << cudaGetErrorString(e); }
+
+template <typename T>
+class Dev {
+ public:
+  explicit Dev(size_t n) : n_(n) {
+    if (n) check(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)));
+  }
+  explicit Dev(const std::vector<T>& host) : Dev(host.size()) { upload(host); }
+  ~Dev() {
+    if (p_) cudaFree(p_);
+  }
+  void upload(const std::vector<T>& host) {
+    if (n_) check(cudaMemcpy(p_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  std::vector<T> download() const {
+    std::vector<T> h(n_);
+    check(cudaDeviceSynchronize());
+    if (n_) check(cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+  T* get() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_;
+};
+
+std::vector<float> randomFloats(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// Raw bytes of n elements of dt, from random floats (valid values in every type).
+std::vector<uint8_t> randomOf(DataType dt, size_t n, uint32_t seed) {
+  const auto f = randomFloats(n, seed, 3.0f);
+  std::vector<uint8_t> out(n * elementSize(dt));
+  for (size_t i = 0; i < n; ++i) {
+    switch (dt) {
+      case DataType::Float32: std::memcpy(&out[i * 4], &f[i], 4); break;
+      case DataType::Float64: {
+        const double d = static_cast<double>(f[i]) * 1.000001;
+        std::memcpy(&out[i * 8], &d, 8);
+        break;
+      }
+      case DataType::Float16: {
+        const uint16_t h = floatToHalf(f[i]);
+        std::memcpy(&out[i * 2], &h, 2);
+        break;
+      }
+      default: {
+        const uint16_t b = floatToBf16(f[i]);
+        std::memcpy(&out[i * 2], &b, 2);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+const std::vector<size_t> kSizes = {1, 7, 1000, 100003};
+
+}  // namespace
+
+TEST(CudaKernels, ReduceEqualsCpu) {
+  REQUIRE_DEVICE();
+  for (DataType dt : {DataType::Float32, DataType::Float64, DataType::Float16, DataType::BFloat16}) {
+    for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Product, ReduceOp::Min, ReduceOp::Max, ReduceOp::Avg}) {
+      for (size_t n : kSizes) {
+        const auto a = randomOf(dt, n, 1), b = randomOf(dt, n, 2);
+        const FinalScale scale = op == ReduceOp::Avg ? FinalScale::divide(3) : FinalScale::none();
+        const ReduceOp combine = op == ReduceOp::Avg ? ReduceOp::Sum : op;
+        std::vector<uint8_t> want(a.size());
+        kernels::reduce(want.data(), a.data(), b.data(), n, dt, combine, scale);
+        Dev<uint8_t> da(a), db(b), dout(a.size());
+        kc::reduce(dout.get(), da.get(), db.get(), n, dt, combine, scale, nullptr);
+        ASSERT_EQ(dout.download(), want) << dataTypeName(dt) << " " << reduceOpName(op) << " n=" << n;
+        // In place (dst aliases a), and misaligned (no vector loads).
+        kc::reduce(da.get(), da.get(), db.get(), n, dt, combine, scale, nullptr);
+        ASSERT_EQ(da.download(), want);
+        if (n > 1) {
+          const size_t es = elementSize(dt);
+          std::vector<uint8_t> wantOff(want.size() - es);
+          kernels::reduce(wantOff.data(), a.data() + es, b.data() + es, n - 1, dt, combine, scale);
+          Dev<uint8_t> ea(a), eb(b), eo(a.size());
+          kc::reduce(eo.get() + es, ea.get() + es, eb.get() + es, n - 1, dt, combine, scale, nullptr);
+          auto got = eo.download();
+          ASSERT_EQ(std::vector<uint8_t>(got.begin() + static_cast<ptrdiff_t>(es), got.end()), wantOff);
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaKernels, PackUnpackAndCastsEqualCpu) {
+  REQUIRE_DEVICE();
+  const std::vector<size_t> counts = {5, 0, 40000, 17};
+  std::vector<std::vector<float>> host;
+  std::vector<std::unique_ptr<Dev<float>>> dev;
+  std::vector<const void*> hp, dp;
+  size_t total = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    host.push_back(randomFloats(counts[i], 10 + static_cast<uint32_t>(i)));
+    dev.push_back(std::make_unique<Dev<float>>(host.back()));
+    hp.push_back(host.back().data());
+    dp.push_back(dev.back()->get());
+    total += counts[i];
+  }
+  std::vector<float> want(total);
+  kernels::packScaled(hp.data(), counts.data(), counts.size(), want.data(), DataType::Float32, FinalScale::divide(4));
+  Dev<float> packed(total);
+  kc::packScaled(dp.data(), counts.data(), counts.size(), packed.get(), DataType::Float32, FinalScale::divide(4),
+                 nullptr);
+  ASSERT_EQ(packed.download(), want);
+  std::vector<void*> outs;
+  for (auto& d : dev) outs.push_back(d->get());
+  kc::unpackScaled(packed.get(), outs.data(), counts.data(), counts.size(), DataType::Float32,
+                   FinalScale::multiply(4), nullptr);
+  std::vector<void*> houts;
+  for (auto& h : host) houts.push_back(h.data());
+  kernels::unpackScaled(want.data(), houts.data(), counts.data(), counts.size(), DataType::Float32,
+                        FinalScale::multiply(4));
+  for (size_t i = 0; i < counts.size(); ++i) ASSERT_EQ(dev[i]->download(), host[i]) << i;
+
+  const auto x = randomFloats(10007, 20, 1000.0f);
+  for (DataType dt : {DataType::Float16, DataType::BFloat16}) {
+    std::vector<uint16_t> h(x.size());
+    kernels::castFromFloat(x.data(), h.data(), x.size(), dt, 0.25f);
+    Dev<float> dx(x);
+    Dev<uint16_t> dh(x.size());
+    kc::castFromFloat(dx.get(), dh.get(), x.size(), dt, 0.25f, nullptr);
+    ASSERT_EQ(dh.download(), h);
+    std::vector<float> back(x.size());
+    kernels::castToFloat(h.data(), dt, back.data(), x.size(), 4.0f);
+    kc::castToFloat(dh.get(), dt, dx.get(), x.size(), 4.0f, nullptr);
+    ASSERT_EQ(dx.download(), back);
+  }
+}
+
+TEST(CudaKernels, QuantizeDequantizeEqualCpu) {
+  REQUIRE_DEVICE();
+  for (int bits : {8, 4, 1}) {
+    for (size_t n : {size_t{1}, size_t{257}, size_t{100003}}) {
+      for (int ef = 0; ef < 2; ++ef) {
+        const size_t block = 256;
+        auto data = randomFloats(n, 30, 0.1f);
+        const auto grad = randomFloats(n, 31);
+        std::vector<uint8_t> codes(kernels::quantCodeBytes(n, bits, block));
+        std::vector<float> scales(kernels::quantBlocks(n, block));
+        auto cpuData = data;
+        kernels::quantize(cpuData.data(), ef ? grad.data() : nullptr, n, bits, block, 77, codes.data(), scales.data(),
+                          ef);
+        Dev<float> dd(data), dg(grad), ds(scales.size());
+        Dev<uint8_t> dc(codes.size());
+        kc::quantize(dd.get(), ef ? dg.get() : nullptr, n, bits, block, 77, dc.get(), ds.get(), ef, nullptr);
+        ASSERT_EQ(dc.download(), codes) << "bits=" << bits << " n=" << n << " ef=" << ef;
+        ASSERT_EQ(ds.download(), scales);
+        ASSERT_EQ(dd.download(), cpuData);
+        std::vector<float> out = randomFloats(n, 32), cpuOut = out;
+        kernels::dequantize(codes.data(), scales.data(), n, bits, block, 0.5f, true, cpuOut.data());
+        Dev<float> dout(out);
+        kc::dequantize(dc.get(), ds.get(), n, bits, block, 0.5f, true, dout.get(), nullptr);
+        ASSERT_EQ(dout.download(), cpuOut);
+      }
+    }
+  }
+}
+
+TEST(CudaKernels, TopkAndRandomkEqualCpu) {
+  REQUIRE_DEVICE();
+  for (size_t n : {size_t{10}, size_t{50000}, size_t{1000003}}) {
+    for (size_t k : {size_t{1}, n / 100 + 1, n / 2}) {
+      for (int sampled = 0; sampled < 2; ++sampled) {
+        auto residual = randomFloats(n, 40, 0.3f);
+        const auto grad = randomFloats(n, 41);
+        std::vector<uint32_t> idx(k);
+        std::vector<float> val(k);
+        auto cpuRes = residual;
+        const size_t got = sampled
+                               ? kernels::topkSampled(cpuRes.data(), grad.data(), n, k, idx.data(), val.data(), true, 5)
+                               : kernels::topkExact(cpuRes.data(), grad.data(), n, k, idx.data(), val.data(), true);
+        Dev<float> dr(residual), dg(grad), dv(k);
+        Dev<uint32_t> di(k);
+        const size_t dgot = sampled ? kc::topkSampled(dr.get(), dg.get(), n, k, di.get(), dv.get(), true, 5, nullptr)
+                                    : kc::topkExact(dr.get(), dg.get(), n, k, di.get(), dv.get(), true, nullptr);
+        ASSERT_EQ(dgot, got);
+        ASSERT_EQ(di.download(), idx) << "n=" << n << " k=" << k << " sampled=" << sampled;
+        ASSERT_EQ(dv.download(), val);
+        ASSERT_EQ(dr.download(), cpuRes);
+      }
+      auto data = randomFloats(n, 42);
+      const auto grad = randomFloats(n, 43);
+      std::vector<float> val(k), out(n, 0.0f);
+      auto cpuData = data;
+      kernels::randomkGather(cpuData.data(), grad.data(), n, k, 9, val.data(), true);
+      kernels::randomkScatter(val.data(), n, k, 9, 0.5f, out.data());
+      Dev<float> dd(data), dg(grad), dv(k), dout(std::vector<float>(n, 0.0f));
+      kc::randomkGather(dd.get(), dg.get(), n, k, 9, dv.get(), true, nullptr);
+      kc::randomkScatter(dv.get(), n, k, 9, 0.5f, dout.get(), nullptr);
+      ASSERT_EQ(dv.download(), val);
+      ASSERT_EQ(dd.download(), cpuData);
+      ASSERT_EQ(dout.download(), out);
+    }
+  }
+}
+
+TEST(CudaKernels, ReportsAvailability) {
+  std::string why;
+  const bool ok = kc::available(&why);
+  if (!ok) EXPECT_FALSE(why.empty());
+  std::printf("CUDA device available: %s%s\n", ok ? "yes" : "no: ", why.c_str());
+}
