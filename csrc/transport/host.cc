@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "core/env.h"
 #include "core/error.h"
 
 namespace agentcomm::transport {
@@ -20,11 +21,7 @@ std::string readFileTrim(const char* path) {
   return s;
 }
 
-bool shmEnabledHere() {
-  const char* v = std::getenv("AGENTCOMM_SHM");
-  if (v == nullptr || *v == 0) return true;
-  return !(std::strcmp(v, "0") == 0 || strcasecmp(v, "false") == 0 || strcasecmp(v, "off") == 0);
-}
+bool shmEnabledHere() { return envFlag("AGENTCOMM_SHM", true); }
 }  // namespace
 
 std::string hostId() {

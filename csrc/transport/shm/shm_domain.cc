@@ -20,6 +20,7 @@
 #include <sstream>
 
 #include "core/dtype.h"
+#include "core/env.h"
 #include "core/error.h"
 #include "core/logging.h"
 #include "core/reduce_op.h"
@@ -59,21 +60,6 @@ long futexWait(std::atomic<uint32_t>* addr, uint32_t expected, long timeoutNs) {
 
 void futexWakeAll(std::atomic<uint32_t>* addr) {
   ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
-}
-
-size_t envSize(const char* name, size_t fallback) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == 0) return fallback;
-  char* end = nullptr;
-  unsigned long long x = std::strtoull(v, &end, 10);
-  AC_CHECK(end != v && *end == 0 && x > 0, InvalidArgument, name, "=", v, " is not a positive number");
-  return static_cast<size_t>(x);
-}
-
-bool envFlag(const char* name, bool fallback) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == 0) return fallback;
-  return !(std::strcmp(v, "0") == 0 || strcasecmp(v, "false") == 0 || strcasecmp(v, "off") == 0);
 }
 
 // Time budgets of the first two waiting phases (see waitPeers), in µs:
