@@ -110,6 +110,15 @@ def op_cases(rank: int, world: int) -> list[str]:
     except Exception as e:  # noqa: BLE001
         if "mismatch" not in str(e).lower() and "abort" not in str(e).lower():
             failures.append(f"mismatched bits: unexpected error {e}")
+    # A rank that never joins: the others get a timeout naming the op, not a hang.
+    late = dist.new_group(backend="agentcomm", timeout=timedelta(seconds=3))
+    if rank != world - 1:
+        try:
+            ops.sparse_all_reduce(torch.ones(1000), 10, group=late).wait()
+            failures.append("missing rank: no error")
+        except Exception as e:  # noqa: BLE001
+            if "time" not in str(e).lower():
+                failures.append(f"missing rank: unexpected error {e}")
     t = torch.ones(4)
     dist.all_reduce(t)  # the world group is unaffected
     if not torch.equal(t, torch.full((4,), float(world))):
