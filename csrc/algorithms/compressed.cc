@@ -197,15 +197,16 @@ void sparseAllReduce(Context& ctx, const SparseAllReduceOptions& o) {
   size_t totalIn = 0;
   for (int p = 0; p < n; ++p) totalIn += p == r ? 0 : recvCount[p];
   Pair* inPairs = nullptr;
-  float* acc = nullptr;
   Pair* outPairs = nullptr;
   {
     Carver c;
     c.add(inPairs, totalIn);
-    c.add(acc, sliceLen);
     c.add(outPairs, sliceLen);
     c.commit(2);
   }
+  // The owner sums straight into its own range of data: that input was
+  // consumed by the encoding (step 1), and the result belongs there.
+  float* acc = o.data + lo;
   std::vector<const Pair*> from(n);
   {
     std::vector<const void*> sp(n);
@@ -291,9 +292,7 @@ void sparseAllReduce(Context& ctx, const SparseAllReduceOptions& o) {
     const size_t plo = rangeStart(o.count, p, n);
     const size_t plen = rangeStart(o.count, p + 1, n) - plo;
     float* out = o.data + plo;
-    if (p == r) {
-      std::memcpy(out, acc, plen * sizeof(float));
-    } else if (headers[p] != kDenseSlice) {
+    if (p != r && headers[p] != kDenseSlice) {
       std::memset(out, 0, plen * sizeof(float));
       const Pair* pp = gathered + sparseOff[p];
       for (size_t j = 0; j < headers[p]; ++j) {
