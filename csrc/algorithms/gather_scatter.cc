@@ -1,9 +1,11 @@
-// Gather and scatter: direct messages between the root and every rank; the
-// root posts all its receives before anyone can send.
+// Gather and scatter: over shared memory when the group has a domain
+// (collectives_shm.cc); otherwise direct messages between the root and every
+// rank, the root posting all its receives before anyone can send.
 #include <cstring>
 #include <vector>
 
 #include "algorithms/algorithms.h"
+#include "algorithms/shm_common.h"
 #include "algorithms/ring_schedule.h"
 #include "core/error.h"
 
@@ -18,6 +20,9 @@ void gather(Context& ctx, const GatherOptions& opts) {
   const int n = ctx.size();
   const int r = ctx.rank();
   const size_t es = ctx.elemSize();
+  // Counts differ per rank (only the root knows them all), so the path must
+  // not depend on this rank's size: CMA whenever it exists, otherwise the slots.
+  if (Path p = choosePath(ctx, "gather", kCmaMinBytes); p != Path::Tcp) return gatherShm(ctx, opts, p);
   if (r != opts.root) {
     ctx.send(opts.root, makeTag(kPhaseGather, 0, 0), opts.input, opts.count * es);
     return;
@@ -37,6 +42,7 @@ void scatter(Context& ctx, const ScatterOptions& opts) {
   const int n = ctx.size();
   const int r = ctx.rank();
   const size_t es = ctx.elemSize();
+  if (Path p = choosePath(ctx, "scatter", kCmaMinBytes); p != Path::Tcp) return scatterShm(ctx, opts, p);
   if (r != opts.root) {
     auto h = ctx.postRecv(opts.root, makeTag(kPhaseScatter, 0, 0), opts.output, opts.count * es);
     ctx.wait(h);

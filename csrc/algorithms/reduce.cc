@@ -1,10 +1,12 @@
-// Reduce to a root: ring reduce-scatter (the root in place, the others on a
+// Reduce to a root. Over shared memory when the group has a domain
+// (collectives_shm.cc); otherwise a ring reduce-scatter (the root in place, the others on a
 // scratch copy so their input stays untouched), then each rank sends its
 // reduced block to the root, which posted those receives up front.
 #include <cstring>
 #include <vector>
 
 #include "algorithms/algorithms.h"
+#include "algorithms/shm_common.h"
 #include "algorithms/ring_primitives.h"
 
 namespace agentcomm::algorithms {
@@ -19,6 +21,7 @@ void reduce(Context& ctx, const ReduceOptions& opts) {
   const size_t es = ctx.elemSize();
   const size_t ce = ctx.chunkElems();
   const bool isRoot = r == opts.root;
+  if (Path p = choosePath(ctx, "reduce", opts.count * es); p != Path::Tcp) return reduceShm(ctx, opts, p);
   std::vector<uint8_t> scratch;
   uint8_t* base = static_cast<uint8_t*>(opts.data);
   if (!isRoot) {

@@ -54,6 +54,9 @@ void broadcastShm(Context& ctx, const BroadcastOptions& opts, Path path);
 void allGatherShm(Context& ctx, const AllGatherOptions& opts, Path path);
 void reduceScatterShm(Context& ctx, const ReduceScatterOptions& opts, Path path);
 void allToAllShm(Context& ctx, const AllToAllOptions& opts, Path path);
+void reduceShm(Context& ctx, const ReduceOptions& opts, Path path);
+void gatherShm(Context& ctx, const GatherOptions& opts, Path path);
+void scatterShm(Context& ctx, const ScatterOptions& opts, Path path);
 void barrierShm(Context& ctx);
 
 inline uint64_t addrOf(const void* p) { return reinterpret_cast<uint64_t>(p); }

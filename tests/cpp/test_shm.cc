@@ -227,6 +227,114 @@ TEST_P(ShmWorld, BroadcastAllGatherReduceScatterBothPaths) {
   });
 }
 
+TEST_P(ShmWorld, ReduceGatherScatterBothPaths) {
+  const int n = GetParam();
+  runShm(n, 256, true, [&](Rank& rk) {
+    const int r = rk.t.rank();
+    for (Path path : {Path::ShmStaged, Path::ShmCma}) {
+      for (int root = 0; root < n; ++root) {
+        for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max}) {
+          for (size_t count : kCounts) {
+            std::vector<float> buf(count);
+            for (size_t j = 0; j < count; ++j) buf[j] = input(r, j);
+            const auto before = buf;
+            Context ctx = rk.ctx(CollectiveKind::Reduce, DataType::Float32, op, count);
+            ReduceOptions o;
+            o.data = buf.data();
+            o.count = count;
+            o.root = root;
+            reduceShm(ctx, o, path);
+            if (r == root) {
+              for (size_t j = 0; j < count; ++j) ASSERT_NEAR(buf[j], expectedReduce(op, n, j), 1e-5) << j;
+            } else {
+              ASSERT_EQ(buf, before) << "a non-root's buffer is left alone";
+            }
+          }
+        }
+        for (size_t base : {size_t{0}, size_t{1}, size_t{70}, size_t{300}}) {
+          std::vector<size_t> counts(n);
+          for (int k = 0; k < n; ++k) counts[k] = base * ((k + root) % 3);  // some empty, sizes differ
+          // gather
+          std::vector<float> in(counts[r]);
+          for (size_t j = 0; j < in.size(); ++j) in[j] = input(r, j);
+          std::vector<std::vector<float>> outs(n);
+          GatherOptions g;
+          g.input = in.data();
+          g.count = counts[r];
+          g.root = root;
+          if (r == root) {
+            for (int k = 0; k < n; ++k) {
+              outs[k].assign(counts[k], -1);
+              g.outputs.push_back(outs[k].data());
+            }
+            g.counts = counts;
+          }
+          Context gc = rk.ctx(CollectiveKind::Gather);
+          gatherShm(gc, g, path);
+          if (r == root)
+            for (int k = 0; k < n; ++k)
+              for (size_t j = 0; j < counts[k]; ++j) ASSERT_EQ(outs[k][j], input(k, j)) << "gather from " << k;
+          // scatter
+          std::vector<std::vector<float>> ins(n);
+          ScatterOptions sc;
+          sc.root = root;
+          sc.count = counts[r];
+          std::vector<float> out(counts[r], -1);
+          sc.output = out.data();
+          if (r == root) {
+            for (int k = 0; k < n; ++k) {
+              for (size_t j = 0; j < counts[k]; ++j) ins[k].push_back(input(k + 10, j));
+              sc.inputs.push_back(ins[k].data());
+            }
+            sc.counts = counts;
+          }
+          Context scx = rk.ctx(CollectiveKind::Scatter);
+          scatterShm(scx, sc, path);
+          for (size_t j = 0; j < out.size(); ++j) ASSERT_EQ(out[j], input(r + 10, j)) << "scatter to " << r;
+        }
+      }
+    }
+  });
+}
+
+TEST(ShmErrors, GatherAndScatterCountMismatchFailEveryRank) {
+  for (int which = 0; which < 2; ++which) {
+    std::atomic<int> failed{0};
+    runShm(3, 4096, true, [&](Rank& rk) {
+      const int r = rk.t.rank();
+      std::vector<float> buf(10, 1.0f);
+      std::vector<std::vector<float>> bufs(3, std::vector<float>(10, 1.0f));
+      try {
+        if (which == 0) {
+          GatherOptions g;
+          g.input = buf.data();
+          g.count = r == 2 ? 9 : 10;  // rank 2 disagrees with the root's expectation
+          if (r == 0) {
+            for (auto& b : bufs) g.outputs.push_back(b.data());
+            g.counts = {10, 10, 10};
+          }
+          Context c = rk.ctx(CollectiveKind::Gather);
+          gatherShm(c, g, Path::ShmStaged);
+        } else {
+          ScatterOptions s;
+          s.output = buf.data();
+          s.count = r == 1 ? 7 : 10;
+          if (r == 0) {
+            for (auto& b : bufs) s.inputs.push_back(b.data());
+            s.counts = {10, 10, 10};
+          }
+          Context c = rk.ctx(CollectiveKind::Scatter);
+          scatterShm(c, s, Path::ShmCma);
+        }
+      } catch (const Error& e) {
+        ++failed;
+        if (r == (which == 0 ? 0 : 1)) EXPECT_NE(std::string(e.what()).find("mismatch"), std::string::npos) << e.what();
+      }
+    });
+    EXPECT_GE(failed.load(), 1) << (which == 0 ? "gather" : "scatter");
+  }
+}
+
 TEST_P(ShmWorld, AllToAllWithSplitsBothPaths) {
   const int n = GetParam();
   runShm(n, 256, true, [&](Rank& rk) {
