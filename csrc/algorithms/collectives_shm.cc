@@ -287,8 +287,10 @@ void checkRootCounts(Context& ctx, int p, const std::vector<size_t>& expected, c
 }  // namespace
 
 // Gather to the root: Cma, the root reads every peer's input; staged, each
-// round carries a slot's worth of every rank's input.
-void gatherShm(Context& ctx, const GatherOptions& opts, Path path) {
+// round carries a slot's worth of every rank's input. With bySize, the path is
+// picked after the first arrive() from the largest count (which only then is
+// known to every rank): CMA from kCmaMinBytes on, when `path` allows it.
+void gatherShm(Context& ctx, const GatherOptions& opts, Path path, bool bySize) {
   transport::ShmDomain& shm = *ctx.shm;
   const char* what = "in gather (shared memory)";
   const int n = ctx.size();
@@ -304,8 +306,10 @@ void gatherShm(Context& ctx, const GatherOptions& opts, Path path) {
   const size_t step = std::max<size_t>(1, shm.slotBytes() / es);
   const ShmAlgo algo = path == Path::ShmCma ? ShmAlgo::Cma : ShmAlgo::Staged;
   const int p0 = shm.nextParity();
-  if (path == Path::ShmStaged && opts.count > 0) std::memcpy(shm.slot(r, p0), in, std::min(step, opts.count) * es);
-  if (path == Path::ShmCma) shm.preferHugePages(in, opts.count * es);
+  // Round 0 goes in before the first arrive (unused if the path turns out CMA).
+  if (opts.count > 0 && (path == Path::ShmStaged || bySize))
+    std::memcpy(shm.slot(r, p0), in, std::min(step, opts.count) * es);
+  if (path == Path::ShmCma && opts.count * es >= kCmaMinBytes) shm.preferHugePages(in, opts.count * es);
   shm.arrive(shmDesc(ctx, algo, 0, opts.root), words, 2, ctx.deadline, what);
   size_t most = 0;
   for (int j = 0; j < n; ++j) most = std::max<size_t>(most, shm.peerWord(j, p0, 1));
@@ -313,6 +317,7 @@ void gatherShm(Context& ctx, const GatherOptions& opts, Path path) {
     checkRootCounts(ctx, p0, opts.counts, "gather");
     if (opts.count > 0 && opts.outputs[r] != opts.input) std::memmove(opts.outputs[r], in, opts.count * es);
   }
+  if (bySize) path = path == Path::ShmCma && most * es >= kCmaMinBytes ? Path::ShmCma : Path::ShmStaged;
   if (path == Path::ShmCma) {
     if (root)
       for (int k = 1; k < n; ++k) {
@@ -340,7 +345,7 @@ void gatherShm(Context& ctx, const GatherOptions& opts, Path path) {
 // Scatter from the root: Cma, every rank reads its piece from the root's
 // input; staged, the root's slot carries a piece of every rank's input per
 // round (n pieces of slot/n bytes).
-void scatterShm(Context& ctx, const ScatterOptions& opts, Path path) {
+void scatterShm(Context& ctx, const ScatterOptions& opts, Path path, bool bySize) {
   transport::ShmDomain& shm = *ctx.shm;
   const char* what = "in scatter (shared memory)";
   const int n = ctx.size();
@@ -368,9 +373,10 @@ void scatterShm(Context& ctx, const ScatterOptions& opts, Path path) {
                     static_cast<const uint8_t*>(opts.inputs[i]) + off * es, std::min(step, opts.counts[i] - off) * es);
   };
   const int p0 = shm.nextParity();
-  if (root && path == Path::ShmStaged) pack(p0, 0);
+  if (root && (path == Path::ShmStaged || bySize)) pack(p0, 0);  // unused if the path turns out CMA
   if (root && path == Path::ShmCma)
-    for (int i = 0; i < n; ++i) shm.preferHugePages(opts.inputs[i], opts.counts[i] * es);
+    for (int i = 0; i < n; ++i)
+      if (opts.counts[i] * es >= kCmaMinBytes) shm.preferHugePages(opts.inputs[i], opts.counts[i] * es);
   shm.arrive(shmDesc(ctx, algo, 0, opts.root), words.data(), words.size(), ctx.deadline, what);
   // Every rank checks its own count against the root's.
   const uint64_t fromRoot = shm.peerWord(opts.root, p0, 2 + r);
@@ -383,6 +389,7 @@ void scatterShm(Context& ctx, const ScatterOptions& opts, Path path) {
   }
   size_t most = 0;
   for (int i = 0; i < n; ++i) most = std::max<size_t>(most, shm.peerWord(opts.root, p0, 2 + i));
+  if (bySize) path = path == Path::ShmCma && most * es >= kCmaMinBytes ? Path::ShmCma : Path::ShmStaged;
   auto* out = static_cast<uint8_t*>(opts.output);
   if (path == Path::ShmCma) {
     if (root) {

@@ -1,6 +1,6 @@
-// Gather and scatter: over shared memory when the group has a domain
-// (collectives_shm.cc); otherwise direct messages between the root and every
-// rank, the root posting all its receives before anyone can send.
+// Gather and scatter: direct messages between the root and every rank, the
+// root posting all its receives before anyone can send; over shared memory
+// (collectives_shm.cc) when AGENTCOMM_ALGO forces it.
 #include <cstring>
 #include <vector>
 
@@ -20,9 +20,14 @@ void gather(Context& ctx, const GatherOptions& opts) {
   const int n = ctx.size();
   const int r = ctx.rank();
   const size_t es = ctx.elemSize();
-  // Counts differ per rank (only the root knows them all), so the path must
-  // not depend on this rank's size: CMA whenever it exists, otherwise the slots.
-  if (Path p = choosePath(ctx, "gather", kCmaMinBytes); p != Path::Tcp) return gatherShm(ctx, opts, p);
+  // Shared memory only when AGENTCOMM_ALGO asks for it: only the root knows
+  // every count, so ranks cannot pick a path by size without talking first,
+  // and TCP lets the non-roots send and move on (measured, 4 ranks on 2 cores:
+  // 64 KiB back to back, TCP 0.4 ms vs staged slots 2.4 ms; the slots win from
+  // a few MiB on: 16 MiB 7-18 ms vs 23 ms). Inside, the staged-or-CMA choice
+  // follows the largest count once every rank published its own.
+  if (!forcedAlgo("gather").empty())
+    if (Path p = choosePath(ctx, "gather", kCmaMinBytes); p != Path::Tcp) return gatherShm(ctx, opts, p);
   if (r != opts.root) {
     ctx.send(opts.root, makeTag(kPhaseGather, 0, 0), opts.input, opts.count * es);
     return;
@@ -42,7 +47,8 @@ void scatter(Context& ctx, const ScatterOptions& opts) {
   const int n = ctx.size();
   const int r = ctx.rank();
   const size_t es = ctx.elemSize();
-  if (Path p = choosePath(ctx, "scatter", kCmaMinBytes); p != Path::Tcp) return scatterShm(ctx, opts, p);
+  if (!forcedAlgo("scatter").empty())  // as gather: shared memory only when asked for
+    if (Path p = choosePath(ctx, "scatter", kCmaMinBytes); p != Path::Tcp) return scatterShm(ctx, opts, p);
   if (r != opts.root) {
     auto h = ctx.postRecv(opts.root, makeTag(kPhaseScatter, 0, 0), opts.output, opts.count * es);
     ctx.wait(h);

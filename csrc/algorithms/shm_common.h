@@ -25,6 +25,10 @@ enum class Path { Tcp, ShmStaged, ShmCma };
 // buffers seen twice are also moved to huge pages (ShmDomain::preferHugePages).
 constexpr size_t kCmaMinBytes = size_t{8} << 20;
 
+// reduce goes over shared memory from this size on (below it the TCP ring,
+// which needs no sync per round, is as fast or faster; see reduce.cc).
+constexpr size_t kShmReduceMinBytes = size_t{4} << 20;
+
 // Elements reduced per step when reducing from peers' memory: the inputs of
 // one step stay in L2 while they are combined.
 constexpr size_t kCmaStepBytes = size_t{256} << 10;
@@ -55,8 +59,10 @@ void allGatherShm(Context& ctx, const AllGatherOptions& opts, Path path);
 void reduceScatterShm(Context& ctx, const ReduceScatterOptions& opts, Path path);
 void allToAllShm(Context& ctx, const AllToAllOptions& opts, Path path);
 void reduceShm(Context& ctx, const ReduceOptions& opts, Path path);
-void gatherShm(Context& ctx, const GatherOptions& opts, Path path);
-void scatterShm(Context& ctx, const ScatterOptions& opts, Path path);
+// gather/scatter: with bySize, `path` is an upper bound and the choice is made
+// from the largest count once every rank published its own (see the .cc).
+void gatherShm(Context& ctx, const GatherOptions& opts, Path path, bool bySize = false);
+void scatterShm(Context& ctx, const ScatterOptions& opts, Path path, bool bySize = false);
 void barrierShm(Context& ctx);
 
 inline uint64_t addrOf(const void* p) { return reinterpret_cast<uint64_t>(p); }
