@@ -141,6 +141,18 @@ def make_model(seed: int = 0, width: int = 32) -> torch.nn.Module:
                                torch.nn.ReLU(), torch.nn.Linear(width, 4))
 
 
+class WithUnused(torch.nn.Module):
+    """make_model() plus a layer that never takes part in the loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = make_model()
+        self.unused = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 def batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(100 * step + rank)
     return torch.randn(8, 16, generator=g), torch.randint(0, 4, (8,), generator=g)
@@ -277,6 +289,19 @@ def hook_cases(rank: int, world: int) -> list[str]:
     s = st.stats()
     if s.compressed_buckets != 0 or s.dense_buckets == 0 or st.iteration != 3:
         failures.append(f"warm-up / min size not respected: {s}, iteration {st.iteration}")
+
+    # 5. DDP options that change how buckets hold gradients: replicas stay identical.
+    for kw in ({"gradient_as_bucket_view": True}, {"find_unused_parameters": True}):
+        for kind in ("topk", "randomk", "q4", "bf16"):
+            ddp = DDP(WithUnused() if "find_unused_parameters" in kw else make_model(), **kw)
+            st, hook = make_state(kind)
+            ddp.register_comm_hook(st, hook)
+            train(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), rank, range(3))
+            flat = torch.cat([p.detach().reshape(-1) for p in ddp.parameters()])
+            ref = flat.clone()
+            dist.broadcast(ref, 0)
+            if not torch.equal(flat, ref):
+                failures.append(f"{kind} {kw}: replicas diverged")
 
     dist.destroy_process_group()
     return failures
