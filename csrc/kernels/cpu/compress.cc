@@ -27,6 +27,7 @@
 
 #include "core/error.h"
 #include "core/half.h"
+#include "kernels/hash.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define AC_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -44,28 +45,7 @@ inline uint32_t magnitudeKey(float f) {
   return u & 0x7fffffffu;
 }
 
-// Stateless 32-bit mixer (Chris Wellons' lowbias32): the random stream of
-// element i is mix32(i * golden + seed32), so any slice can be encoded alone
-// and the loop vectorizes.
-inline uint32_t mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7feb352du;
-  x ^= x >> 15;
-  x *= 0x846ca68bu;
-  x ^= x >> 16;
-  return x;
-}
-
-inline uint64_t mix64(uint64_t x) {  // splitmix64's finalizer
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  x ^= x >> 31;
-  return x;
-}
-
-inline uint32_t seed32(uint64_t seed) { return static_cast<uint32_t>(mix64(seed ^ 0x9e3779b97f4a7c15ull)); }
+using hash::seed32;
 
 // Candidate for selection: larger is better (magnitude first, then lower index).
 inline uint64_t candidate(uint32_t key, uint32_t i) { return (static_cast<uint64_t>(key) << 32) | (0xffffffffu - i); }
@@ -199,7 +179,7 @@ size_t topkSampled(float* data, const float* add, size_t n, size_t k, uint32_t* 
   std::vector<uint32_t> sample(s);
   const uint32_t s32 = seed32(seed);
   for (size_t j = 0; j < s; ++j) {
-    const size_t at = j * stride + (static_cast<uint64_t>(mix32(static_cast<uint32_t>(j) * 0x9e3779b9u + s32)) * stride >> 32);
+    const size_t at = hash::sampleIndex(j, stride, s32);
     sample[j] = magnitudeKey(add ? data[at] + add[at] : data[at]);
   }
   // Aim 25% (+ a few) above the expected count so the estimate rarely misses low.
@@ -222,12 +202,7 @@ size_t topkSampled(float* data, const float* add, size_t n, size_t k, uint32_t* 
   return finishSelection(data, cand, count, k, nullptr, 0, idx, val, zeroSelected);
 }
 
-uint32_t randomkIndex(uint64_t seed, size_t n, size_t k, size_t j) {
-  const uint64_t lo = static_cast<uint64_t>(j) * n / k;
-  const uint64_t hi = static_cast<uint64_t>(j + 1) * n / k;
-  const uint64_t r = mix64(seed * 0x9e3779b97f4a7c15ull + j + 1);
-  return static_cast<uint32_t>(lo + (((r >> 32) * (hi - lo)) >> 32));
-}
+uint32_t randomkIndex(uint64_t seed, size_t n, size_t k, size_t j) { return hash::randomkIndex(seed, n, k, j); }
 
 void randomkGather(float* data, const float* add, size_t n, size_t k, uint64_t seed, float* val, bool zeroSelected) {
   AC_CHECK(n < (size_t{1} << 32) && k <= n, InvalidArgument, "random-k: k = ", k, " of ", n, " elements");
@@ -289,7 +264,7 @@ AC_CLONES float addAndAbsSum(float* x, const float* add, size_t m) {
 // 16-bit uniforms (the rounding is unbiased to within 2^-16 of a step). A
 // separate loop so both this and the rounding loop vectorize.
 AC_CLONES void blockRandom(uint32_t* out, size_t pairs, uint32_t firstPair, uint32_t s32) {
-  for (size_t p = 0; p < pairs; ++p) out[p] = mix32((firstPair + static_cast<uint32_t>(p)) * 0x9e3779b9u + s32);
+  for (size_t p = 0; p < pairs; ++p) out[p] = hash::pairBits(firstPair + static_cast<uint32_t>(p), s32);
 }
 
 // q[j] = floor(x[j] * inv + u_j) clamped to [-L, L]; with ef, x[j] -= q * step.

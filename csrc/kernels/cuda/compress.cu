@@ -122,9 +122,12 @@ __global__ void quantizeKernel(float* data, const float* add, size_t n, int bits
     __syncthreads();
     const float amax = __uint_as_float(maxKey);
     const size_t pairs = (m + 1) / 2;
-    if (!isfinite(amax)) {  // NaN / inf: decoded as NaN; the residual restarts
-      if (threadIdx.x == 0) scales[blk] = amax;
-      for (size_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+    if (!isfinite(amax) || !isfinite(L / amax)) {
+      // NaN / inf: the scale decodes the block as NaN and the residual restarts.
+      // Zeros or tiny values (L / amax overflows): scale 0, the residual keeps them.
+      const bool bad = !isfinite(amax);
+      if (threadIdx.x == 0) scales[blk] = bad ? amax : 0.0f;
+      for (size_t p = threadIdx.x; p < pairs; p += blockDim.x) {  // the codes of q = 0
         if (bits == 8) {
           out[2 * p] = 0;
           if (2 * p + 1 < m) out[2 * p + 1] = 0;
@@ -132,25 +135,15 @@ __global__ void quantizeKernel(float* data, const float* add, size_t n, int bits
           out[p] = 0x88;
         }
       }
-      if (ef)
+      if (bad && ef)
         for (size_t j = threadIdx.x; j < m; j += blockDim.x) x[j] = 0.0f;
-    } else if (!isfinite(L / amax)) {  // zeros or tiny: send nothing, keep the residual
-      if (threadIdx.x == 0) scales[blk] = 0.0f;
-      for (size_t p = threadIdx.x; p < pairs; p += blockDim.x) {
-        if (bits == 8) {
-          out[2 * p] = 0;
-          if (2 * p + 1 < m) out[2 * p + 1] = 0;
-        } else {
-          out[p] = 0x88;
-        }
-      }
     } else {
       if (threadIdx.x == 0) scales[blk] = amax;
       const float inv = L / amax;
       const float step = amax / L;
       const uint32_t firstPair = static_cast<uint32_t>(b0 / 2);
       for (size_t p = threadIdx.x; p < pairs; p += blockDim.x) {
-        const uint32_t h = mix32((firstPair + static_cast<uint32_t>(p)) * 0x9e3779b9u + s32);
+        const uint32_t h = hash::pairBits(firstPair + static_cast<uint32_t>(p), s32);
         int q[2] = {0, 0};
         for (int e = 0; e < 2; ++e) {
           const size_t j = 2 * p + e;
@@ -284,8 +277,7 @@ __global__ void sampleKernel(const float* data, const float* add, size_t s, size
                              uint32_t* sample) {
   const size_t gs = static_cast<size_t>(gridDim.x) * blockDim.x;
   for (size_t j = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < s; j += gs) {
-    const size_t at =
-        j * stride + ((static_cast<uint64_t>(mix32(static_cast<uint32_t>(j) * 0x9e3779b9u + s32)) * stride) >> 32);
+    const size_t at = hash::sampleIndex(j, stride, s32);
     sample[j] = magnitudeKey(add ? data[at] + add[at] : data[at]);
   }
 }
@@ -410,7 +402,7 @@ namespace {
 __global__ void randomkGatherKernel(float* data, size_t n, size_t k, uint64_t seed, float* val, bool zero) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   for (size_t j = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < k; j += stride) {
-    const uint32_t i = randomkIndex(seed, n, k, j);
+    const uint32_t i = hash::randomkIndex(seed, n, k, j);
     val[j] = data[i];
     if (zero) data[i] = 0.0f;
   }
@@ -418,7 +410,7 @@ __global__ void randomkGatherKernel(float* data, size_t n, size_t k, uint64_t se
 __global__ void randomkScatterKernel(const float* val, size_t n, size_t k, uint64_t seed, float scale, float* out) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   for (size_t j = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < k; j += stride)
-    out[randomkIndex(seed, n, k, j)] = val[j] * scale;
+    out[hash::randomkIndex(seed, n, k, j)] = val[j] * scale;
 }
 }  // namespace
 
