@@ -173,13 +173,9 @@ void allToAllShm(Context& ctx, const AllToAllOptions& opts, Path path) {
   size_t most = 0;
   for (int j = 0; j < n; ++j) {
     const uint64_t theirs = shm.peerWord(j, p0, 1 + n + r);
-    if (j != r && theirs != opts.outCounts[j]) {
-      const std::string msg = strCat("agentcomm: collective mismatch in all_to_all (sequence number ", ctx.seq,
-                                     "): rank ", j, " sends ", theirs, " elements to rank ", r, ", which expects ",
-                                     opts.outCounts[j]);
-      shm.abort(msg);
-      throw MismatchError(msg);
-    }
+    if (j != r && theirs != opts.outCounts[j])
+      failMismatch(ctx, "all_to_all",
+                   strCat("rank ", j, " sends ", theirs, " elements to rank ", r, ", which expects ", opts.outCounts[j]));
     for (int i = 0; i < n; ++i) most = std::max<size_t>(most, shm.peerWord(j, p0, 1 + n + i));
   }
   if (opts.inCounts[r] > 0)
@@ -275,12 +271,8 @@ void checkRootCounts(Context& ctx, int p, const std::vector<size_t>& expected, c
   transport::ShmDomain& shm = *ctx.shm;
   for (int j = 0; j < ctx.size(); ++j) {
     const uint64_t theirs = shm.peerWord(j, p, 1);
-    if (theirs != expected[j]) {
-      const std::string msg = strCat("agentcomm: collective mismatch in ", name, " (sequence number ", ctx.seq,
-                                     "): rank ", j, " has ", theirs, " elements, the root expects ", expected[j]);
-      shm.abort(msg);
-      throw MismatchError(msg);
-    }
+    if (theirs != expected[j])
+      failMismatch(ctx, name, strCat("rank ", j, " has ", theirs, " elements, the root expects ", expected[j]));
   }
 }
 
@@ -380,13 +372,9 @@ void scatterShm(Context& ctx, const ScatterOptions& opts, Path path, bool bySize
   shm.arrive(shmDesc(ctx, algo, 0, opts.root), words.data(), words.size(), ctx.deadline, what);
   // Every rank checks its own count against the root's.
   const uint64_t fromRoot = shm.peerWord(opts.root, p0, 2 + r);
-  if (fromRoot != opts.count) {
-    const std::string msg = strCat("agentcomm: collective mismatch in scatter (sequence number ", ctx.seq,
-                                   "): the root sends ", fromRoot, " elements to rank ", r, ", which expects ",
-                                   opts.count);
-    shm.abort(msg);
-    throw MismatchError(msg);
-  }
+  if (fromRoot != opts.count)
+    failMismatch(ctx, "scatter",
+                 strCat("the root sends ", fromRoot, " elements to rank ", r, ", which expects ", opts.count));
   size_t most = 0;
   for (int i = 0; i < n; ++i) most = std::max<size_t>(most, shm.peerWord(opts.root, p0, 2 + i));
   if (bySize) path = path == Path::ShmCma && most * es >= kCmaMinBytes ? Path::ShmCma : Path::ShmStaged;

@@ -66,6 +66,13 @@ Path choosePath(const Context& ctx, const char* collective, size_t bytes) {
   return staged ? Path::ShmStaged : Path::ShmCma;
 }
 
+void failMismatch(const Context& ctx, const char* collective, const std::string& detail) {
+  const std::string msg =
+      strCat("agentcomm: collective mismatch in ", collective, " (sequence number ", ctx.seq, "): ", detail);
+  ctx.shm->abort(msg);
+  throw MismatchError(msg);
+}
+
 void cmaReduce(const Context& ctx, const uint64_t* remote, const void* local, void* dst, size_t count,
                FinalScale scale) {
   const int n = ctx.size();

@@ -53,6 +53,11 @@ Path choosePath(const Context& ctx, const char* collective, size_t bytes);
 void cmaReduce(const Context& ctx, const uint64_t* remote, const void* local, void* dst, size_t count,
                FinalScale scale);
 
+// Ranks disagree about a shared-memory collective (found from the words they
+// published): fails the domain for every rank and throws MismatchError
+// "agentcomm: collective mismatch in <collective> (sequence number N): <detail>".
+[[noreturn]] void failMismatch(const Context& ctx, const char* collective, const std::string& detail);
+
 // The shared-memory forms (collectives_shm.cc); `path` is ShmStaged or ShmCma.
 void broadcastShm(Context& ctx, const BroadcastOptions& opts, Path path);
 void allGatherShm(Context& ctx, const AllGatherOptions& opts, Path path);
