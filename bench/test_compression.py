@@ -25,14 +25,6 @@ import agentcomm._C as C
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantize_per_tensor.*:UserWarning")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def n(request) -> int:
     disabled = request.config.getoption("benchmark_disable", default=False)

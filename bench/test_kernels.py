@@ -29,14 +29,6 @@ def operands(dtype: torch.dtype, nbytes: int) -> tuple[torch.Tensor, torch.Tenso
     return a, b, torch.empty_like(a)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("size", list(SIZES))

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from harness import run_world
+from test_averaging_convergence import digits  # the same data split as the averaging test
 
 STEPS = 400
 # name -> (hook name, state kwargs); None: DDP's own uncompressed all-reduce.
@@ -24,17 +25,6 @@ VARIANTS: dict = {
     "topk01_noef": ("topk", {"ratio": 0.001, "error_feedback": False}),
     "q8": ("quantize", {"bits": 8}),
 }
-
-
-def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(d.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    x, y = x[perm], y[perm]
-    return x[:1400], y[:1400], x[1400:], y[1400:]
 
 
 def train(rank: int, world: int, variant: str, seed: int) -> float:
