@@ -77,6 +77,8 @@ std::optional<DataType> mapDtype(at::ScalarType st) {
   }
 }
 
+}  // namespace
+
 void checkTensor(const at::Tensor& t, const char* op) {
   TORCH_CHECK_VALUE(t.defined(), "agentcomm ", op, ": got an undefined tensor");
   TORCH_CHECK_VALUE(t.layout() == at::kStrided, "agentcomm ", op,
@@ -86,6 +88,8 @@ void checkTensor(const at::Tensor& t, const char* op) {
                     ". CUDA tensors are not supported yet; use backend=\"cpu:agentcomm,cuda:nccl\" or move the tensor "
                     "to the CPU.");
 }
+
+namespace {
 
 // (dtype, count) as the core sees a tensor.
 struct View {
@@ -168,8 +172,6 @@ void unstage(const at::Tensor& orig, const at::Tensor& buf) {
   // A contiguous tensor was used in place (possibly through a reshaped view): nothing to copy.
   if (orig.data_ptr() != buf.data_ptr()) const_cast<at::Tensor&>(orig).copy_(buf);
 }
-
-uint8_t* bytes(const at::Tensor& t) { return static_cast<uint8_t*>(t.data_ptr()); }
 
 size_t envChunkBytes() {
   if (const char* env = std::getenv("AGENTCOMM_CHUNK_BYTES")) {

@@ -218,6 +218,9 @@ class AgentBackend : public c10d::Backend {
   std::once_flag shutdownOnce_;
 };
 
+// Raises ValueError unless t is a defined, strided CPU tensor ("agentcomm <op>: ...").
+void checkTensor(const at::Tensor& t, const char* op);
+
 // Kernel entry points for microbenchmarks and tests (agentcomm._C.reduce_into):
 // out = a (op) b elementwise with the vector level `simdLevel` (auto, scalar,
 // avx2, avx512; clamped to the CPU's).

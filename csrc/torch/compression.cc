@@ -18,8 +18,7 @@ using transport::Deadline;
 namespace {
 
 void checkFloatBuffer(const at::Tensor& t, const char* op, const char* what) {
-  TORCH_CHECK_VALUE(t.defined() && t.device().is_cpu() && t.layout() == at::kStrided, "agentcomm ", op, ": ", what,
-                    " must be a CPU tensor");
+  checkTensor(t, op);
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, "agentcomm ", op, ": ", what,
                    " must be float32 (compress float16/bfloat16 gradients through a float32 copy), got ",
                    t.scalar_type());
