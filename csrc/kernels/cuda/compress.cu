@@ -1,18 +1,25 @@
 // CUDA compression kernels: block quantization with error feedback fused
-// (one thread block per quantization block), top-k by radix selection, DGC's
-// sampled top-k, random-k. Contracts and bit-exact arithmetic: the CPU twins
-// in kernels/cpu/compress.cc (read that file's comments for the why).
+// (one warp per quantization block, data held in registers: one read, one
+// write), top-k by radix selection, DGC's sampled top-k, random-k. Contracts
+// and bit-exact arithmetic: the CPU twins in kernels/cpu/compress.cc (read
+// that file's comments for the why).
 //
-// Top-k on the device: a 4096-bin histogram of the top 12 bits of the
-// magnitude keys (shared-memory bins, fused with the error-feedback add),
-// the boundary bin found on the host, one pass collecting the elements above
-// it and the boundary bin's candidates, a radix sort of the candidates
-// (CUB), and a sort of the selected indices so they come out ascending.
+// Top-k on the device, in (magnitude key, lower index first) order as on the
+// CPU: a 4096-bin histogram of the top 12 bits of the keys (shared-memory
+// bins, a resident grid, fused with the error-feedback add); the boundary bin
+// found by a block-wide scan; its elements collected (warp-aggregated
+// appends) and radix-sorted by the remaining bits, which gives the k-th
+// largest (key, ~index) on the device; then an order-preserving selection
+// (cub::DeviceSelect) of every element at or above it: indices come out
+// ascending without a sort. One host round trip (the boundary bin's size).
 #include <algorithm>
 #include <climits>
 #include <vector>
 
+#include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_select.cuh>
+#include <thrust/iterator/counting_iterator.h>
 
 #include "kernels/compress.h"
 #include "kernels/cuda/common.cuh"
@@ -48,30 +55,189 @@ class DeviceBuffer {
   cudaStream_t st_;
 };
 
+inline bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
+
 int itemsForCub(size_t n) {
   AC_CHECK(n <= static_cast<size_t>(INT_MAX), InvalidArgument, "CUDA top-k: ", n, " candidates exceed a sort's limit");
   return static_cast<int>(n);
 }
 
+// Sorts by bits [0, endBit) of the keys (all of them by default).
 template <typename K>
-void sortKeys(const K* in, K* out, size_t n, bool descending, cudaStream_t st) {
+void sortKeys(const K* in, K* out, size_t n, bool descending, cudaStream_t st, int endBit = int(sizeof(K) * 8)) {
   if (n == 0) return;
   size_t temp = 0;
   const int items = itemsForCub(n);
   if (descending)
-    AC_CUDA_CHECK(cub::DeviceRadixSort::SortKeysDescending(nullptr, temp, in, out, items, 0, int(sizeof(K) * 8), st));
+    AC_CUDA_CHECK(cub::DeviceRadixSort::SortKeysDescending(nullptr, temp, in, out, items, 0, endBit, st));
   else
-    AC_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, temp, in, out, items, 0, int(sizeof(K) * 8), st));
+    AC_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, temp, in, out, items, 0, endBit, st));
   DeviceBuffer<uint8_t> scratch(temp, st);
   if (descending)
     AC_CUDA_CHECK(
-        cub::DeviceRadixSort::SortKeysDescending(scratch.get(), temp, in, out, items, 0, int(sizeof(K) * 8), st));
+        cub::DeviceRadixSort::SortKeysDescending(scratch.get(), temp, in, out, items, 0, endBit, st));
   else
-    AC_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(scratch.get(), temp, in, out, items, 0, int(sizeof(K) * 8), st));
+    AC_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(scratch.get(), temp, in, out, items, 0, endBit, st));
 }
 
 // ---- quantization -------------------------------------------------------------
 
+// Blocks of up to 256 * R elements: one warp per quantization block, each
+// lane holding R chunks of 8 consecutive elements in registers, so the data
+// is read once and written once (with error feedback or a fused add).
+// The 1-bit mean is summed in the CPU's order (8 running sums over
+// j = 8i + t, then the tail) from a per-warp shared-memory copy of |x|.
+// `vec`: data/add 16-byte and codes 8-byte aligned (whole chunks vectorized).
+template <int R>
+__global__ void quantizeWarpKernel(float* data, const float* add, size_t n, int bits, size_t block, uint32_t s32,
+                                   uint8_t* codes, float* scales, bool ef, bool vec) {
+  extern __shared__ float absShared[];  // bits == 1: `block` floats per warp
+  const unsigned full = 0xffffffffu;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const size_t warps = static_cast<size_t>(gridDim.x) * (blockDim.x >> 5);
+  float* absx = absShared + static_cast<size_t>(warp) * block;
+  const size_t nb = (n + block - 1) / block;
+  const size_t blockBytes = blockCodeBytes(block, bits);
+  const float L = bits == 8 ? 127.0f : 7.0f;
+  for (size_t blk = static_cast<size_t>(blockIdx.x) * (blockDim.x >> 5) + warp; blk < nb; blk += warps) {
+    const size_t b0 = blk * block;
+    const unsigned m = static_cast<unsigned>(n - b0 < block ? n - b0 : block);  // <= 2048
+    const unsigned nChunks = (m + 7) / 8;
+    float* x = data + b0;
+    uint8_t* out = codes + blk * blockBytes;
+    float v[R][8];
+    unsigned mx = 0;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const unsigned c = lane + 32u * r;
+      if (c >= nChunks) continue;
+      if (vec && 8 * c + 8 <= m) {
+        const float4* x4 = reinterpret_cast<const float4*>(x + 8 * c);
+        float4 lo = x4[0], hi = x4[1];
+        if (add) {
+          const float4* a4 = reinterpret_cast<const float4*>(add + b0 + 8 * c);
+          const float4 alo = a4[0], ahi = a4[1];
+          lo = make_float4(lo.x + alo.x, lo.y + alo.y, lo.z + alo.z, lo.w + alo.w);
+          hi = make_float4(hi.x + ahi.x, hi.y + ahi.y, hi.z + ahi.z, hi.w + ahi.w);
+        }
+        v[r][0] = lo.x, v[r][1] = lo.y, v[r][2] = lo.z, v[r][3] = lo.w;
+        v[r][4] = hi.x, v[r][5] = hi.y, v[r][6] = hi.z, v[r][7] = hi.w;
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const unsigned j = 8 * c + e;
+          v[r][e] = j < m ? (add ? x[j] + add[b0 + j] : x[j]) : 0.0f;
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) mx = max(mx, magnitudeKey(v[r][e]));  // padding is 0: never the max
+    }
+    float s = 0.0f;
+    bool zeroCodes = false, zeroData = false;
+    if (bits == 1) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const unsigned c = lane + 32u * r;
+        if (c < nChunks)
+          for (int e = 0; e < 8; ++e)
+            if (8 * c + e < m) absx[8 * c + e] = fabsf(v[r][e]);
+      }
+      __syncwarp();
+      float part = 0.0f;
+      if (lane < 8)
+        for (unsigned i = 0; i < m / 8; ++i) part += absx[8 * i + lane];
+      float sum = 0.0f;
+      for (int t = 0; t < 8; ++t) sum += __shfl_sync(full, part, t);
+      for (unsigned j = m / 8 * 8; j < m; ++j) sum += absx[j];
+      s = sum / static_cast<float>(m);
+      if (lane == 0) scales[blk] = s;
+      __syncwarp();  // absx is rewritten by the next block
+    } else {
+      const float amax = __uint_as_float(__reduce_max_sync(full, mx));
+      if (!isfinite(amax) || !isfinite(L / amax)) {
+        // NaN / inf: the scale decodes the block as NaN and the residual restarts.
+        // Zeros or tiny values (L / amax overflows): scale 0, the residual keeps them.
+        zeroCodes = true;
+        zeroData = ef && !isfinite(amax);
+        if (lane == 0) scales[blk] = isfinite(amax) ? 0.0f : amax;
+      } else {
+        s = amax;
+        if (lane == 0) scales[blk] = amax;
+      }
+    }
+    const float inv = L / s, step = s / L;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const unsigned c = lane + 32u * r;
+      if (c >= nChunks) continue;
+      const bool whole = 8 * c + 8 <= m;
+      uint8_t q8[8];
+      if (bits == 1) {
+        unsigned byte = 0;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          if (8 * c + e >= m) break;
+          byte |= static_cast<unsigned>(v[r][e] >= 0.0f) << e;
+          if (ef) v[r][e] -= v[r][e] >= 0.0f ? s : -s;
+        }
+        out[c] = static_cast<uint8_t>(byte);
+      } else {
+        int q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (!zeroCodes) {
+#pragma unroll
+          for (int p = 0; p < 4; ++p) {
+            const uint32_t h = hash::pairBits(static_cast<uint32_t>(b0 / 2) + 4 * c + p, s32);
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int t = 2 * p + e;
+              if (8 * c + t >= m) break;
+              const float u = static_cast<float>(e ? (h >> 16) : (h & 0xffffu)) * (1.0f / 65536.0f);
+              float rr = floorf(v[r][t] * inv + u);
+              rr = rr > L ? L : rr;
+              rr = rr < -L ? -L : rr;
+              q[t] = static_cast<int>(rr);
+              if (ef) v[r][t] -= rr * step;
+            }
+          }
+        } else if (zeroData) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) v[r][e] = 0.0f;
+        }
+        if (bits == 8) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) q8[e] = static_cast<uint8_t>(static_cast<int8_t>(q[e]));
+          if (vec && whole)
+            *reinterpret_cast<uint2*>(out + 8 * c) = *reinterpret_cast<const uint2*>(q8);
+          else
+            for (int e = 0; e < 8 && 8 * c + e < m; ++e) out[8 * c + e] = q8[e];
+        } else {
+#pragma unroll
+          for (int p = 0; p < 4; ++p) {
+            const unsigned hi = 8 * c + 2 * p + 1 < m ? static_cast<unsigned>(q[2 * p + 1] + 8) : 8u;
+            q8[p] = static_cast<uint8_t>(static_cast<unsigned>(q[2 * p] + 8) | (hi << 4));
+          }
+          if (vec && whole)
+            *reinterpret_cast<uint32_t*>(out + 4 * c) = *reinterpret_cast<const uint32_t*>(q8);
+          else
+            for (int p = 0; p < 4 && 8 * c + 2 * p < m; ++p) out[4 * c + p] = q8[p];
+        }
+      }
+      if (add || ef) {
+        if (vec && whole) {
+          float4* x4 = reinterpret_cast<float4*>(x + 8 * c);
+          x4[0] = make_float4(v[r][0], v[r][1], v[r][2], v[r][3]);
+          x4[1] = make_float4(v[r][4], v[r][5], v[r][6], v[r][7]);
+        } else {
+          for (int e = 0; e < 8 && 8 * c + e < m; ++e) x[8 * c + e] = v[r][e];
+        }
+      }
+    }
+  }
+}
+
+// Blocks larger than the warp kernel holds: one thread block per quantization
+// block, the data re-read from cache between the max and the encoding.
 __global__ void quantizeKernel(float* data, const float* add, size_t n, int bits, size_t block, uint32_t s32,
                                uint8_t* codes, float* scales, bool ef) {
   __shared__ unsigned maxKey;
@@ -168,26 +334,57 @@ __global__ void quantizeKernel(float* data, const float* add, size_t n, int bits
   }
 }
 
+// One thread per chunk of 8 consecutive elements (block % 8 == 0, so a chunk
+// never straddles two blocks): one code load of 8/4/1 bytes, one scale, two
+// 16-byte stores. `vec`: out is 16-byte and codes 8-byte aligned, so whole
+// chunks use vector accesses; the partial last chunk goes element by element.
 __global__ void dequantizeKernel(const uint8_t* codes, const float* scales, size_t n, int bits, size_t block,
-                                 float alpha, bool accumulate, float* out) {
+                                 float alpha, bool accumulate, float* out, bool vec) {
+  const size_t chunks = (n + 7) / 8;
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const size_t blk = i / block;
-    const size_t j = i - blk * block;
-    const uint8_t* in = codes + blk * blockCodeBytes(block, bits);
+  const size_t blockBytes = blockCodeBytes(block, bits);
+  for (size_t c = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < chunks; c += stride) {
+    const size_t i0 = 8 * c;
+    const size_t blk = i0 / block;
+    const size_t j0 = i0 - blk * block;
+    const uint8_t* in = codes + blk * blockBytes;
     const float s = scales[blk];
-    float d;
+    const bool whole = i0 + 8 <= n;
+    float d[8];
     if (bits == 8) {
       const float step = s / 127.0f * alpha;
-      d = static_cast<float>(static_cast<int8_t>(in[j])) * step;
+      uint8_t q[8];
+      if (vec && whole)
+        *reinterpret_cast<uint2*>(q) = *reinterpret_cast<const uint2*>(in + j0);
+      else
+        for (int e = 0; e < 8; ++e) q[e] = i0 + e < n ? in[j0 + e] : 0;
+      for (int e = 0; e < 8; ++e) d[e] = static_cast<float>(static_cast<int8_t>(q[e])) * step;
     } else if (bits == 4) {
       const float step = s / 7.0f * alpha;
-      d = static_cast<float>(static_cast<int>((in[j >> 1] >> ((j & 1) * 4)) & 0xf) - 8) * step;
+      uint8_t q[4];
+      if (vec && whole)
+        *reinterpret_cast<uint32_t*>(q) = *reinterpret_cast<const uint32_t*>(in + j0 / 2);
+      else
+        for (int e = 0; e < 4; ++e) q[e] = i0 + 2 * e < n ? in[j0 / 2 + e] : 0x88;
+      for (int e = 0; e < 8; ++e) d[e] = static_cast<float>(static_cast<int>((q[e >> 1] >> ((e & 1) * 4)) & 0xf) - 8) * step;
     } else {
       const float sa = s * alpha;
-      d = (((in[j >> 3] >> (j & 7)) & 1) ? 1.0f : -1.0f) * sa;
+      const unsigned q = in[j0 / 8];
+      for (int e = 0; e < 8; ++e) d[e] = (((q >> e) & 1) ? 1.0f : -1.0f) * sa;
     }
-    out[i] = accumulate ? out[i] + d : d;
+    float* o = out + i0;
+    if (vec && whole) {
+      float4* o4 = reinterpret_cast<float4*>(o);
+      if (accumulate) {
+        const float4 a = o4[0], b = o4[1];
+        d[0] = a.x + d[0], d[1] = a.y + d[1], d[2] = a.z + d[2], d[3] = a.w + d[3];
+        d[4] = b.x + d[4], d[5] = b.y + d[5], d[6] = b.z + d[6], d[7] = b.w + d[7];
+      }
+      o4[0] = make_float4(d[0], d[1], d[2], d[3]);
+      o4[1] = make_float4(d[4], d[5], d[6], d[7]);
+    } else {
+      for (int e = 0; e < 8 && i0 + e < n; ++e) o[e] = accumulate ? o[e] + d[e] : d[e];
+    }
   }
 }
 
@@ -197,6 +394,20 @@ __global__ void addKernel(float* data, const float* add, size_t n) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
     data[i] = data[i] + add[i];
+}
+
+// A grid that fills the device once (blocks loop over the data): kernels
+// with per-block setup (the shared histogram) pay it a few hundred times,
+// not once per 256 elements.
+unsigned residentGrid(int blocksPerSm) {
+  static thread_local int dev = -1, sms = 0;
+  int d = 0;
+  AC_CUDA_CHECK(cudaGetDevice(&d));
+  if (d != dev) {
+    AC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, d));
+    dev = d;
+  }
+  return static_cast<unsigned>(sms * blocksPerSm);
 }
 
 __global__ void histogramKernel(float* data, const float* add, size_t n, unsigned* hist) {
@@ -217,45 +428,89 @@ __global__ void histogramKernel(float* data, const float* add, size_t n, unsigne
     if (bins[b]) atomicAdd(&hist[b], bins[b]);
 }
 
+// Appends to a list with one atomic per warp, not one per element (a single
+// counter hit by every selected element serializes). Every lane of the warp
+// must call it; returns the slot of a lane whose `take` is set.
+__device__ inline unsigned long long warpAppend(bool take, unsigned long long* counter) {
+  const unsigned mask = __ballot_sync(0xffffffffu, take);
+  if (mask == 0) return 0;
+  const int lane = threadIdx.x & 31;
+  const int leader = __ffs(mask) - 1;
+  unsigned long long base = 0;
+  if (lane == leader) base = atomicAdd(counter, static_cast<unsigned long long>(__popc(mask)));
+  base = __shfl_sync(0xffffffffu, base, leader);
+  return base + __popc(mask & ((1u << lane) - 1u));
+}
+
 __device__ inline unsigned long long candidateOf(uint32_t key, uint32_t i) {
   return (static_cast<unsigned long long>(key) << 32) | (0xffffffffu - i);
 }
 
-__global__ void collectKernel(const float* data, size_t n, uint32_t bin, uint32_t* above, unsigned* aboveCount,
-                              unsigned long long* cand, unsigned* candCount) {
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const uint32_t key = magnitudeKey(data[i]);
-    const uint32_t kb = key >> kShift;
-    if (kb > bin)
-      above[atomicAdd(aboveCount, 1u)] = static_cast<uint32_t>(i);
-    else if (kb == bin)
-      cand[atomicAdd(candCount, 1u)] = candidateOf(key, static_cast<uint32_t>(i));
+// The boundary bin of the histogram (one block, 1024 threads x 4 bins): the
+// bin b with (count above b) < k <= (count above b) + hist[b]. info receives
+// {b, hist[b], k - count above b}.
+__global__ void boundaryKernel(const unsigned* hist, size_t k, unsigned* info) {
+  using Scan = cub::BlockScan<unsigned, 1024>;
+  __shared__ typename Scan::TempStorage temp;
+  unsigned h[4];
+  // Thread t holds bins 4095 - 4t .. 4092 - 4t: the scan runs from the top bin down.
+  for (int e = 0; e < 4; ++e) h[e] = hist[kBins - 1 - (4 * threadIdx.x + e)];
+  unsigned above[4];
+  Scan(temp).ExclusiveSum(h, above);
+  for (int e = 0; e < 4; ++e) {
+    if (above[e] < k && above[e] + h[e] >= k) {
+      info[0] = static_cast<unsigned>(kBins - 1 - (4 * threadIdx.x + e));
+      info[1] = h[e];
+      info[2] = static_cast<unsigned>(k - above[e]);
+    }
   }
 }
+
+// The candidates: every element of the boundary bin, as (key, ~index).
+// (The loop is warp-uniform: warpAppend needs every lane.)
+__global__ void collectKernel(const float* data, size_t n, const unsigned* info, unsigned long long* cand,
+                              unsigned long long* candCount) {
+  const uint32_t bin = info[0];
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t i0 = static_cast<size_t>(blockIdx.x) * blockDim.x + (threadIdx.x & ~31u); i0 < n; i0 += stride) {
+    const size_t i = i0 + (threadIdx.x & 31);
+    const uint32_t key = i < n ? magnitudeKey(data[i]) : 0;
+    const bool take = i < n && key >> kShift == bin;
+    const unsigned long long slot = warpAppend(take, candCount);
+    if (take) cand[slot] = candidateOf(key, static_cast<uint32_t>(i));
+  }
+}
+
+// Element i is selected iff its (key, ~index) is at least the k-th largest:
+// the same order as the CPU's (magnitude, then lower index first).
+struct AtLeast {
+  const float* data;
+  const unsigned long long* bound;
+  __device__ bool operator()(uint32_t i) const {
+    return candidateOf(magnitudeKey(data[i]), i) >= *bound;
+  }
+};
 
 // Everything with key >= threshold (after the fused add), up to cap entries; counts all.
-__global__ void thresholdKernel(float* data, const float* add, size_t n, uint32_t threshold,
+__global__ void thresholdKernel(float* data, const float* add, size_t n, const uint32_t* thresholdAt,
                                 unsigned long long* cand, size_t cap, unsigned long long* count) {
+  const uint32_t threshold = *thresholdAt;
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    float v = data[i];
-    if (add) {
-      v = v + add[i];
-      data[i] = v;
+  for (size_t i0 = static_cast<size_t>(blockIdx.x) * blockDim.x + (threadIdx.x & ~31u); i0 < n; i0 += stride) {
+    const size_t i = i0 + (threadIdx.x & 31);
+    uint32_t key = 0;
+    if (i < n) {
+      float v = data[i];
+      if (add) {
+        v = v + add[i];
+        data[i] = v;
+      }
+      key = magnitudeKey(v);
     }
-    const uint32_t key = magnitudeKey(v);
-    if (key >= threshold) {
-      const unsigned long long slot = atomicAdd(count, 1ull);
-      if (slot < cap) cand[slot] = candidateOf(key, static_cast<uint32_t>(i));
-    }
+    const bool take = i < n && key >= threshold;
+    const unsigned long long slot = warpAppend(take, count);
+    if (take && slot < cap) cand[slot] = candidateOf(key, static_cast<uint32_t>(i));
   }
-}
-
-__global__ void candidateIndexKernel(const unsigned long long* sorted, size_t need, uint32_t* out) {
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t j = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < need; j += stride)
-    out[j] = 0xffffffffu - static_cast<uint32_t>(sorted[j]);
 }
 
 __global__ void gatherKernel(float* data, const uint32_t* idx, size_t k, float* val, bool zero) {
@@ -282,25 +537,36 @@ __global__ void sampleKernel(const float* data, const float* add, size_t s, size
   }
 }
 
-// The selection's indices (the `need` best candidates + everything above),
-// ascending, into idx; then values (and zeroing) for all of them.
-size_t finish(float* data, const unsigned long long* cand, size_t nCand, size_t need, const uint32_t* above,
-              size_t nAbove, uint32_t* idx, float* val, bool zero, cudaStream_t st) {
-  const size_t k = nAbove + need;
-  DeviceBuffer<unsigned long long> sorted(nCand, st);
-  sortKeys(cand, sorted.get(), nCand, true, st);
-  DeviceBuffer<uint32_t> sel(k, st);
-  if (nAbove)
-    AC_CUDA_CHECK(cudaMemcpyAsync(sel.get(), above, nAbove * sizeof(uint32_t), cudaMemcpyDeviceToDevice, st));
-  if (need) {
-    candidateIndexKernel<<<gridFor(need), kThreads, 0, st>>>(sorted.get(), need, sel.get() + nAbove);
-    AC_CUDA_LAUNCHED();
-  }
-  sortKeys(sel.get(), idx, k, false, st);
-  if (k) {
-    gatherKernel<<<gridFor(k), kThreads, 0, st>>>(data, idx, k, val, zero);
-    AC_CUDA_LAUNCHED();
-  }
+// Retain freed stream-ordered scratch in the device's default pool: without
+// a release threshold every synchronize returns it to the driver, and the
+// next call's allocations cost tens of microseconds.
+void retainPool() {
+  static thread_local int done = -1;
+  int dev = 0;
+  AC_CUDA_CHECK(cudaGetDevice(&dev));
+  if (done == dev) return;
+  cudaMemPool_t pool;
+  AC_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
+  uint64_t keep = UINT64_MAX;
+  AC_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+  done = dev;
+}
+
+// Given `bound` (on the device), the k-th largest (key, ~index) of the
+// data: the selected indices in ascending order (an order-preserving
+// selection, no sort), then their values (and zeroing).
+size_t finish(float* data, size_t n, const unsigned long long* bound, size_t k, uint32_t* idx, float* val, bool zero,
+              cudaStream_t st) {
+  DeviceBuffer<long long> selected(1, st);
+  thrust::counting_iterator<uint32_t> first(0);
+  size_t temp = 0;
+  AC_CUDA_CHECK(cub::DeviceSelect::If(nullptr, temp, first, idx, selected.get(), static_cast<int64_t>(n),
+                                      AtLeast{data, bound}, st));
+  DeviceBuffer<uint8_t> scratch(temp, st);
+  AC_CUDA_CHECK(cub::DeviceSelect::If(scratch.get(), temp, first, idx, selected.get(), static_cast<int64_t>(n),
+                                      AtLeast{data, bound}, st));
+  gatherKernel<<<gridFor(k), kThreads, 0, st>>>(data, idx, k, val, zero);
+  AC_CUDA_LAUNCHED();
   AC_CUDA_CHECK(cudaStreamSynchronize(st));
   return k;
 }
@@ -313,8 +579,26 @@ void quantize(float* data, const float* add, size_t n, int bits, size_t block, u
   AC_CHECK(block > 0 && block % 8 == 0, InvalidArgument, "quantize: block must be a positive multiple of 8, got ", block);
   if (n == 0) return;
   const size_t nb = quantBlocks(n, block);
-  quantizeKernel<<<static_cast<unsigned>(std::min<size_t>(nb, 65535)), kThreads, 0, asStream(stream)>>>(
-      data, add, n, bits, block, seed32(seed), codes, scales, errorFeedback);
+  cudaStream_t st = asStream(stream);
+  const bool vec = aligned(data, 16) && aligned(add, 16) && aligned(codes, 8);
+  constexpr int kWarps = 4;
+  const unsigned grid = static_cast<unsigned>(std::min<size_t>((nb + kWarps - 1) / kWarps, 65535));
+  const size_t shared = bits == 1 ? kWarps * block * sizeof(float) : 0;
+  auto launch = [&](auto kernel) {
+    kernel<<<grid, 32 * kWarps, shared, st>>>(data, add, n, bits, block, seed32(seed), codes, scales, errorFeedback,
+                                               vec);
+  };
+  if (block <= 256)
+    launch(quantizeWarpKernel<1>);
+  else if (block <= 512)
+    launch(quantizeWarpKernel<2>);
+  else if (block <= 1024)
+    launch(quantizeWarpKernel<4>);
+  else if (block <= 2048)
+    launch(quantizeWarpKernel<8>);
+  else
+    quantizeKernel<<<static_cast<unsigned>(std::min<size_t>(nb, 65535)), kThreads, 0, st>>>(
+        data, add, n, bits, block, seed32(seed), codes, scales, errorFeedback);
   AC_CUDA_LAUNCHED();
 }
 
@@ -322,8 +606,11 @@ void dequantize(const uint8_t* codes, const float* scales, size_t n, int bits, s
                 bool accumulate, float* out, Stream stream) {
   AC_CHECK(validQuantBits(bits), InvalidArgument, "dequantize: bits must be 8, 4 or 1, got ", bits);
   if (n == 0) return;
-  dequantizeKernel<<<gridFor(n), kThreads, 0, asStream(stream)>>>(codes, scales, n, bits, block, alpha, accumulate,
-                                                                   out);
+  AC_CHECK(block > 0 && block % 8 == 0, InvalidArgument, "dequantize: block must be a positive multiple of 8, got ",
+           block);
+  const bool vec = aligned(out, 16) && aligned(codes, 8);
+  dequantizeKernel<<<gridFor((n + 7) / 8), kThreads, 0, asStream(stream)>>>(codes, scales, n, bits, block, alpha,
+                                                                            accumulate, out, vec);
   AC_CUDA_LAUNCHED();
 }
 
@@ -347,25 +634,29 @@ size_t topkExact(float* data, const float* add, size_t n, size_t k, uint32_t* id
     AC_CUDA_CHECK(cudaStreamSynchronize(st));
     return n;
   }
-  DeviceBuffer<unsigned> hist(kBins + 2, st);  // + the two collect counters
-  AC_CUDA_CHECK(cudaMemsetAsync(hist.get(), 0, (kBins + 2) * sizeof(unsigned), st));
-  histogramKernel<<<gridFor(n), kThreads, 0, st>>>(data, add, n, hist.get());
+  retainPool();
+  // hist: the bins, then {boundary bin, its count, how many of it are needed,
+  // padding, the 64-bit count of collected candidates}.
+  DeviceBuffer<unsigned> hist(kBins + 6, st);
+  unsigned* info = hist.get() + kBins;
+  AC_CUDA_CHECK(cudaMemsetAsync(hist.get(), 0, (kBins + 6) * sizeof(unsigned), st));
+  histogramKernel<<<std::min(gridFor(n), residentGrid(8)), kThreads, 0, st>>>(data, add, n, hist.get());
   AC_CUDA_LAUNCHED();
-  std::vector<unsigned> h(kBins);
-  AC_CUDA_CHECK(cudaMemcpyAsync(h.data(), hist.get(), kBins * sizeof(unsigned), cudaMemcpyDeviceToHost, st));
+  boundaryKernel<<<1, 1024, 0, st>>>(hist.get(), k, info);
+  AC_CUDA_LAUNCHED();
+  unsigned h[3];
+  AC_CUDA_CHECK(cudaMemcpyAsync(h, info, sizeof h, cudaMemcpyDeviceToHost, st));
   AC_CUDA_CHECK(cudaStreamSynchronize(st));
-  size_t nAbove = 0;
-  int bin = kBins - 1;
-  while (nAbove + h[bin] < k) nAbove += h[bin--];
-  const size_t need = k - nAbove;
-  const size_t nCand = h[bin];
-  DeviceBuffer<uint32_t> above(nAbove, st);
-  DeviceBuffer<unsigned long long> cand(nCand, st);
-  collectKernel<<<gridFor(n), kThreads, 0, st>>>(data, n, static_cast<uint32_t>(bin), above.get(),
-                                                 hist.get() + kBins, cand.get(), hist.get() + kBins + 1);
+  const size_t nCand = h[1], need = h[2];
+  DeviceBuffer<unsigned long long> cand(nCand, st), sorted(nCand, st);
+  collectKernel<<<std::min(gridFor(n), residentGrid(8)), kThreads, 0, st>>>(
+      data, n, info, cand.get(), reinterpret_cast<unsigned long long*>(info + 4));
   AC_CUDA_LAUNCHED();
-  // The collected lists are in no particular order: finish() sorts them.
-  return finish(data, cand.get(), nCand, need, above.get(), nAbove, idx, val, zeroSelected, st);
+  // The boundary bin's candidates in descending (key, ~index) order: the
+  // need-th is the k-th largest of all.
+  // Bits 51..62 (the bin) are the same in all of them: sort by the rest.
+  sortKeys(cand.get(), sorted.get(), nCand, true, st, 32 + kShift);
+  return finish(data, n, sorted.get() + (need - 1), k, idx, val, zeroSelected, st);
 }
 
 size_t topkSampled(float* data, const float* add, size_t n, size_t k, uint32_t* idx, float* val, bool zeroSelected,
@@ -376,26 +667,27 @@ size_t topkSampled(float* data, const float* add, size_t n, size_t k, uint32_t* 
   // The sample, threshold and capacity exactly as the CPU twin picks them.
   const size_t s = std::min(n, std::max<size_t>(4096, n / 256));
   const size_t stride = n / s;
-  DeviceBuffer<uint32_t> sample(s, st);
+  retainPool();
+  DeviceBuffer<uint32_t> sample(s, st), sortedSample(s, st);
   sampleKernel<<<gridFor(s), kThreads, 0, st>>>(data, add, s, stride, seed32(seed), sample.get());
   AC_CUDA_LAUNCHED();
-  std::vector<uint32_t> hs(s);
-  AC_CUDA_CHECK(cudaMemcpyAsync(hs.data(), sample.get(), s * sizeof(uint32_t), cudaMemcpyDeviceToHost, st));
-  AC_CUDA_CHECK(cudaStreamSynchronize(st));
+  // The threshold is the want-th largest sampled key (the CPU's nth_element
+  // picks the same value), found on the device: no round trip.
+  sortKeys(sample.get(), sortedSample.get(), s, true, st);
   const size_t want = std::min(s, static_cast<size_t>(static_cast<double>(k) * static_cast<double>(s) / n * 1.25) + 4);
-  std::nth_element(hs.begin(), hs.begin() + static_cast<ptrdiff_t>(want - 1), hs.end(), std::greater<uint32_t>());
-  const uint32_t threshold = hs[want - 1];
   const size_t cap = k + k / 2 + 1024;
-  DeviceBuffer<unsigned long long> cand(cap, st);
+  DeviceBuffer<unsigned long long> cand(cap, st), sorted(cap, st);
   DeviceBuffer<unsigned long long> count(1, st);
   AC_CUDA_CHECK(cudaMemsetAsync(count.get(), 0, sizeof(unsigned long long), st));
-  thresholdKernel<<<gridFor(n), kThreads, 0, st>>>(data, add, n, threshold, cand.get(), cap, count.get());
+  thresholdKernel<<<std::min(gridFor(n), residentGrid(8)), kThreads, 0, st>>>(data, add, n, sortedSample.get() + (want - 1), cand.get(), cap,
+                                                   count.get());
   AC_CUDA_LAUNCHED();
   unsigned long long got = 0;
   AC_CUDA_CHECK(cudaMemcpyAsync(&got, count.get(), sizeof(got), cudaMemcpyDeviceToHost, st));
   AC_CUDA_CHECK(cudaStreamSynchronize(st));
   if (got < k || got > cap) return topkExact(data, nullptr, n, k, idx, val, zeroSelected, stream);  // add applied
-  return finish(data, cand.get(), static_cast<size_t>(got), k, nullptr, 0, idx, val, zeroSelected, st);
+  sortKeys(cand.get(), sorted.get(), static_cast<size_t>(got), true, st);
+  return finish(data, n, sorted.get() + (k - 1), k, idx, val, zeroSelected, st);
 }
 
 namespace {

@@ -32,6 +32,14 @@ bool available(std::string* why = nullptr);
 // the three pointers are 16-byte aligned, grid-stride loops.
 void reduce(void* dst, const void* a, const void* b, size_t count, DataType dt, ReduceOp op, FinalScale scale,
             Stream stream);
+// Ranks' buffers inside one host (CUDA IPC mappings; several ranks may share
+// one device): over elements [begin, begin + count), combine peers[0..n-1] in
+// rank order, apply the final scale, and write the result into every peer's
+// buffer. One rank calls it per slice of an all-reduce; the caller guarantees
+// that no one else reads or writes that slice of any buffer meanwhile.
+constexpr int kMaxPeers = 16;
+void reducePeers(void* const* peers, int n, size_t begin, size_t count, DataType dt, ReduceOp op, FinalScale scale,
+                 Stream stream);
 // dst = src * scale (kernels::applyScale).
 void applyScale(void* dst, const void* src, size_t count, DataType dt, FinalScale scale, Stream stream);
 // Multi-tensor pack / unpack in one launch (kernels::packScaled). The pointer

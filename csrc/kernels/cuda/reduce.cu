@@ -110,6 +110,62 @@ void reduceTyped(void* dst, const void* a, const void* b, size_t n, ReduceOp op,
   throw InvalidArgument(strCat("CUDA reduce: op ", reduceOpName(op), " is not supported on the device"));
 }
 
+// Peers' buffers (CUDA IPC mappings inside one host): out = p[0] op p[1] op
+// ... op p[n-1] over [begin, begin + count), then the final scale, written to
+// every peer's buffer. Each element is combined in rank order by exactly one
+// thread, so every rank ends with the same bits; each step rounds to T, as a
+// chain of kernels::reduce then kernels::applyScale does on the CPU. Invariant (the caller's
+// protocol): while this runs, no other rank touches [begin, begin + count) of
+// any buffer, and nobody else writes there until every rank's kernel is done.
+template <typename T> struct PeerPtrs {
+  T* p[kMaxPeers];
+};
+
+template <typename T, typename Op, int V>
+__global__ void reducePeersKernel(PeerPtrs<T> peers, int n, size_t begin, size_t count, Scale s) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  const size_t first = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const size_t nv = count / V;
+  for (size_t i = first; i < nv; i += stride) {
+    const size_t at = begin / V + i;  // begin % V == 0 when V > 1
+    Vec<T, V> x = reinterpret_cast<const Vec<T, V>*>(peers.p[0])[at];
+    typename Compute<T>::type acc[V];
+#pragma unroll
+    for (int t = 0; t < V; ++t) acc[t] = load(x.v[t]);
+    for (int r = 1; r < n; ++r) {
+      const Vec<T, V> y = reinterpret_cast<const Vec<T, V>*>(peers.p[r])[at];
+#pragma unroll
+      for (int t = 0; t < V; ++t) acc[t] = load(store<T>(Op::apply(acc[t], load(y.v[t]))));
+    }
+#pragma unroll
+    for (int t = 0; t < V; ++t) x.v[t] = store<T>(s.apply(acc[t]));
+    for (int r = 0; r < n; ++r) reinterpret_cast<Vec<T, V>*>(peers.p[r])[at] = x;
+  }
+  for (size_t i = begin + nv * V + first; i < begin + count; i += stride) {
+    typename Compute<T>::type acc = load(peers.p[0][i]);
+    for (int r = 1; r < n; ++r) acc = load(store<T>(Op::apply(acc, load(peers.p[r][i]))));
+    const T v = store<T>(s.apply(acc));
+    for (int r = 0; r < n; ++r) peers.p[r][i] = v;
+  }
+}
+
+template <typename T, typename Op>
+void launchReducePeers(void* const* ptrs, int n, size_t begin, size_t count, Scale s, cudaStream_t st) {
+  constexpr int V = 16 / sizeof(T);
+  PeerPtrs<T> peers{};
+  bool vec = (begin * sizeof(T)) % 16 == 0;
+  for (int r = 0; r < n; ++r) {
+    peers.p[r] = static_cast<T*>(ptrs[r]);
+    vec = vec && aligned16(ptrs[r]);
+  }
+  // A resident grid: the kernel is bandwidth-bound and its blocks loop.
+  if (vec)
+    reducePeersKernel<T, Op, V><<<gridFor(count / V + 1), kThreads, 0, st>>>(peers, n, begin, count, s);
+  else
+    reducePeersKernel<T, Op, 1><<<gridFor(count), kThreads, 0, st>>>(peers, n, begin, count, s);
+  AC_CUDA_LAUNCHED();
+}
+
 template <typename T>
 __global__ void scaleKernel(T* out, const T* in, size_t n, Scale s) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
@@ -220,6 +276,25 @@ void reduce(void* dst, const void* a, const void* b, size_t count, DataType dt, 
   const ReduceOp combine = combiningOp(op);
   dispatchFloat(dt, "reduce", [&](auto tag) {
     reduceTyped<decltype(tag)>(dst, a, b, count, combine, scaleOf(scale), asStream(stream));
+  });
+}
+
+void reducePeers(void* const* peers, int n, size_t begin, size_t count, DataType dt, ReduceOp op, FinalScale scale,
+                 Stream stream) {
+  AC_CHECK(n >= 1 && n <= kMaxPeers, InvalidArgument, "CUDA reducePeers: ", n, " peers (1..", kMaxPeers, ")");
+  if (count == 0) return;
+  const ReduceOp combine = combiningOp(op);
+  dispatchFloat(dt, "reducePeers", [&](auto tag) {
+    using T = decltype(tag);
+    const Scale s = scaleOf(scale);
+    switch (combine) {
+      case ReduceOp::Sum: return launchReducePeers<T, OpSum>(peers, n, begin, count, s, asStream(stream));
+      case ReduceOp::Product: return launchReducePeers<T, OpProd>(peers, n, begin, count, s, asStream(stream));
+      case ReduceOp::Min: return launchReducePeers<T, OpMin>(peers, n, begin, count, s, asStream(stream));
+      case ReduceOp::Max: return launchReducePeers<T, OpMax>(peers, n, begin, count, s, asStream(stream));
+      default: break;
+    }
+    throw InvalidArgument(strCat("CUDA reducePeers: op ", reduceOpName(op), " is not supported on the device"));
   });
 }
 

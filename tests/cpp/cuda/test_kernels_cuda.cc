@@ -123,6 +123,38 @@ TEST(CudaKernels, ReduceEqualsCpu) {
   }
 }
 
+// reducePeers with n buffers of one process standing in for the ranks' IPC
+// mappings: every buffer ends with the rank-order combination of all of them.
+TEST(CudaKernels, ReducePeersEqualsCpuChain) {
+  REQUIRE_DEVICE();
+  for (DataType dt : {DataType::Float32, DataType::Float16, DataType::BFloat16, DataType::Float64}) {
+    for (int n : {1, 2, 3, 8}) {
+      for (size_t count : {size_t{1}, size_t{13}, size_t{100003}}) {
+        const size_t es = elementSize(dt);
+        std::vector<std::vector<uint8_t>> in;
+        for (int r = 0; r < n; ++r) in.push_back(randomOf(dt, count, 50 + static_cast<uint32_t>(r)));
+        const FinalScale scale = FinalScale::divide(n);
+        std::vector<uint8_t> want = in[0];
+        for (int r = 1; r < n; ++r) kernels::reduce(want.data(), want.data(), in[r].data(), count, dt, ReduceOp::Sum, FinalScale::none());
+        kernels::applyScale(want.data(), want.data(), count, dt, scale);
+        // Two slices, as two ranks would split it: [0, h) and [h, count).
+        std::vector<std::unique_ptr<Dev<uint8_t>>> bufs;
+        std::vector<void*> ptrs;
+        for (int r = 0; r < n; ++r) {
+          bufs.push_back(std::make_unique<Dev<uint8_t>>(in[r]));
+          ptrs.push_back(bufs.back()->get());
+        }
+        const size_t h = count / 2 / 8 * 8;
+        kc::reducePeers(ptrs.data(), n, 0, h, dt, ReduceOp::Sum, scale, nullptr);
+        kc::reducePeers(ptrs.data(), n, h, count - h, dt, ReduceOp::Sum, scale, nullptr);
+        for (int r = 0; r < n; ++r)
+          ASSERT_EQ(bufs[r]->download(), want) << dataTypeName(dt) << " n=" << n << " count=" << count << " r=" << r;
+        (void)es;
+      }
+    }
+  }
+}
+
 TEST(CudaKernels, PackUnpackAndCastsEqualCpu) {
   REQUIRE_DEVICE();
   const std::vector<size_t> counts = {5, 0, 40000, 17};
