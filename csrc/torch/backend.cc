@@ -5,11 +5,13 @@
 #include <map>
 
 #include "kernels/cpu/reduce_simd.h"
+#include "kernels/cuda/kernels_cuda.h"
 #include "kernels/kernels.h"
 
 #include <Python.h>
 
 #include <ATen/Functions.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
@@ -17,6 +19,7 @@
 
 #include "algorithms/algorithms.h"
 #include "core/error.h"
+#include "core/env.h"
 #include "core/logging.h"
 #include "transport/tcp/tcp_transport.h"
 
@@ -149,7 +152,7 @@ std::pair<ReduceOp, double> mapReduceOp(const c10d::ReduceOp& op, const char* na
                     ": unsupported reduce op ", static_cast<int>(op.op_));
   double factor = 1.0;
   if (op.op_ == c10d::ReduceOp::PREMUL_SUM) {
-    auto* s = dynamic_cast<c10d::PreMulSumSupplement*>(op.supplement_.get());
+    auto* s = dynamic_cast<c10d::NCCLPreMulSumSupplement*>(op.supplement_.get());
     TORCH_CHECK_VALUE(s != nullptr, "agentcomm ", name, ": PREMUL_SUM without a factor");
     factor = s->tensor_factor.defined() ? s->tensor_factor.item<double>() : s->double_factor;
   }
@@ -186,24 +189,36 @@ size_t envChunkBytes() {
 // ---------------------------------------------------------------- AgentWork
 
 AgentWork::AgentWork(int rank, c10d::OpType type, const char* title, std::vector<at::Tensor> outputs,
-                     std::chrono::milliseconds defaultWait)
+                     std::chrono::milliseconds defaultWait, std::shared_ptr<CudaStage> cuda)
     : c10d::Work(rank, type, title),
       outputs_(std::move(outputs)),
-      future_(c10::make_intrusive<c10::ivalue::Future>(c10::ListType::create(c10::TensorType::get()))),
-      defaultWait_(defaultWait) {}
+      future_(c10::make_intrusive<c10::ivalue::Future>(c10::ListType::create(c10::TensorType::get()),
+                                                       cuda ? cuda->devices() : std::vector<c10::Device>{})),
+      defaultWait_(defaultWait),
+      cuda_(std::move(cuda)) {}
 
 void AgentWork::complete(std::exception_ptr eptr) {
   finish(eptr);
   // Future callbacks (DDP's, comm hooks') run here, on the completing thread.
   if (eptr) {
     future_->setError(eptr);
+  } else if (cuda_) {
+    cuda_->markCompleted(*future_, c10::IValue(outputs_));  // callbacks' streams wait for the result
   } else {
     future_->markCompleted(c10::IValue(outputs_));
   }
 }
 
+void AgentWork::synchronize() {
+  if (cuda_) cuda_->blockCurrentStream();
+}
+
 bool AgentWork::wait(std::chrono::milliseconds timeout) {
-  if (timeout != ::kNoTimeout || !onWaitTimeout) return c10d::Work::wait(timeout);
+  if (timeout != ::kNoTimeout || !onWaitTimeout) {
+    const bool done = c10d::Work::wait(timeout);
+    if (cuda_) cuda_->blockCurrentStream();  // the host waited for the op to be queued, not run
+    return done;
+  }
   // A receive has no worker enforcing a deadline: bound the wait by the group's timeout.
   std::unique_lock<std::mutex> lock(mutex_);
   if (!cv_.wait_for(lock, defaultWait_, [&] { return completed_; })) {
@@ -213,6 +228,7 @@ bool AgentWork::wait(std::chrono::milliseconds timeout) {
     cv_.wait(lock, [&] { return completed_; });
   }
   if (exception_) std::rethrow_exception(exception_);
+  if (cuda_) cuda_->blockCurrentStream();
   return true;
 }
 
@@ -385,6 +401,74 @@ std::exception_ptr AgentBackend::execute(Job& job) {
   return eptr;
 }
 
+// ---------------------------------------------------------------- CUDA tensors
+
+#ifndef AGENTCOMM_WITH_CUDA
+bool cudaBuilt() { return false; }
+void* currentCudaStream(const at::Tensor&) { return nullptr; }
+std::unique_ptr<CudaContext> makeCudaContext(int, int) {
+  TORCH_CHECK(false, "agentcomm was built without CUDA support (against a torch without CUDA): reinstall it "
+                     "with `pip install --no-build-isolation .` under a CUDA build of torch, or move the tensors "
+                     "to the CPU");
+}
+#endif
+
+CudaContext& AgentBackend::cuda() {
+  std::call_once(cudaOnce_, [&] { cuda_ = makeCudaContext(rank_, size_); });
+  return *cuda_;
+}
+
+namespace {
+// The staged CUDA side of the op being issued on this thread: set by
+// viaHost() around the call on host mirrors, taken by the one
+// enqueueCollective (or send / recv) that call makes.
+thread_local std::shared_ptr<CudaStage> tlStage;
+
+}  // namespace
+
+PendingStage::PendingStage(std::shared_ptr<CudaStage> stage) { tlStage = std::move(stage); }
+PendingStage::~PendingStage() { tlStage.reset(); }
+using StageScope = PendingStage;
+
+std::shared_ptr<CudaStage> takeStage() {
+  std::shared_ptr<CudaStage> s = std::move(tlStage);
+  tlStage.reset();
+  return s;
+}
+
+namespace {
+bool isCuda(const at::Tensor& t) { return t.defined() && t.is_cuda(); }
+bool isCuda(const std::vector<at::Tensor>& v) {
+  return std::any_of(v.begin(), v.end(), [](const at::Tensor& t) { return isCuda(t); });
+}
+bool isCuda(const std::vector<std::vector<at::Tensor>>& v) {
+  return std::any_of(v.begin(), v.end(), [](const std::vector<at::Tensor>& l) { return isCuda(l); });
+}
+template <typename... A>
+bool anyCuda(const A&... a) {
+  return (isCuda(a) || ...);
+}
+
+void collect(std::vector<at::Tensor*>& out, at::Tensor& t) { out.push_back(&t); }
+void collect(std::vector<at::Tensor*>& out, std::vector<at::Tensor>& v) {
+  for (auto& t : v) out.push_back(&t);
+}
+void collect(std::vector<at::Tensor*>& out, std::vector<std::vector<at::Tensor>>& v) {
+  for (auto& l : v) collect(out, l);
+}
+
+// Runs `call` (the same op) on copies of the arguments whose CUDA tensors
+// were replaced by pinned host mirrors; the op's enqueue takes the stage that
+// copies between them on the backend's stream (cuda_support.h).
+template <typename Call, typename... Args>
+c10::intrusive_ptr<c10d::Work> viaHost(CudaContext& cuda, const char* op, const Call& call, Args... args) {
+  std::vector<at::Tensor*> ptrs;
+  (collect(ptrs, args), ...);
+  StageScope scope(cuda.stage(ptrs, op));
+  return call(args...);
+}
+}  // namespace
+
 namespace {
 // The collective whose completion (future callbacks) this thread is running, per backend.
 thread_local const void* tlBackend = nullptr;
@@ -501,7 +585,20 @@ c10::intrusive_ptr<AgentWork> AgentBackend::enqueueCollective(c10d::OpType type,
                                                               std::vector<at::Tensor> outputs,
                                                               std::chrono::milliseconds optTimeout,
                                                               std::function<void(Deadline)> run, bool mayInline) {
-  auto work = c10::make_intrusive<AgentWork>(rank_, type, title, std::move(outputs), timeout_);
+  std::shared_ptr<CudaStage> stage = takeStage();
+  if (stage) {
+    // CUDA tensors: the op ran on host mirrors (or on the device, for a
+    // stage without mirrors); the Work reports the CUDA tensors.
+    stage->setOutputs(outputs);
+    for (auto& o : outputs) o = stage->original(o);
+    run = [stage, inner = std::move(run)](Deadline d) {
+      stage->copyIn();
+      inner(d);
+      stage->copyOut();
+    };
+    mayInline = false;  // copyIn waits for the device: never on the caller's thread
+  }
+  auto work = c10::make_intrusive<AgentWork>(rank_, type, title, std::move(outputs), timeout_, std::move(stage));
   work->setSequenceNumber(++opSeq_);
   const auto timeout = optTimeout == c10d::kUnsetTimeout ? timeout_ : optTimeout;
   if (mayInline && tlBackend != this) {
@@ -554,6 +651,32 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce(std::vector<at::Tensor>& 
                                                        const c10d::AllreduceOptions& opts) {
   TORCH_CHECK_VALUE(tensors.size() == 1, "agentcomm all_reduce: expected one tensor per rank, got ", tensors.size());
   auto [rop, factor] = mapReduceOp(opts.reduceOp, "all_reduce");
+  if (anyCuda(tensors)) {
+    const at::Tensor& ct = tensors[0];
+    if (wholeGroupShm_ && size_ > 1 && rop != ReduceOp::PremulSum && envFlag("AGENTCOMM_CUDA_IPC", true) &&
+        cuda().peersCanReduce(ct, rop)) {
+      // Every rank of the group is on this host: reduce on the device over CUDA IPC.
+      const FinalScale scale = rop == ReduceOp::Avg ? FinalScale::divide(size_) : FinalScale::none();
+      std::shared_ptr<CudaStage> stage = cuda().streamStage(ct);
+      StageScope scope(stage);
+      return enqueueCollective(c10d::OpType::ALLREDUCE, "agentcomm:all_reduce", tensors, opts.timeout,
+                               [=, this](Deadline d) {
+                                 auto exchange = [&](const void* mine, void* all, size_t bytes) {
+                                   auto ctx = makeContext(CollectiveKind::AllGather, DataType::UInt8, ReduceOp::Sum,
+                                                          bytes, d);
+                                   algorithms::AllGatherOptions o;
+                                   o.input = mine;
+                                   for (int r = 0; r < size_; ++r) {
+                                     o.outputs.push_back(static_cast<uint8_t*>(all) + bytes * static_cast<size_t>(r));
+                                     o.counts.push_back(bytes);
+                                   }
+                                   algorithms::allGather(ctx, o);
+                                 };
+                                 cuda().allReduce(ct, rop, scale, *stage, exchange);
+                               });
+    }
+    return viaHost(cuda(), "all_reduce", [&](std::vector<at::Tensor>& t) { return allreduce(t, opts); }, tensors);
+  }
   const at::Tensor t = tensors[0];
   View v = reduceView(t, "all_reduce", rop);
   const bool premul = takePremul(rop);
@@ -573,6 +696,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce(std::vector<at::Tensor>& 
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce_coalesced(std::vector<at::Tensor>& tensors,
                                                                  const c10d::AllreduceCoalescedOptions& opts) {
+  if (anyCuda(tensors)) return viaHost(cuda(), "all_reduce_coalesced", [&](std::vector<at::Tensor>& t) { return allreduce_coalesced(t, opts); }, tensors);
   TORCH_CHECK_VALUE(!tensors.empty(), "agentcomm all_reduce_coalesced: no tensors");
   auto [rop, factor] = mapReduceOp(opts.reduceOp, "all_reduce_coalesced");
   std::vector<at::Tensor> flatParts;
@@ -602,6 +726,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce_coalesced(std::vector<at:
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::reduce(std::vector<at::Tensor>& tensors, const c10d::ReduceOptions& opts) {
+  if (anyCuda(tensors)) return viaHost(cuda(), "reduce", [&](std::vector<at::Tensor>& t) { return reduce(t, opts); }, tensors);
   TORCH_CHECK_VALUE(tensors.size() == 1, "agentcomm reduce: expected one tensor per rank, got ", tensors.size());
   TORCH_CHECK_VALUE(opts.rootRank >= 0 && opts.rootRank < size_, "agentcomm reduce: root ", opts.rootRank,
                     " is not a rank of this group of size ", size_);
@@ -640,6 +765,7 @@ void runReduceScatter(algorithms::Context& ctx, const std::vector<at::Tensor>& b
 c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter(std::vector<at::Tensor>& outputs,
                                                             std::vector<std::vector<at::Tensor>>& inputs,
                                                             const c10d::ReduceScatterOptions& opts) {
+  if (anyCuda(outputs, inputs)) return viaHost(cuda(), "reduce_scatter", [&](std::vector<at::Tensor>& o, std::vector<std::vector<at::Tensor>>& i) { return reduce_scatter(o, i, opts); }, outputs, inputs);
   TORCH_CHECK_VALUE(outputs.size() == 1 && inputs.size() == 1, "agentcomm reduce_scatter: expected one output and one "
                     "input list per rank");
   TORCH_CHECK_VALUE(static_cast<int>(inputs[0].size()) == size_, "agentcomm reduce_scatter: the input list has ",
@@ -676,6 +802,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::_reduce_scatter_base(at::Tensor& ou
 c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter_tensor_coalesced(std::vector<at::Tensor>& outputs,
                                                                              std::vector<at::Tensor>& inputs,
                                                                              const c10d::ReduceScatterOptions& opts) {
+  if (anyCuda(outputs, inputs)) return viaHost(cuda(), "reduce_scatter_tensor", [&](std::vector<at::Tensor>& o, std::vector<at::Tensor>& i) { return reduce_scatter_tensor_coalesced(o, i, opts); }, outputs, inputs);
   TORCH_CHECK_VALUE(outputs.size() == inputs.size(), "agentcomm reduce_scatter_tensor: ", outputs.size(),
                     " outputs but ", inputs.size(), " inputs");
   auto [rop, factor] = mapReduceOp(opts.reduceOp, "reduce_scatter_tensor");
@@ -709,6 +836,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter_tensor_coalesced(std
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::broadcast(std::vector<at::Tensor>& tensors,
                                                        const c10d::BroadcastOptions& opts) {
+  if (anyCuda(tensors)) return viaHost(cuda(), "broadcast", [&](std::vector<at::Tensor>& t) { return broadcast(t, opts); }, tensors);
   TORCH_CHECK_VALUE(tensors.size() == 1, "agentcomm broadcast: expected one tensor per rank, got ", tensors.size());
   TORCH_CHECK_VALUE(opts.rootRank >= 0 && opts.rootRank < size_, "agentcomm broadcast: root ", opts.rootRank,
                     " is not a rank of this group of size ", size_);
@@ -764,6 +892,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allgather_coalesced(std::vector<std
 c10::intrusive_ptr<c10d::Work> AgentBackend::allgatherImpl(std::vector<std::vector<at::Tensor>>& outputs,
                                                            std::vector<at::Tensor>& inputs,
                                                            const c10d::AllgatherOptions& opts) {
+  if (anyCuda(outputs, inputs)) return viaHost(cuda(), "all_gather", [&](std::vector<std::vector<at::Tensor>>& o, std::vector<at::Tensor>& i) { return allgatherImpl(o, i, opts); }, outputs, inputs);
   TORCH_CHECK_VALUE(outputs.size() == inputs.size(), "agentcomm all_gather: ", inputs.size(), " inputs but ",
                     outputs.size(), " output lists");
   struct Item {
@@ -814,6 +943,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::_allgather_base(at::Tensor& output,
 c10::intrusive_ptr<c10d::Work> AgentBackend::allgather_into_tensor_coalesced(std::vector<at::Tensor>& outputs,
                                                                              std::vector<at::Tensor>& inputs,
                                                                              const c10d::AllgatherOptions& opts) {
+  if (anyCuda(outputs, inputs)) return viaHost(cuda(), "all_gather_into_tensor", [&](std::vector<at::Tensor>& o, std::vector<at::Tensor>& i) { return allgather_into_tensor_coalesced(o, i, opts); }, outputs, inputs);
   TORCH_CHECK_VALUE(outputs.size() == inputs.size(), "agentcomm all_gather_into_tensor: ", outputs.size(),
                     " outputs but ", inputs.size(), " inputs");
   std::vector<View> views;
@@ -844,6 +974,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allgather_into_tensor_coalesced(std
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::gather(std::vector<std::vector<at::Tensor>>& outputs,
                                                     std::vector<at::Tensor>& inputs, const c10d::GatherOptions& opts) {
+  if (anyCuda(outputs, inputs)) return viaHost(cuda(), "gather", [&](std::vector<std::vector<at::Tensor>>& o, std::vector<at::Tensor>& i) { return gather(o, i, opts); }, outputs, inputs);
   TORCH_CHECK_VALUE(inputs.size() == 1, "agentcomm gather: expected one input tensor per rank");
   TORCH_CHECK_VALUE(opts.rootRank >= 0 && opts.rootRank < size_, "agentcomm gather: root ", opts.rootRank,
                     " is not a rank of this group of size ", size_);
@@ -871,6 +1002,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::gather(std::vector<std::vector<at::
 c10::intrusive_ptr<c10d::Work> AgentBackend::scatter(std::vector<at::Tensor>& outputs,
                                                      std::vector<std::vector<at::Tensor>>& inputs,
                                                      const c10d::ScatterOptions& opts) {
+  if (anyCuda(outputs, inputs)) return viaHost(cuda(), "scatter", [&](std::vector<at::Tensor>& o, std::vector<std::vector<at::Tensor>>& i) { return scatter(o, i, opts); }, outputs, inputs);
   TORCH_CHECK_VALUE(outputs.size() == 1, "agentcomm scatter: expected one output tensor per rank");
   TORCH_CHECK_VALUE(opts.rootRank >= 0 && opts.rootRank < size_, "agentcomm scatter: root ", opts.rootRank,
                     " is not a rank of this group of size ", size_);
@@ -899,6 +1031,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall_base(at::Tensor& output, a
                                                            std::vector<int64_t>& outputSplits,
                                                            std::vector<int64_t>& inputSplits,
                                                            const c10d::AllToAllOptions& opts) {
+  if (anyCuda(output, input)) return viaHost(cuda(), "all_to_all_single", [&](at::Tensor& o, at::Tensor& i) { return alltoall_base(o, i, outputSplits, inputSplits, opts); }, output, input);
   View v = moveView(input, "all_to_all_single");
   moveView(output, "all_to_all_single");
   checkSameDtype(input, output, "all_to_all_single");
@@ -952,6 +1085,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall_base(at::Tensor& output, a
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall(std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs,
                                                       const c10d::AllToAllOptions& opts) {
+  if (anyCuda(outputs, inputs)) return viaHost(cuda(), "all_to_all", [&](std::vector<at::Tensor>& o, std::vector<at::Tensor>& i) { return alltoall(o, i, opts); }, outputs, inputs);
   TORCH_CHECK_VALUE(static_cast<int>(inputs.size()) == size_ && static_cast<int>(outputs.size()) == size_,
                     "agentcomm all_to_all: expected ", size_, " input and output tensors, got ", inputs.size(),
                     " and ", outputs.size());
@@ -1009,15 +1143,21 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::barrier(const c10d::BarrierOptions&
 // ---------------------------------------------------------------- point to point
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::send(std::vector<at::Tensor>& tensors, int dstRank, int tag) {
+  if (anyCuda(tensors)) return viaHost(cuda(), "send", [&](std::vector<at::Tensor>& t) { return send(t, dstRank, tag); }, tensors);
   TORCH_CHECK_VALUE(tensors.size() == 1, "agentcomm send: expected one tensor, got ", tensors.size());
   TORCH_CHECK_VALUE(dstRank >= 0 && dstRank < size_ && dstRank != rank_, "agentcomm send: bad destination rank ",
                     dstRank, " (this is rank ", rank_, " of ", size_, ")");
   View v = moveView(tensors[0], "send");
   // As with every backend, the caller must not modify the tensor before the work completes.
   at::Tensor buf = staged(tensors[0]);
-  auto work = c10::make_intrusive<AgentWork>(rank_, c10d::OpType::SEND, "agentcomm:send", tensors, timeout_);
+  std::shared_ptr<CudaStage> stage = takeStage();  // CUDA: tensors[0] is a host mirror
+  if (stage) stage->setOutputs({});
+  auto work = c10::make_intrusive<AgentWork>(rank_, c10d::OpType::SEND, "agentcomm:send",
+                                             std::vector<at::Tensor>{stage ? stage->original(tensors[0]) : tensors[0]},
+                                             timeout_, stage);
   sends_.push(Job{work,
                   [=, this](Deadline d) {
+                    if (stage) stage->copyIn();
                     transport::Header h;
                     h.kind = static_cast<uint8_t>(transport::MsgKind::P2P);
                     h.collective = static_cast<uint8_t>(CollectiveKind::Send);
@@ -1026,18 +1166,28 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::send(std::vector<at::Tensor>& tenso
                     h.count = v.count;
                     h.nbytes = buf.nbytes();
                     transport_->send(dstRank, h, buf.data_ptr(), d);
+                    if (stage) stage->copyOut();
                   },
                   timeout_});
   return work;
 }
 
 c10::intrusive_ptr<AgentWork> AgentBackend::postRecv(std::vector<at::Tensor>& tensors, int srcRank, int tag) {
+  if (anyCuda(tensors)) {
+    std::vector<at::Tensor> mirrors = tensors;
+    std::vector<at::Tensor*> ptrs = {&mirrors[0]};
+    StageScope scope(cuda().stage(ptrs, "recv"));
+    return postRecv(mirrors, srcRank, tag);
+  }
   TORCH_CHECK_VALUE(tensors.size() == 1, "agentcomm recv: expected one tensor, got ", tensors.size());
   View v = moveView(tensors[0], "recv");
   const at::Tensor t = tensors[0];
   at::Tensor buf = staged(t);
+  std::shared_ptr<CudaStage> stage = takeStage();  // CUDA: t is a host mirror, copied up on arrival
+  if (stage) stage->setOutputs({t});
   auto work = c10::make_intrusive<AgentWork>(rank_, srcRank >= 0 ? c10d::OpType::RECV : c10d::OpType::RECVANYSOURCE,
-                                             "agentcomm:recv", tensors, timeout_);
+                                             "agentcomm:recv",
+                                             std::vector<at::Tensor>{stage ? stage->original(t) : t}, timeout_, stage);
   transport::Transport* tp = transport_.get();
   work->onWaitTimeout = [tp](const std::string& why) { tp->abort(why); };
   transport::RecvSpec spec;
@@ -1049,19 +1199,23 @@ c10::intrusive_ptr<AgentWork> AgentBackend::postRecv(std::vector<at::Tensor>& te
   spec.dtype = static_cast<uint8_t>(v.dt);
   spec.count = v.count;
   c10::intrusive_ptr<AgentWork> keep = work;
-  spec.onComplete = [this, keep, t, buf](const transport::RecvSlot& slot) {
+  spec.onComplete = [this, keep, t, buf, stage](const transport::RecvSlot& slot) {
     const bool failed = slot.failed();
     const std::string error = slot.error();
     keep->setSourceRank(slot.source());
     // Copy-back and future callbacks run on the completion lane, not on the
     // transport's reader thread.
     completions_.push(Job{keep,
-                          [keep, t, buf, failed, error](Deadline) {
+                          [keep, t, buf, failed, error, stage](Deadline) {
                             if (failed) {
                               keep->complete(std::make_exception_ptr(c10::DistBackendError(here("recv"), error)));
                               return;
                             }
                             unstage(t, buf);
+                            if (stage) {
+                              stage->waitCaller();
+                              stage->copyOut();
+                            }
                             keep->complete(nullptr);
                           },
                           timeout_});
@@ -1121,15 +1275,17 @@ FinalScale scaleFrom(double divideBy, double multiplyBy) {
 
 // Checks a flat buffer against a tensor list; returns the element counts.
 std::vector<size_t> multiTensorCounts(const std::vector<at::Tensor>& tensors, const at::Tensor& flat, const char* what) {
-  TORCH_CHECK_VALUE(flat.is_cpu() && flat.is_contiguous(), "agentcomm ", what, ": the flat buffer must be a contiguous CPU tensor");
+  TORCH_CHECK_VALUE((flat.is_cpu() || (flat.is_cuda() && cudaBuilt())) && flat.is_contiguous(), "agentcomm ", what,
+                    ": the flat buffer must be a contiguous CPU tensor (or CUDA tensor, in a build with CUDA)");
   auto dt = mapDtype(flat.scalar_type());
   TORCH_CHECK_TYPE(dt.has_value() && *dt != DataType::Bool, "agentcomm ", what, ": unsupported dtype ", flat.scalar_type());
   std::vector<size_t> counts;
   size_t total = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
-    TORCH_CHECK_VALUE(t.is_cpu() && t.is_contiguous(), "agentcomm ", what, ": tensor ", i,
-                      " is not a contiguous CPU tensor");
+    TORCH_CHECK_VALUE(t.device() == flat.device() && t.is_contiguous() && (t.is_cpu() || (t.is_cuda() && cudaBuilt())),
+                      "agentcomm ", what, ": tensor ", i, " is not a contiguous tensor on the flat buffer's device (",
+                      flat.device(), "; CPU, or CUDA in a build with CUDA)");
     TORCH_CHECK_TYPE(t.scalar_type() == flat.scalar_type(), "agentcomm ", what, ": tensor ", i, " is ",
                      t.scalar_type(), " but the flat buffer is ", flat.scalar_type());
     counts.push_back(static_cast<size_t>(t.numel()));
@@ -1145,16 +1301,30 @@ void packInto(const std::vector<at::Tensor>& tensors, at::Tensor& flat, double d
   const auto counts = multiTensorCounts(tensors, flat, "pack");
   std::vector<const void*> ptrs;
   for (const auto& t : tensors) ptrs.push_back(t.data_ptr());
-  kernels::packScaled(ptrs.data(), counts.data(), counts.size(), flat.data_ptr(), *mapDtype(flat.scalar_type()),
-                      scaleFrom(divideBy, multiplyBy));
+  const DataType dt = *mapDtype(flat.scalar_type());
+#ifdef AGENTCOMM_WITH_CUDA
+  if (flat.is_cuda()) {  // one launch for the whole list, on the current stream
+    c10::DeviceGuard guard(flat.device());
+    return kernels::cuda::packScaled(ptrs.data(), counts.data(), counts.size(), flat.data_ptr(), dt,
+                                     scaleFrom(divideBy, multiplyBy), currentCudaStream(flat));
+  }
+#endif
+  kernels::packScaled(ptrs.data(), counts.data(), counts.size(), flat.data_ptr(), dt, scaleFrom(divideBy, multiplyBy));
 }
 
 void unpackFrom(const at::Tensor& flat, std::vector<at::Tensor>& tensors, double divideBy, double multiplyBy) {
   const auto counts = multiTensorCounts(tensors, flat, "unpack");
   std::vector<void*> ptrs;
   for (auto& t : tensors) ptrs.push_back(t.data_ptr());
-  kernels::unpackScaled(flat.data_ptr(), ptrs.data(), counts.data(), counts.size(), *mapDtype(flat.scalar_type()),
-                        scaleFrom(divideBy, multiplyBy));
+  const DataType dt = *mapDtype(flat.scalar_type());
+#ifdef AGENTCOMM_WITH_CUDA
+  if (flat.is_cuda()) {
+    c10::DeviceGuard guard(flat.device());
+    return kernels::cuda::unpackScaled(flat.data_ptr(), ptrs.data(), counts.data(), counts.size(), dt,
+                                       scaleFrom(divideBy, multiplyBy), currentCudaStream(flat));
+  }
+#endif
+  kernels::unpackScaled(flat.data_ptr(), ptrs.data(), counts.data(), counts.size(), dt, scaleFrom(divideBy, multiplyBy));
 }
 
 }  // namespace agentcomm::torch_adapter

@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "algorithms/context.h"
+#include "torch/cuda_support.h"
 #include "algorithms/topology.h"
 #include "transport/mailbox.h"
 #include "transport/shm/shm_domain.h"
@@ -33,11 +34,14 @@ namespace agentcomm::torch_adapter {
 
 class AgentWork : public c10d::Work {
  public:
+  // cuda: the stream side of an op on CUDA tensors (null for CPU ones); its
+  // future is then a CUDA future and wait() blocks the caller's stream, not the host.
   AgentWork(int rank, c10d::OpType type, const char* title, std::vector<at::Tensor> outputs,
-            std::chrono::milliseconds defaultWait);
+            std::chrono::milliseconds defaultWait, std::shared_ptr<CudaStage> cuda = nullptr);
   std::vector<at::Tensor> result() override { return outputs_; }
   c10::intrusive_ptr<c10::ivalue::Future> getFuture() override { return future_; }
   bool wait(std::chrono::milliseconds timeout) override;
+  void synchronize() override;
   int sourceRank() const override { return sourceRank_.load(); }
   uint64_t getSequencenumber() const override { return seq_; }
 
@@ -54,6 +58,7 @@ class AgentWork : public c10d::Work {
   std::chrono::milliseconds defaultWait_;
   std::atomic<int> sourceRank_{-1};
   uint64_t seq_ = 0;
+  std::shared_ptr<CudaStage> cuda_;
 };
 
 class AgentBackend : public c10d::Backend {
@@ -110,6 +115,8 @@ class AgentBackend : public c10d::Backend {
   void shutdown() override;
 
   const std::string& transportName() const { return transportName_; }
+  // The CUDA side (cuda_support.h), made on first use; raises without CUDA support.
+  CudaContext& cuda();
 
   // Compressed all-reduces of a contiguous float32 CPU tensor, in place
   // (compression.cc; algorithms/compressed.h has the semantics). residual /
@@ -216,6 +223,18 @@ class AgentBackend : public c10d::Backend {
   Lane sends_;
   Lane completions_;
   std::once_flag shutdownOnce_;
+  std::once_flag cudaOnce_;
+  std::unique_ptr<CudaContext> cuda_;
+};
+
+// The staged CUDA side of the next op this thread enqueues on a backend
+// (cuda_support.h), for ops that stage their own arguments (compression.cc).
+class PendingStage {
+ public:
+  explicit PendingStage(std::shared_ptr<CudaStage> stage);
+  ~PendingStage();
+  PendingStage(const PendingStage&) = delete;
+  PendingStage& operator=(const PendingStage&) = delete;
 };
 
 // Raises ValueError unless t is a defined, strided CPU tensor ("agentcomm <op>: ...").

@@ -2,12 +2,14 @@
 // (run on the worker like every collective, so a DDP hook only enqueues and
 // returns a Future) and the kernel entry points for tests and benchmarks.
 #include <ATen/Functions.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/util/Exception.h>
 
 #include <chrono>
 
 #include "algorithms/compressed.h"
 #include "kernels/compress.h"
+#include "kernels/cuda/kernels_cuda.h"
 #include "torch/backend.h"
 
 namespace agentcomm::torch_adapter {
@@ -17,17 +19,32 @@ using transport::Deadline;
 
 namespace {
 
-void checkFloatBuffer(const at::Tensor& t, const char* op, const char* what) {
-  checkTensor(t, op);
+// The kernel entry points take CPU tensors, or (in a build with CUDA) CUDA
+// tensors all on one device, where the CUDA twins run on the current stream.
+void checkKernelDevice(const at::Tensor& t, const at::Tensor& like, const char* op) {
+  TORCH_CHECK_VALUE(t.defined(), "agentcomm ", op, ": got an undefined tensor");
+  if (!t.is_cuda() && !like.is_cuda()) return checkTensor(t, op);
+  TORCH_CHECK_VALUE(cudaBuilt(), "agentcomm ", op, ": this build has no CUDA support (it was compiled against a "
+                    "torch without CUDA)");
+  TORCH_CHECK_VALUE(t.device() == like.device(), "agentcomm ", op, ": tensors on ", t.device(), " and ",
+                    like.device(), "; pass them on one device");
+}
+
+void checkFloatBuffer(const at::Tensor& t, const char* op, const char* what, const at::Tensor* like = nullptr) {
+  if (like)
+    checkKernelDevice(t, *like, op);
+  else
+    checkTensor(t, op);
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, "agentcomm ", op, ": ", what,
                    " must be float32 (compress float16/bfloat16 gradients through a float32 copy), got ",
                    t.scalar_type());
   TORCH_CHECK_VALUE(t.is_contiguous(), "agentcomm ", op, ": ", what, " must be contiguous");
 }
 
-float* optionalBuffer(const std::optional<at::Tensor>& t, int64_t numel, const char* op, const char* what) {
+float* optionalBuffer(const std::optional<at::Tensor>& t, int64_t numel, const char* op, const char* what,
+                     const at::Tensor* like = nullptr) {
   if (!t || !t->defined()) return nullptr;
-  checkFloatBuffer(*t, op, what);
+  checkFloatBuffer(*t, op, what, like);
   TORCH_CHECK_VALUE(t->numel() == numel, "agentcomm ", op, ": ", what, " has ", t->numel(), " elements, expected ",
                     numel);
   return t->data_ptr<float>();
@@ -51,12 +68,42 @@ void addStats(int64_t* out, const algorithms::CompressionStats& s) {
 
 constexpr size_t kMaxElems = (size_t{1} << 31) - 1;  // indices travel as int32 in Python
 
+// Runs `onDevice(stream)` for CUDA tensors (with their device current), `onHost()` otherwise.
+template <typename D, typename H>
+auto dispatch(const at::Tensor& t, D&& onDevice, H&& onHost) {
+#ifdef AGENTCOMM_WITH_CUDA
+  if (t.is_cuda()) {
+    c10::DeviceGuard guard(t.device());
+    return onDevice(currentCudaStream(t));
+  }
+#else
+  (void)onDevice;
+#endif
+  return onHost();
+}
+
+// CUDA tensors given to a compressed all-reduce: they run on pinned host
+// mirrors (the residuals are outputs too) staged on the backend's stream.
+bool anyOnCuda(std::initializer_list<const std::optional<at::Tensor>*> ts) {
+  for (const auto* t : ts)
+    if (*t && (*t)->defined() && (*t)->is_cuda()) return true;
+  return false;
+}
+
 }  // namespace
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::sparseAllreduce(at::Tensor tensor, std::optional<at::Tensor> residual,
                                                              int64_t k, const std::string& method, int64_t seed,
                                                              double scale, std::optional<at::Tensor> stats) {
   const char* op = "sparse_all_reduce";
+  if (tensor.is_cuda() || anyOnCuda({&residual})) {
+    std::vector<at::Tensor*> ptrs = {&tensor};
+    if (residual && residual->defined()) ptrs.push_back(&*residual);
+    auto stage = cuda().stage(ptrs, op);
+    if (residual && residual->defined()) stage->keepOutput(*residual);
+    PendingStage pending(stage);
+    return sparseAllreduce(tensor, residual, k, method, seed, scale, stats);
+  }
   checkFloatBuffer(tensor, op, "the tensor");
   TORCH_CHECK_VALUE(static_cast<size_t>(tensor.numel()) <= kMaxElems, "agentcomm ", op, ": at most 2^31 - 1 elements");
   TORCH_CHECK_VALUE(k >= 0, "agentcomm ", op, ": k must be >= 0, got ", k);
@@ -102,6 +149,16 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::quantizedAllreduce(at::Tensor tenso
                                                                 int64_t block, int64_t seed, double scale,
                                                                 std::optional<at::Tensor> stats) {
   const char* op = "quantized_all_reduce";
+  if (tensor.is_cuda() || anyOnCuda({&residual, &serverResidual})) {
+    std::vector<at::Tensor*> ptrs = {&tensor};
+    for (auto* t : {&residual, &serverResidual})
+      if (*t && (*t)->defined()) ptrs.push_back(&**t);
+    auto stage = cuda().stage(ptrs, op);
+    for (auto* t : {&residual, &serverResidual})
+      if (*t && (*t)->defined()) stage->keepOutput(**t);
+    PendingStage pending(stage);
+    return quantizedAllreduce(tensor, residual, serverResidual, bits, block, seed, scale, stats);
+  }
   checkFloatBuffer(tensor, op, "the tensor");
   TORCH_CHECK_VALUE(kernels::validQuantBits(static_cast<int>(bits)), "agentcomm ", op,
                     ": bits must be 8, 4 or 1, got ", bits);
@@ -141,19 +198,28 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::quantizedAllreduce(at::Tensor tenso
 
 std::tuple<at::Tensor, at::Tensor> topkKernel(at::Tensor data, int64_t k, std::optional<at::Tensor> add,
                                               bool errorFeedback, bool sampled, int64_t seed) {
-  checkFloatBuffer(data, "topk", "data");
+  checkFloatBuffer(data, "topk", "data", &data);
   TORCH_CHECK_VALUE(static_cast<size_t>(data.numel()) <= kMaxElems, "topk: at most 2^31 - 1 elements");
   TORCH_CHECK_VALUE(k >= 0, "topk: k must be >= 0");
-  const float* a = optionalBuffer(add, data.numel(), "topk", "add");
+  const float* a = optionalBuffer(add, data.numel(), "topk", "add", &data);
   const size_t n = static_cast<size_t>(data.numel());
   const size_t kk = std::min(static_cast<size_t>(k), n);
-  at::Tensor idx = at::empty({static_cast<int64_t>(kk)}, at::kInt);
-  at::Tensor val = at::empty({static_cast<int64_t>(kk)}, at::kFloat);
+  at::Tensor idx = at::empty({static_cast<int64_t>(kk)}, data.options().dtype(at::kInt));
+  at::Tensor val = at::empty({static_cast<int64_t>(kk)}, data.options());
   auto* ip = reinterpret_cast<uint32_t*>(idx.data_ptr<int32_t>());
-  const size_t got = sampled ? kernels::topkSampled(data.data_ptr<float>(), a, n, kk, ip, val.data_ptr<float>(),
-                                                    errorFeedback, static_cast<uint64_t>(seed))
-                             : kernels::topkExact(data.data_ptr<float>(), a, n, kk, ip, val.data_ptr<float>(),
-                                                  errorFeedback);
+  float* d = data.data_ptr<float>();
+  float* v = val.data_ptr<float>();
+  const auto s = static_cast<uint64_t>(seed);
+  const size_t got = dispatch(
+      data,
+      [&](void* st) {
+        return sampled ? kernels::cuda::topkSampled(d, a, n, kk, ip, v, errorFeedback, s, st)
+                       : kernels::cuda::topkExact(d, a, n, kk, ip, v, errorFeedback, st);
+      },
+      [&] {
+        return sampled ? kernels::topkSampled(d, a, n, kk, ip, v, errorFeedback, s)
+                       : kernels::topkExact(d, a, n, kk, ip, v, errorFeedback);
+      });
   return {idx.narrow(0, 0, static_cast<int64_t>(got)), val.narrow(0, 0, static_cast<int64_t>(got))};
 }
 
@@ -161,57 +227,90 @@ std::tuple<at::Tensor, at::Tensor> quantizeKernel(at::Tensor data, int64_t bits,
                                                   std::optional<at::Tensor> add, bool errorFeedback,
                                                   std::optional<at::Tensor> codesOut,
                                                   std::optional<at::Tensor> scalesOut) {
-  checkFloatBuffer(data, "quantize", "data");
+  checkFloatBuffer(data, "quantize", "data", &data);
   TORCH_CHECK_VALUE(kernels::validQuantBits(static_cast<int>(bits)), "quantize: bits must be 8, 4 or 1, got ", bits);
   TORCH_CHECK_VALUE(block > 0 && block % 8 == 0, "quantize: block must be a positive multiple of 8, got ", block);
-  const float* a = optionalBuffer(add, data.numel(), "quantize", "add");
+  const float* a = optionalBuffer(add, data.numel(), "quantize", "add", &data);
   const size_t n = static_cast<size_t>(data.numel());
   const auto codeBytes =
       static_cast<int64_t>(kernels::quantCodeBytes(n, static_cast<int>(bits), static_cast<size_t>(block)));
   const auto blocks = static_cast<int64_t>(kernels::quantBlocks(n, static_cast<size_t>(block)));
   // Reusable outputs (benchmarks: fresh pages would be timed as page faults).
-  at::Tensor codes = codesOut && codesOut->defined() ? *codesOut : at::empty({codeBytes}, at::kByte);
-  at::Tensor scales = scalesOut && scalesOut->defined() ? *scalesOut : at::empty({blocks}, at::kFloat);
-  TORCH_CHECK_VALUE(codes.scalar_type() == at::kByte && codes.is_contiguous() && codes.numel() == codeBytes,
-                    "quantize: codes must be a contiguous uint8 tensor of ", codeBytes, " bytes");
-  TORCH_CHECK_VALUE(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() == blocks,
-                    "quantize: scales must be a contiguous float32 tensor of ", blocks, " elements");
-  kernels::quantize(data.data_ptr<float>(), a, n, static_cast<int>(bits), static_cast<size_t>(block),
-                    static_cast<uint64_t>(seed), codes.data_ptr<uint8_t>(), scales.data_ptr<float>(), errorFeedback);
+  at::Tensor codes =
+      codesOut && codesOut->defined() ? *codesOut : at::empty({codeBytes}, data.options().dtype(at::kByte));
+  at::Tensor scales = scalesOut && scalesOut->defined() ? *scalesOut : at::empty({blocks}, data.options());
+  TORCH_CHECK_VALUE(codes.scalar_type() == at::kByte && codes.is_contiguous() && codes.numel() == codeBytes &&
+                        codes.device() == data.device(),
+                    "quantize: codes must be a contiguous uint8 tensor of ", codeBytes, " bytes on ", data.device());
+  TORCH_CHECK_VALUE(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() == blocks &&
+                        scales.device() == data.device(),
+                    "quantize: scales must be a contiguous float32 tensor of ", blocks, " elements on ",
+                    data.device());
+  const int b = static_cast<int>(bits);
+  const auto blk = static_cast<size_t>(block);
+  const auto s = static_cast<uint64_t>(seed);
+  dispatch(
+      data,
+      [&](void* st) {
+        kernels::cuda::quantize(data.data_ptr<float>(), a, n, b, blk, s, codes.data_ptr<uint8_t>(),
+                                scales.data_ptr<float>(), errorFeedback, st);
+      },
+      [&] {
+        kernels::quantize(data.data_ptr<float>(), a, n, b, blk, s, codes.data_ptr<uint8_t>(), scales.data_ptr<float>(),
+                          errorFeedback);
+      });
   return {codes, scales};
 }
 
 void dequantizeKernel(const at::Tensor& codes, const at::Tensor& scales, at::Tensor& out, int64_t bits, int64_t block,
                       double alpha, bool accumulate) {
-  checkFloatBuffer(out, "dequantize", "out");
+  checkFloatBuffer(out, "dequantize", "out", &out);
   TORCH_CHECK_VALUE(kernels::validQuantBits(static_cast<int>(bits)), "dequantize: bits must be 8, 4 or 1");
   TORCH_CHECK_VALUE(block > 0 && block % 8 == 0, "dequantize: block must be a positive multiple of 8");
   const size_t n = static_cast<size_t>(out.numel());
-  TORCH_CHECK_VALUE(codes.scalar_type() == at::kByte && codes.is_contiguous() &&
+  TORCH_CHECK_VALUE(codes.scalar_type() == at::kByte && codes.is_contiguous() && codes.device() == out.device() &&
                         static_cast<size_t>(codes.numel()) ==
                             kernels::quantCodeBytes(n, static_cast<int>(bits), static_cast<size_t>(block)),
-                    "dequantize: codes do not match ", n, " elements at ", bits, " bits");
-  TORCH_CHECK_VALUE(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
+                    "dequantize: codes do not match ", n, " elements at ", bits, " bits on ", out.device());
+  TORCH_CHECK_VALUE(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.device() == out.device() &&
                         static_cast<size_t>(scales.numel()) == kernels::quantBlocks(n, static_cast<size_t>(block)),
-                    "dequantize: scales do not match ", n, " elements in blocks of ", block);
-  kernels::dequantize(codes.data_ptr<uint8_t>(), scales.data_ptr<float>(), n, static_cast<int>(bits),
-                      static_cast<size_t>(block), static_cast<float>(alpha), accumulate, out.data_ptr<float>());
+                    "dequantize: scales do not match ", n, " elements in blocks of ", block, " on ", out.device());
+  const int b = static_cast<int>(bits);
+  const auto blk = static_cast<size_t>(block);
+  const auto al = static_cast<float>(alpha);
+  dispatch(
+      out,
+      [&](void* st) {
+        kernels::cuda::dequantize(codes.data_ptr<uint8_t>(), scales.data_ptr<float>(), n, b, blk, al, accumulate,
+                                  out.data_ptr<float>(), st);
+      },
+      [&] {
+        kernels::dequantize(codes.data_ptr<uint8_t>(), scales.data_ptr<float>(), n, b, blk, al, accumulate,
+                            out.data_ptr<float>());
+      });
 }
 
 void castKernel(const at::Tensor& src, at::Tensor& dst, double scale) {
-  TORCH_CHECK_VALUE(src.is_contiguous() && dst.is_contiguous() && src.numel() == dst.numel() && src.is_cpu() &&
-                        dst.is_cpu(),
-                    "cast_into: contiguous CPU tensors of equal size expected");
+  TORCH_CHECK_VALUE(src.is_contiguous() && dst.is_contiguous() && src.numel() == dst.numel() &&
+                        src.device() == dst.device() && (src.is_cpu() || (src.is_cuda() && cudaBuilt())),
+                    "cast_into: contiguous tensors of equal size on one device (CPU, or CUDA in a CUDA build) "
+                    "expected");
   const auto half = [](at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; };
   const auto dtOf = [](at::ScalarType t) { return t == at::kHalf ? DataType::Float16 : DataType::BFloat16; };
   const size_t n = static_cast<size_t>(src.numel());
-  if (src.scalar_type() == at::kFloat && half(dst.scalar_type()))
-    kernels::castFromFloat(src.data_ptr<float>(), dst.data_ptr(), n, dtOf(dst.scalar_type()), static_cast<float>(scale));
-  else if (half(src.scalar_type()) && dst.scalar_type() == at::kFloat)
-    kernels::castToFloat(src.data_ptr(), dtOf(src.scalar_type()), dst.data_ptr<float>(), n, static_cast<float>(scale));
-  else
+  const auto sc = static_cast<float>(scale);
+  if (src.scalar_type() == at::kFloat && half(dst.scalar_type())) {
+    dispatch(
+        src, [&](void* st) { kernels::cuda::castFromFloat(src.data_ptr<float>(), dst.data_ptr(), n, dtOf(dst.scalar_type()), sc, st); },
+        [&] { kernels::castFromFloat(src.data_ptr<float>(), dst.data_ptr(), n, dtOf(dst.scalar_type()), sc); });
+  } else if (half(src.scalar_type()) && dst.scalar_type() == at::kFloat) {
+    dispatch(
+        src, [&](void* st) { kernels::cuda::castToFloat(src.data_ptr(), dtOf(src.scalar_type()), dst.data_ptr<float>(), n, sc, st); },
+        [&] { kernels::castToFloat(src.data_ptr(), dtOf(src.scalar_type()), dst.data_ptr<float>(), n, sc); });
+  } else {
     TORCH_CHECK_TYPE(false, "cast_into: float32 <-> float16/bfloat16 only, got ", src.scalar_type(), " -> ",
                      dst.scalar_type());
+  }
 }
 
 std::tuple<int64_t, int64_t> quantSliceOf(int64_t count, int64_t block, int64_t rank, int64_t size) {

@@ -32,6 +32,8 @@ PYBIND11_MODULE(_C, m) {
            py::call_guard<py::gil_scoped_release>(),
            "Quantized (8/4/1-bit) reduce-scatter + all-gather of a float32 tensor in place; returns a Work");
   m.def("version", [] { return std::string("0.1.0"); });
+  m.def("cuda_built", &agentcomm::torch_adapter::cudaBuilt,
+        "Whether this build handles CUDA tensors (it was compiled against a torch with CUDA)");
   m.def("set_log_rank", &agentcomm::setLogRank);
   m.def("reduce_into", &agentcomm::torch_adapter::reduceInto, py::arg("out"), py::arg("a"), py::arg("b"),
         py::arg("op") = "sum", py::arg("simd") = "auto", py::call_guard<py::gil_scoped_release>(),

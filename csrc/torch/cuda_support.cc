@@ -1,0 +1,388 @@
+// CUDA tensors in the backend: staging through pinned host memory, stream
+// ordering, and the in-host all-reduce over CUDA IPC (cuda_support.h has the
+// semantics). Built only against a torch with CUDA (AGENTCOMM_WITH_CUDA).
+#include "torch/cuda_support.h"
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/Exception.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <unordered_set>
+
+#include "core/logging.h"
+#include "kernels/cuda/kernels_cuda.h"
+
+namespace agentcomm::torch_adapter {
+
+bool cudaBuilt() { return true; }
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  TORCH_CHECK(e == cudaSuccess, "agentcomm CUDA: ", what, ": ", cudaGetErrorString(e));
+}
+
+// An event that records where a stream was (no timing: cheaper).
+class Event {
+ public:
+  explicit Event(bool interprocess = false) {
+    check(cudaEventCreateWithFlags(&ev_, cudaEventDisableTiming | (interprocess ? cudaEventInterprocess : 0)),
+          "cudaEventCreate");
+  }
+  ~Event() {
+    if (ev_) cudaEventDestroy(ev_);
+  }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  cudaEvent_t get() const { return ev_; }
+
+ private:
+  cudaEvent_t ev_ = nullptr;
+};
+
+class Stage final : public CudaStage {
+ public:
+  Stage(c10::Device device, c10::cuda::CUDAStream internal)
+      : device_(device), internal_(internal), ready_(), done_() {
+    // Ordered after what the caller queued so far on its current stream.
+    c10::cuda::CUDAGuard guard(device_);
+    check(cudaEventRecord(ready_.get(), c10::cuda::getCurrentCUDAStream(device_.index()).stream()),
+          "record (caller's stream)");
+  }
+
+  void addPair(const at::Tensor& original, const at::Tensor& mirror) {
+    // The caching allocator must not hand the tensor's memory to someone
+    // else while the internal stream may still use it.
+    c10::cuda::CUDACachingAllocator::recordStream(original.storage().data_ptr(), internal_);
+    pairs_.push_back({original, mirror, false});
+  }
+
+  void waitCaller() override {
+    c10::cuda::CUDAGuard guard(device_);
+    check(cudaStreamWaitEvent(internal_.stream(), ready_.get(), 0), "wait (caller's stream)");
+  }
+
+  void copyIn() override {
+    waitCaller();
+    if (pairs_.empty()) return;
+    c10::cuda::CUDAGuard guard(device_);
+    {
+      c10::cuda::CUDAStreamGuard sg(internal_);
+      for (auto& p : pairs_) p.mirror.copy_(p.original, /*non_blocking=*/true);
+    }
+    // The CPU algorithm reads the mirrors: wait for the copies (this thread only).
+    check(cudaStreamSynchronize(internal_.stream()), "device-to-host copies");
+  }
+
+  void copyOut() override {
+    c10::cuda::CUDAGuard guard(device_);
+    {
+      c10::cuda::CUDAStreamGuard sg(internal_);
+      for (auto& p : pairs_)
+        if (p.output || !outputsKnown_) p.original.copy_(p.mirror, /*non_blocking=*/true);
+    }
+    check(cudaEventRecord(done_.get(), internal_.stream()), "record (done)");
+  }
+
+  void keepOutput(const at::Tensor& mirror) override {
+    for (auto& p : pairs_)
+      if (p.mirror.unsafeGetTensorImpl() == mirror.unsafeGetTensorImpl()) p.output = true;
+  }
+
+  at::Tensor original(const at::Tensor& t) const override {
+    for (const auto& p : pairs_)
+      if (p.mirror.unsafeGetTensorImpl() == t.unsafeGetTensorImpl()) return p.original;
+    return t;
+  }
+
+  void setOutputs(const std::vector<at::Tensor>& outputs) override {
+    outputsKnown_ = true;
+    for (const auto& o : outputs) {
+      bool found = false;
+      for (auto& p : pairs_) {
+        if (p.mirror.unsafeGetTensorImpl() == o.unsafeGetTensorImpl()) {
+          p.output = true;
+          found = true;
+        }
+      }
+      // An output that is a view of a mirror: copy every mirror back.
+      if (!found && o.defined() && !o.is_cuda()) outputsKnown_ = false;
+    }
+  }
+
+  std::vector<c10::Device> devices() const override { return {device_}; }
+
+  void markCompleted(c10::ivalue::Future& future, const c10::IValue& value) override {
+    c10::cuda::CUDAGuard guard(device_);
+    c10::cuda::CUDAStreamGuard sg(internal_);
+    future.markCompleted(value);
+  }
+
+  void blockCurrentStream() override {
+    c10::cuda::CUDAGuard guard(device_);
+    check(cudaStreamWaitEvent(c10::cuda::getCurrentCUDAStream(device_.index()).stream(), done_.get(), 0),
+          "wait (done)");
+  }
+
+  void* stream() const override { return internal_.stream(); }
+
+ private:
+  struct Pair {
+    at::Tensor original, mirror;
+    bool output;
+  };
+  c10::Device device_;
+  c10::cuda::CUDAStream internal_;
+  Event ready_, done_;
+  std::vector<Pair> pairs_;
+  bool outputsKnown_ = false;
+};
+
+// What every rank publishes per all-reduce: where its tensor lives (an IPC
+// handle of the allocation it belongs to, and the offset in it), its events,
+// and what it passes, so that disagreeing ranks fail instead of corrupting.
+struct PeerBlob {
+  cudaIpcMemHandle_t mem;
+  cudaIpcEventHandle_t ready, done;
+  uint64_t offset;
+  uint64_t count;
+  int32_t dtype;
+  int32_t ok;  // 0: this rank could not export its memory
+  int32_t device;
+  int32_t pad;
+  char uuid[16];  // the physical GPU (indices differ under CUDA_VISIBLE_DEVICES)
+};
+
+std::string bytesKey(const void* p, size_t n) { return std::string(static_cast<const char*>(p), n); }
+
+class Context final : public CudaContext {
+ public:
+  Context(int rank, int size) : rank_(rank), size_(size) {}
+
+  ~Context() override {
+    for (auto& [key, ptr] : mapped_) cudaIpcCloseMemHandle(ptr);
+    for (auto& [key, ev] : peerEvents_) cudaEventDestroy(ev);
+    // The internal streams are never destroyed: the caching allocator keeps
+    // recorded uses of them (recordStream) and records events on them when
+    // those blocks are freed, possibly after this backend is gone.
+  }
+
+  std::shared_ptr<CudaStage> stage(const std::vector<at::Tensor*>& tensors, const char* op) override {
+    std::optional<c10::Device> device;
+    bool anyCpu = false;
+    for (const at::Tensor* t : tensors) {
+      if (!t->defined()) continue;
+      if (t->is_cuda()) {
+        TORCH_CHECK_VALUE(!device || *device == t->device(), "agentcomm ", op,
+                          ": all CUDA tensors of one call must be on one device, got ", *device, " and ",
+                          t->device());
+        device = t->device();
+      } else {
+        anyCpu = true;
+      }
+    }
+    if (!device) return nullptr;
+    TORCH_CHECK_VALUE(!anyCpu, "agentcomm ", op, ": got CUDA and CPU tensors in one call; pass tensors on one device");
+    auto st = std::make_shared<Stage>(*device, streamFor(*device));
+    for (at::Tensor* t : tensors) {
+      if (!t->defined()) continue;
+      at::Tensor mirror = at::empty(t->sizes(), t->options().device(at::kCPU).pinned_memory(true));
+      st->addPair(*t, mirror);
+      *t = mirror;
+    }
+    return st;
+  }
+
+  std::shared_ptr<CudaStage> streamStage(const at::Tensor& like) override {
+    auto st = std::make_shared<Stage>(like.device(), streamFor(like.device()));
+    c10::cuda::CUDACachingAllocator::recordStream(like.storage().data_ptr(), streamFor(like.device()));
+    return st;
+  }
+
+  bool peersCanReduce(const at::Tensor& t, ReduceOp op) const override {
+    if (size_ > kernels::cuda::kMaxPeers) return false;
+    const auto s = t.scalar_type();
+    const bool dt = s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
+    const ReduceOp c = combiningOp(op);
+    return dt && t.is_contiguous() &&
+           (c == ReduceOp::Sum || c == ReduceOp::Product || c == ReduceOp::Min || c == ReduceOp::Max);
+  }
+
+  void allReduce(const at::Tensor& t, ReduceOp op, FinalScale scale, CudaStage& stage,
+                 const Exchange& exchange) override {
+    c10::cuda::CUDAGuard guard(t.device());
+    cudaStream_t st = static_cast<cudaStream_t>(stage.stream());
+    Mine& mine = mineFor(t.device());
+    PeerBlob blob{};
+    blob.count = static_cast<uint64_t>(t.numel());
+    blob.dtype = static_cast<int32_t>(t.scalar_type());
+    blob.device = t.device().index();
+    std::memcpy(blob.uuid, mine.uuid, sizeof blob.uuid);
+    blob.ready = mine.readyHandle;
+    blob.done = mine.doneHandle;
+    size_t baseSize = 0;
+    void* base = t.numel() ? c10::cuda::CUDACachingAllocator::getBaseAllocation(t.data_ptr(), &baseSize) : nullptr;
+    blob.ok = 1;
+    if (base != nullptr) {
+      blob.ok = exportHandle(base, &blob.mem) ? 1 : 0;
+      blob.offset = static_cast<uint64_t>(static_cast<char*>(t.data_ptr()) - static_cast<char*>(base));
+    }
+    // Our input is ready (the caller's stream reached the call) once the
+    // internal stream passes this point.
+    check(cudaEventRecord(mine.ready->get(), st), "record (ready)");
+    std::vector<PeerBlob> all(static_cast<size_t>(size_));
+    exchange(&blob, all.data(), sizeof(PeerBlob));
+    bool allOk = true;
+    for (int r = 0; r < size_; ++r) {
+      const PeerBlob& b = all[static_cast<size_t>(r)];
+      TORCH_CHECK(b.count == blob.count && b.dtype == blob.dtype, "agentcomm all_reduce: rank ", r, " passed ",
+                  b.count, " elements of dtype #", b.dtype, " where this rank passed ", blob.count,
+                  " of dtype #", blob.dtype, " (every rank must pass the same shape and dtype)");
+      allOk = allOk && b.ok;
+    }
+    TORCH_CHECK(allOk, "agentcomm all_reduce: a rank could not export its CUDA tensor's memory over CUDA IPC ",
+                "(cudaIpcGetMemHandle failed, e.g. under PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync or "
+                "expandable segments); set AGENTCOMM_CUDA_IPC=0 on every rank to stage through host memory");
+    if (t.numel() == 0) return;
+    // One kernel per GPU: the lowest rank on each GPU reduces that GPU's share
+    // of the elements over every rank's tensor (ranks sharing a GPU would only
+    // time-slice it, and each cross-process dependency costs a context switch).
+    std::vector<int> leaders;  // one per GPU, in rank order
+    for (int r = 0; r < size_; ++r) {
+      int leader = r;
+      for (int q = 0; q < r; ++q)
+        if (std::memcmp(all[static_cast<size_t>(q)].uuid, all[static_cast<size_t>(r)].uuid, 16) == 0) {
+          leader = q;
+          break;
+        }
+      if (leader == r) leaders.push_back(r);
+    }
+    const auto slot = std::find(leaders.begin(), leaders.end(), rank_);
+    if (slot != leaders.end()) {
+      void* ptrs[kernels::cuda::kMaxPeers];
+      for (int r = 0; r < size_; ++r) {
+        const PeerBlob& b = all[static_cast<size_t>(r)];
+        if (r == rank_) {
+          ptrs[r] = t.data_ptr();
+          continue;
+        }
+        ptrs[r] = static_cast<char*>(open(b.mem)) + b.offset;
+        check(cudaStreamWaitEvent(st, peerEvent(b.ready), 0), "wait (peer ready)");
+      }
+      // This GPU's share: contiguous, 16-byte aligned boundaries.
+      const size_t n = static_cast<size_t>(t.numel());
+      const size_t parts = leaders.size(), index = static_cast<size_t>(slot - leaders.begin());
+      const size_t align = std::max<size_t>(1, 16 / t.element_size());
+      const size_t per = (n / parts + align - 1) / align * align;
+      const size_t begin = std::min(n, per * index);
+      const size_t end = index + 1 == parts ? n : std::min(n, begin + per);
+      kernels::cuda::reducePeers(ptrs, size_, begin, end - begin, dtypeOf(t), op, scale, st);
+      check(cudaEventRecord(mine.done->get(), st), "record (reduced)");
+    }
+    // Nobody may touch the tensors until every GPU's share was written into
+    // all of them: a host barrier (every leader recorded "reduced"), then a
+    // device wait on each leader's event.
+    int32_t token = 1;
+    std::vector<int32_t> tokens(static_cast<size_t>(size_));
+    exchange(&token, tokens.data(), sizeof token);
+    for (int r : leaders)
+      if (r != rank_) check(cudaStreamWaitEvent(st, peerEvent(all[static_cast<size_t>(r)].done), 0), "wait (peer done)");
+  }
+
+ private:
+  struct Mine {
+    std::unique_ptr<Event> ready, done;
+    cudaIpcEventHandle_t readyHandle{}, doneHandle{};
+    char uuid[16] = {};
+  };
+
+  // Not cached: a segment freed and re-allocated at the same address has a
+  // new handle, and a stale one would map the old memory in the peers.
+  static bool exportHandle(void* base, cudaIpcMemHandle_t* out) {
+    if (cudaIpcGetMemHandle(out, base) == cudaSuccess) return true;
+    cudaGetLastError();
+    return false;
+  }
+
+  static DataType dtypeOf(const at::Tensor& t) {
+    switch (t.scalar_type()) {
+      case at::kFloat: return DataType::Float32;
+      case at::kDouble: return DataType::Float64;
+      case at::kHalf: return DataType::Float16;
+      default: return DataType::BFloat16;
+    }
+  }
+
+  c10::cuda::CUDAStream streamFor(c10::Device device) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = streams_.find(device.index());
+    if (it == streams_.end()) {
+      c10::cuda::CUDAGuard guard(device);
+      cudaStream_t s = nullptr;
+      check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+      it = streams_.emplace(device.index(), c10::cuda::getStreamFromExternal(s, device.index())).first;
+    }
+    return it->second;
+  }
+
+  Mine& mineFor(c10::Device device) {
+    auto& m = mine_[device.index()];
+    if (!m.ready) {
+      m.ready = std::make_unique<Event>(true);
+      m.done = std::make_unique<Event>(true);
+      check(cudaIpcGetEventHandle(&m.readyHandle, m.ready->get()), "cudaIpcGetEventHandle");
+      check(cudaIpcGetEventHandle(&m.doneHandle, m.done->get()), "cudaIpcGetEventHandle");
+      cudaDeviceProp prop{};
+      check(cudaGetDeviceProperties(&prop, device.index()), "cudaGetDeviceProperties");
+      std::memcpy(m.uuid, prop.uuid.bytes, sizeof m.uuid);
+    }
+    return m;
+  }
+
+  // Mappings are cached by handle: the caching allocator keeps reusing the
+  // same allocations, so after the first steps every open is a lookup.
+  void* open(const cudaIpcMemHandle_t& h) {
+    const std::string key = bytesKey(&h, sizeof h);
+    auto it = mapped_.find(key);
+    if (it != mapped_.end()) return it->second;
+    void* p = nullptr;
+    check(cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess), "cudaIpcOpenMemHandle (a peer's tensor)");
+    mapped_.emplace(key, p);
+    return p;
+  }
+
+  cudaEvent_t peerEvent(const cudaIpcEventHandle_t& h) {
+    const std::string key = bytesKey(&h, sizeof h);
+    auto it = peerEvents_.find(key);
+    if (it != peerEvents_.end()) return it->second;
+    cudaEvent_t ev = nullptr;
+    check(cudaIpcOpenEventHandle(&ev, h), "cudaIpcOpenEventHandle (a peer's event)");
+    peerEvents_.emplace(key, ev);
+    return ev;
+  }
+
+  const int rank_, size_;
+  std::mutex mu_;  // streams_: stages are made on calling threads
+  std::map<int, c10::cuda::CUDAStream> streams_;
+  // Worker thread only:
+  std::map<int, Mine> mine_;
+  std::map<std::string, void*> mapped_;
+  std::map<std::string, cudaEvent_t> peerEvents_;
+};
+
+}  // namespace
+
+void* currentCudaStream(const at::Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+
+std::unique_ptr<CudaContext> makeCudaContext(int rank, int size) { return std::make_unique<Context>(rank, size); }
+
+}  // namespace agentcomm::torch_adapter

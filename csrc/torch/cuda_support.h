@@ -1,0 +1,102 @@
+#pragma once
+// CUDA tensors in the backend (cuda_support.cc, compiled only against a torch
+// with CUDA; without it these entry points say CUDA is unavailable). No CUDA
+// header is needed here: backend.cc includes this in every build.
+//
+// Stream semantics are NCCL's. On the calling thread a collective records an
+// event on the caller's current stream; on the worker, the backend's internal
+// stream (one per device) waits for it, so the collective is ordered after
+// the work already queued when it was called. The result is written on the
+// internal stream, where a "done" event is recorded; the Work completes once
+// that is queued, not once it ran. Work.wait() then makes the caller's current
+// stream wait for "done" and returns without blocking the host on the device;
+// the Work's Future is a CUDA future (callbacks' streams wait too).
+//
+// Two ways to move the data:
+//   - staged (every collective, any transport, across hosts): pinned host
+//     mirrors of the CUDA tensors; device-to-host copies on the internal
+//     stream, the CPU algorithm on the mirrors, host-to-device copies back;
+//   - peers (all_reduce when the whole group is on this host): CUDA IPC
+//     mappings of every rank's tensor, exchanged per op through the group's
+//     host transport and cached; each rank reduces its slice of all of them
+//     on the device and writes it into every rank's tensor. Several ranks may
+//     share one GPU (NCCL refuses that).
+#include <ATen/core/Tensor.h>
+#include <ATen/core/ivalue.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/reduce_op.h"
+
+namespace agentcomm::torch_adapter {
+
+// Whether this extension was built with CUDA support.
+bool cudaBuilt();
+
+// One collective's CUDA side (see above). Created on the calling thread.
+class CudaStage {
+ public:
+  virtual ~CudaStage() = default;
+  // Worker: the internal stream waits for the caller's stream.
+  virtual void waitCaller() = 0;
+  // Worker, before the algorithm: waitCaller(), device-to-host copies into
+  // the mirrors, then a host wait for them.
+  virtual void copyIn() = 0;
+  // Worker, after: host-to-device copies of the outputs' mirrors (all mirrors
+  // when `outputs` holds a tensor that is not one), then the "done" event.
+  virtual void copyOut() = 0;
+  // The CUDA tensor a mirror stands for (the tensor itself if it is none).
+  virtual at::Tensor original(const at::Tensor& t) const = 0;
+  // Sets which mirrors are outputs (enqueue time).
+  virtual void setOutputs(const std::vector<at::Tensor>& outputs) = 0;
+  // Marks one more mirror as an output (e.g. an error-feedback residual).
+  virtual void keepOutput(const at::Tensor& mirror) = 0;
+  virtual std::vector<c10::Device> devices() const = 0;
+  // Marks the future with the internal stream current (its event lands after "done").
+  virtual void markCompleted(c10::ivalue::Future& future, const c10::IValue& value) = 0;
+  // The caller's current stream waits for "done" (Work.wait / synchronize).
+  virtual void blockCurrentStream() = 0;
+  // The internal stream (a cudaStream_t), for work queued between copyIn and copyOut.
+  virtual void* stream() const = 0;
+};
+
+// A backend's CUDA state: one internal stream per device, the IPC mappings
+// and events of its peers. Created on first use of a CUDA tensor.
+class CudaContext {
+ public:
+  using Exchange = std::function<void(const void* mine, void* all, size_t bytes)>;
+  virtual ~CudaContext() = default;
+
+  // Replaces every CUDA tensor among *tensors by a pinned host mirror and
+  // returns the stage that copies between them; nullptr if none is on CUDA.
+  // Raises ValueError if CUDA tensors are on different devices or mixed with
+  // CPU tensors.
+  virtual std::shared_ptr<CudaStage> stage(const std::vector<at::Tensor*>& tensors, const char* op) = 0;
+  // A stage without mirrors: only the stream ordering (device-side paths).
+  virtual std::shared_ptr<CudaStage> streamStage(const at::Tensor& like) = 0;
+
+  // Whether the device kernels can all-reduce this dtype with this op (the
+  // same answer on every rank: dtype and op are checked to agree).
+  virtual bool peersCanReduce(const at::Tensor& t, ReduceOp op) const = 0;
+  // All-reduce of a CUDA tensor among the ranks of this host through CUDA IPC
+  // (worker thread, between stage.copyIn() and copyOut()). `exchange` is an
+  // all-gather of equal-size byte blobs over the group's host transport. If
+  // any rank cannot export its tensor's memory, every rank raises
+  // the same clear error (set AGENTCOMM_CUDA_IPC=0 to stage through host
+  // memory), so the ranks never disagree on the path.
+  virtual void allReduce(const at::Tensor& t, ReduceOp op, FinalScale scale, CudaStage& stage,
+                         const Exchange& exchange) = 0;
+};
+
+// The current CUDA stream (a cudaStream_t) of t's device, for kernels queued
+// from Python-facing entry points.
+void* currentCudaStream(const at::Tensor& t);
+
+// Throws (RuntimeError naming the cause) if this build has no CUDA support.
+std::unique_ptr<CudaContext> makeCudaContext(int rank, int size);
+
+}  // namespace agentcomm::torch_adapter
