@@ -14,6 +14,8 @@ Environment variables:
     AGENTCOMM_SOCKET_IFNAME  interface to listen on (like GLOO_SOCKET_IFNAME).
     AGENTCOMM_ALGO         force the all-reduce algorithm: ring | direct.
     AGENTCOMM_CHUNK_BYTES  pipeline chunk size of the ring algorithms.
+    AGENTCOMM_CUDA_IPC     0 stages CUDA all-reduces through host memory even when
+                           every rank is on this host (default 1: CUDA IPC).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch.distributed as dist
 
 from . import _C
 
-__all__ = ["BACKEND_NAME", "__version__", "is_registered"]
+__all__ = ["BACKEND_NAME", "__version__", "cuda_built", "is_registered"]
 
 __version__: str = _C.version()
 BACKEND_NAME = "agentcomm"
@@ -46,6 +48,16 @@ def _create_backend(dist_opts: "dist._DistributedBackendOptions", pg_opts: objec
     )
 
 
+def cuda_built() -> bool:
+    """Whether this build of agentcomm takes CUDA tensors (it was compiled against a torch with CUDA).
+
+    Example:
+        >>> import agentcomm; isinstance(agentcomm.cuda_built(), bool)
+        True
+    """
+    return bool(_C.cuda_built())
+
+
 def is_registered() -> bool:
     """Whether torch.distributed knows the agentcomm backend.
 
@@ -57,4 +69,6 @@ def is_registered() -> bool:
 
 
 if not is_registered():
-    dist.Backend.register_backend(BACKEND_NAME, _create_backend, extended_api=True, devices=["cpu"])
+    # CUDA tensors are taken whatever the build: a build without CUDA support
+    # then says so by name instead of torch's "no backend for device cuda".
+    dist.Backend.register_backend(BACKEND_NAME, _create_backend, extended_api=True, devices=["cpu", "cuda"])

@@ -16,7 +16,7 @@ fi
 
 echo "== Python tests"
 cd "$ROOT/tests/python"  # not the repo root: the source tree's agentcomm/ has no built extension
-OMP_NUM_THREADS=1 python -m pytest -q -p no:cacheprovider --timeout 900 "$@"
+OMP_NUM_THREADS=1 python -m pytest -q -rs -p no:cacheprovider --timeout 900 "$@"  # -rs: why GPU tests skipped
 
 echo "== microbenchmarks (kernels, averaging, compression), run once each as tests (bench/RESULTS.md has the timed runs)"
 OMP_NUM_THREADS=1 python -m pytest -q -p no:cacheprovider --timeout 300 --benchmark-disable \

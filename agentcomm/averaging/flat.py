@@ -47,14 +47,15 @@ class FlatParameters:
     def bind(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         if params and self._sig(params) == self._signature:
             return self._buffers
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        by_dtype: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
         for p in params:
-            if p.device.type != "cpu":
-                raise ValueError(f"agentcomm averaging: parameter on {p.device}; only CPU parameters are supported")
-            by_dtype.setdefault(p.dtype, []).append(p)
+            if p.device.type not in ("cpu", "cuda"):
+                raise ValueError(f"agentcomm averaging: parameter on {p.device}; CPU and CUDA parameters are supported")
+            by_dtype.setdefault((p.device, p.dtype), []).append(p)
         buffers = []
-        for dtype, group in by_dtype.items():
-            flat = torch.empty(sum(p.numel() for p in group), dtype=dtype)
+        for (device, dtype), group in by_dtype.items():
+            # CUDA: packed by the multi-tensor kernel on the current stream.
+            flat = torch.empty(sum(p.numel() for p in group), dtype=dtype, device=device)
             _C.pack_into([p.data.contiguous() for p in group], flat)
             offset = 0
             for p in group:

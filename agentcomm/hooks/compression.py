@@ -175,7 +175,8 @@ class CompressionState:
             self._split_residuals()
         self._orders[index] = order
         if any(k in self._orphans for k in order):
-            r = torch.zeros(sum(self._sizes[k] for k in order), dtype=torch.float32)
+            pieces = [self._orphans[k] for k in order if k in self._orphans]
+            r = torch.zeros(sum(self._sizes[k] for k in order), dtype=torch.float32, device=pieces[0].device)
             off = 0
             for k in order:
                 piece = self._orphans.pop(k, None)
@@ -222,11 +223,14 @@ class CompressionState:
         self.residuals.clear()
         self._orders.clear()
 
-    def _residual(self, key: Any, numel: int) -> torch.Tensor:
-        """The float32 residual of ``key`` (a bucket index, or (index, "server")); zeros when new."""
+    def _residual(self, key: Any, numel: int, device: torch.device) -> torch.Tensor:
+        """The float32 residual of ``key`` (a bucket index, or (index, "server")) on the
+        gradients' device; zeros when new (one loaded from a checkpoint moves there)."""
         r = self.residuals.get(key)
         if r is None or r.numel() != numel:
-            r = self.residuals[key] = torch.zeros(numel, dtype=torch.float32)
+            r = self.residuals[key] = torch.zeros(numel, dtype=torch.float32, device=device)
+        elif r.device != device:
+            r = self.residuals[key] = r.to(device)
         return r
 
     def _compress_now(self, numel: int) -> bool:
@@ -531,7 +535,7 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
 
     def launch(g: torch.Tensor, index: int) -> torch.futures.Future:
         n = g.numel()
-        residual = state._residual(index, n) if state.error_feedback else None
+        residual = state._residual(index, n, g.device) if state.error_feedback else None
         return ops.sparse_all_reduce(g, max(1, int(round(n * state.ratio))), residual=residual, method=state.method,
                                      seed=_mix(state.seed, state.iteration, index), group=state.group(),
                                      stats=state._native)
@@ -551,7 +555,7 @@ def randomk_hook(state: RandomKState, bucket: dist.GradBucket) -> torch.futures.
     def launch(g: torch.Tensor, index: int) -> torch.futures.Future:
         n = g.numel()
         k = max(1, int(round(n * state.ratio)))
-        residual = state._residual(index, n) if state.error_feedback else None
+        residual = state._residual(index, n, g.device) if state.error_feedback else None
         fut = ops.sparse_all_reduce(g, k, residual=residual, method="randomk",
                                     seed=_mix(state.seed, state.iteration, index), group=state.group(),
                                     stats=state._native)
@@ -576,8 +580,8 @@ def quantize_hook(state: QuantizeState, bucket: dist.GradBucket) -> torch.future
         n = g.numel()
         residual = server = None
         if state.error_feedback:
-            residual = state._residual(index, n)
-            server = state._residual((index, "server"), ops.quant_slice(n, state.block, group)[1])
+            residual = state._residual(index, n, g.device)
+            server = state._residual((index, "server"), ops.quant_slice(n, state.block, group)[1], g.device)
         return ops.quantized_all_reduce(g, bits=state.bits, block=state.block, residual=residual,
                                         server_residual=server,
                                         seed=_mix(state.seed, state.iteration, index, group.rank()), group=group,
@@ -599,8 +603,8 @@ def cast_hook(state: CastState, bucket: dist.GradBucket) -> torch.futures.Future
     group = state.group()
     n = group.size()
     t0 = time.perf_counter()
-    half = torch.empty(numel, dtype=state.dtype)
-    _C.cast_into(buf, half, 1.0 / n)
+    half = torch.empty(numel, dtype=state.dtype, device=buf.device)
+    _C.cast_into(buf, half, 1.0 / n)  # on CUDA: the CUDA twin, on the current stream
     state._py.encode_seconds += time.perf_counter() - t0
     state._py.raw_bytes += numel * 4
     state._py.sent_bytes += 2 * (n - 1) * numel * 2 // n

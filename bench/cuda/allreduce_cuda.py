@@ -1,0 +1,115 @@
+"""all_reduce of CUDA tensors, several ranks sharing one GPU (nccl-tests' busbw).
+
+Runs agentcomm (CUDA IPC, the default inside a host), agentcomm staged through
+pinned host memory (AGENTCOMM_CUDA_IPC=0), Gloo on the same CUDA tensors, and
+NCCL (which refuses two ranks on one GPU: the error is reported). busbw =
+2 (n - 1) / n * bytes / time; the device-to-device copy bandwidth of the same
+GPU (bytes copied / time) is measured in the same run for the ratio.
+
+    python bench/cuda/allreduce_cuda.py --world 2 --sizes 1K,1M,64M,256M
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def parse_size(s: str) -> int:
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(s[:-1]) * mult[s[-1]] if s[-1] in mult else int(s)
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    a = torch.empty(nbytes // 4, device="cuda")
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(20):
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    return nbytes / sorted(times)[len(times) // 2]
+
+
+def body(rank: int, world: int, port: int, backend: str, env: dict, sizes: list, iters: int, q) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), **env})
+    import agentcomm  # noqa: F401
+
+    torch.cuda.set_device(0)
+    try:
+        dist.init_process_group(backend, device_id=torch.device("cuda", 0) if backend == "nccl" else None)
+        rows = []
+        for nbytes in sizes:
+            x = torch.ones(max(1, nbytes // 4), device="cuda")
+            n = iters if nbytes <= (64 << 20) else max(5, iters // 4)
+            for _ in range(3):
+                dist.all_reduce(x)
+            torch.cuda.synchronize()
+            dist.barrier()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                dist.all_reduce(x)
+            torch.cuda.synchronize()
+            dt = (time.perf_counter() - t0) / n
+            rows.append((nbytes, dt))
+        if rank == 0:
+            q.put((backend, env, rows, None))
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception as e:  # noqa: BLE001 - reported as the backend's result
+        if rank == 0:
+            q.put((backend, env, [], f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--world", type=int, default=2)
+    ap.add_argument("--sizes", default="4K,1M,16M,64M,256M")
+    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--backends", default="agentcomm,agentcomm-staged,gloo,nccl")
+    args = ap.parse_args()
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    copy = copy_bandwidth(max(sizes))
+    print(f"device: {torch.cuda.get_device_name(0)}; {args.world} ranks on GPU 0; "
+          f"D2D copy {copy / 1e9:.0f} GB/s (bytes copied / time)")
+    ctx = mp.get_context("spawn")
+    results = []
+    for name in args.backends.split(","):
+        backend, env = ("agentcomm", {"AGENTCOMM_CUDA_IPC": "0"}) if name == "agentcomm-staged" else (name, {})
+        q = ctx.Queue()
+        port = 29500 + len(results) * 7 + os.getpid() % 1000
+        procs = [ctx.Process(target=body, args=(r, args.world, port, backend, env, sizes, args.iters, q))
+                 for r in range(args.world)]
+        for p in procs:
+            p.start()
+        try:
+            got = q.get(timeout=300)
+        except Exception:  # noqa: BLE001
+            got = (backend, env, [], "timed out")
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+        results.append((name, got[2], got[3]))
+    print(f"{'backend':18s} {'bytes':>10s} {'time us':>10s} {'busbw GB/s':>11s} {'of copy':>8s}")
+    for name, rows, err in results:
+        if err:
+            print(f"{name:18s} failed: {err}")
+        for nbytes, dt in rows:
+            bus = 2 * (args.world - 1) / args.world * nbytes / dt
+            print(f"{name:18s} {nbytes:>10d} {dt * 1e6:>10.1f} {bus / 1e9:>11.1f} {100 * bus / copy:>7.0f}%")
+
+
+if __name__ == "__main__":
+    main()
