@@ -86,10 +86,9 @@ void checkTensor(const at::Tensor& t, const char* op) {
   TORCH_CHECK_VALUE(t.defined(), "agentcomm ", op, ": got an undefined tensor");
   TORCH_CHECK_VALUE(t.layout() == at::kStrided, "agentcomm ", op,
                     ": sparse and other non-strided tensors are not supported (got layout ", t.layout(), ")");
-  TORCH_CHECK_VALUE(t.device().is_cpu(), "agentcomm ", op, ": tensors must be on the CPU, got a tensor on ",
-                    t.device(),
-                    ". CUDA tensors are not supported yet; use backend=\"cpu:agentcomm,cuda:nccl\" or move the tensor "
-                    "to the CPU.");
+  // CUDA tensors never get here: the ops stage them first (cuda_support.h).
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "agentcomm ", op, ": tensors must be on the CPU or a CUDA device, got a "
+                    "tensor on ", t.device());
 }
 
 namespace {
