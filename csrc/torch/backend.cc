@@ -436,6 +436,9 @@ std::shared_ptr<CudaStage> takeStage() {
 }
 
 namespace {
+using Tensors = std::vector<at::Tensor>;
+using TensorLists = std::vector<Tensors>;
+
 bool isCuda(const at::Tensor& t) { return t.defined() && t.is_cuda(); }
 bool isCuda(const std::vector<at::Tensor>& v) {
   return std::any_of(v.begin(), v.end(), [](const at::Tensor& t) { return isCuda(t); });
@@ -674,7 +677,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce(std::vector<at::Tensor>& 
                                  cuda().allReduce(ct, rop, scale, *stage, exchange);
                                });
     }
-    return viaHost(cuda(), "all_reduce", [&](std::vector<at::Tensor>& t) { return allreduce(t, opts); }, tensors);
+    return viaHost(cuda(), "all_reduce", [&](Tensors& t) { return allreduce(t, opts); }, tensors);
   }
   const at::Tensor t = tensors[0];
   View v = reduceView(t, "all_reduce", rop);
@@ -695,7 +698,9 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce(std::vector<at::Tensor>& 
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce_coalesced(std::vector<at::Tensor>& tensors,
                                                                  const c10d::AllreduceCoalescedOptions& opts) {
-  if (anyCuda(tensors)) return viaHost(cuda(), "all_reduce_coalesced", [&](std::vector<at::Tensor>& t) { return allreduce_coalesced(t, opts); }, tensors);
+  if (anyCuda(tensors)) {
+    return viaHost(cuda(), "all_reduce_coalesced", [&](Tensors& t) { return allreduce_coalesced(t, opts); }, tensors);
+  }
   TORCH_CHECK_VALUE(!tensors.empty(), "agentcomm all_reduce_coalesced: no tensors");
   auto [rop, factor] = mapReduceOp(opts.reduceOp, "all_reduce_coalesced");
   std::vector<at::Tensor> flatParts;
@@ -725,7 +730,9 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce_coalesced(std::vector<at:
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::reduce(std::vector<at::Tensor>& tensors, const c10d::ReduceOptions& opts) {
-  if (anyCuda(tensors)) return viaHost(cuda(), "reduce", [&](std::vector<at::Tensor>& t) { return reduce(t, opts); }, tensors);
+  if (anyCuda(tensors)) {
+    return viaHost(cuda(), "reduce", [&](Tensors& t) { return reduce(t, opts); }, tensors);
+  }
   TORCH_CHECK_VALUE(tensors.size() == 1, "agentcomm reduce: expected one tensor per rank, got ", tensors.size());
   TORCH_CHECK_VALUE(opts.rootRank >= 0 && opts.rootRank < size_, "agentcomm reduce: root ", opts.rootRank,
                     " is not a rank of this group of size ", size_);
@@ -764,7 +771,11 @@ void runReduceScatter(algorithms::Context& ctx, const std::vector<at::Tensor>& b
 c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter(std::vector<at::Tensor>& outputs,
                                                             std::vector<std::vector<at::Tensor>>& inputs,
                                                             const c10d::ReduceScatterOptions& opts) {
-  if (anyCuda(outputs, inputs)) return viaHost(cuda(), "reduce_scatter", [&](std::vector<at::Tensor>& o, std::vector<std::vector<at::Tensor>>& i) { return reduce_scatter(o, i, opts); }, outputs, inputs);
+  if (anyCuda(outputs, inputs)) {
+    return viaHost(
+        cuda(), "reduce_scatter",
+        [&](Tensors& o, TensorLists& i) { return reduce_scatter(o, i, opts); }, outputs, inputs);
+  }
   TORCH_CHECK_VALUE(outputs.size() == 1 && inputs.size() == 1, "agentcomm reduce_scatter: expected one output and one "
                     "input list per rank");
   TORCH_CHECK_VALUE(static_cast<int>(inputs[0].size()) == size_, "agentcomm reduce_scatter: the input list has ",
@@ -801,7 +812,11 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::_reduce_scatter_base(at::Tensor& ou
 c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter_tensor_coalesced(std::vector<at::Tensor>& outputs,
                                                                              std::vector<at::Tensor>& inputs,
                                                                              const c10d::ReduceScatterOptions& opts) {
-  if (anyCuda(outputs, inputs)) return viaHost(cuda(), "reduce_scatter_tensor", [&](std::vector<at::Tensor>& o, std::vector<at::Tensor>& i) { return reduce_scatter_tensor_coalesced(o, i, opts); }, outputs, inputs);
+  if (anyCuda(outputs, inputs)) {
+    return viaHost(
+        cuda(), "reduce_scatter_tensor",
+        [&](Tensors& o, Tensors& i) { return reduce_scatter_tensor_coalesced(o, i, opts); }, outputs, inputs);
+  }
   TORCH_CHECK_VALUE(outputs.size() == inputs.size(), "agentcomm reduce_scatter_tensor: ", outputs.size(),
                     " outputs but ", inputs.size(), " inputs");
   auto [rop, factor] = mapReduceOp(opts.reduceOp, "reduce_scatter_tensor");
@@ -835,7 +850,9 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter_tensor_coalesced(std
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::broadcast(std::vector<at::Tensor>& tensors,
                                                        const c10d::BroadcastOptions& opts) {
-  if (anyCuda(tensors)) return viaHost(cuda(), "broadcast", [&](std::vector<at::Tensor>& t) { return broadcast(t, opts); }, tensors);
+  if (anyCuda(tensors)) {
+    return viaHost(cuda(), "broadcast", [&](Tensors& t) { return broadcast(t, opts); }, tensors);
+  }
   TORCH_CHECK_VALUE(tensors.size() == 1, "agentcomm broadcast: expected one tensor per rank, got ", tensors.size());
   TORCH_CHECK_VALUE(opts.rootRank >= 0 && opts.rootRank < size_, "agentcomm broadcast: root ", opts.rootRank,
                     " is not a rank of this group of size ", size_);
@@ -891,7 +908,11 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allgather_coalesced(std::vector<std
 c10::intrusive_ptr<c10d::Work> AgentBackend::allgatherImpl(std::vector<std::vector<at::Tensor>>& outputs,
                                                            std::vector<at::Tensor>& inputs,
                                                            const c10d::AllgatherOptions& opts) {
-  if (anyCuda(outputs, inputs)) return viaHost(cuda(), "all_gather", [&](std::vector<std::vector<at::Tensor>>& o, std::vector<at::Tensor>& i) { return allgatherImpl(o, i, opts); }, outputs, inputs);
+  if (anyCuda(outputs, inputs)) {
+    return viaHost(
+        cuda(), "all_gather",
+        [&](TensorLists& o, Tensors& i) { return allgatherImpl(o, i, opts); }, outputs, inputs);
+  }
   TORCH_CHECK_VALUE(outputs.size() == inputs.size(), "agentcomm all_gather: ", inputs.size(), " inputs but ",
                     outputs.size(), " output lists");
   struct Item {
@@ -942,7 +963,11 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::_allgather_base(at::Tensor& output,
 c10::intrusive_ptr<c10d::Work> AgentBackend::allgather_into_tensor_coalesced(std::vector<at::Tensor>& outputs,
                                                                              std::vector<at::Tensor>& inputs,
                                                                              const c10d::AllgatherOptions& opts) {
-  if (anyCuda(outputs, inputs)) return viaHost(cuda(), "all_gather_into_tensor", [&](std::vector<at::Tensor>& o, std::vector<at::Tensor>& i) { return allgather_into_tensor_coalesced(o, i, opts); }, outputs, inputs);
+  if (anyCuda(outputs, inputs)) {
+    return viaHost(
+        cuda(), "all_gather_into_tensor",
+        [&](Tensors& o, Tensors& i) { return allgather_into_tensor_coalesced(o, i, opts); }, outputs, inputs);
+  }
   TORCH_CHECK_VALUE(outputs.size() == inputs.size(), "agentcomm all_gather_into_tensor: ", outputs.size(),
                     " outputs but ", inputs.size(), " inputs");
   std::vector<View> views;
@@ -973,7 +998,9 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allgather_into_tensor_coalesced(std
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::gather(std::vector<std::vector<at::Tensor>>& outputs,
                                                     std::vector<at::Tensor>& inputs, const c10d::GatherOptions& opts) {
-  if (anyCuda(outputs, inputs)) return viaHost(cuda(), "gather", [&](std::vector<std::vector<at::Tensor>>& o, std::vector<at::Tensor>& i) { return gather(o, i, opts); }, outputs, inputs);
+  if (anyCuda(outputs, inputs)) {
+    return viaHost(cuda(), "gather", [&](TensorLists& o, Tensors& i) { return gather(o, i, opts); }, outputs, inputs);
+  }
   TORCH_CHECK_VALUE(inputs.size() == 1, "agentcomm gather: expected one input tensor per rank");
   TORCH_CHECK_VALUE(opts.rootRank >= 0 && opts.rootRank < size_, "agentcomm gather: root ", opts.rootRank,
                     " is not a rank of this group of size ", size_);
@@ -1001,7 +1028,9 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::gather(std::vector<std::vector<at::
 c10::intrusive_ptr<c10d::Work> AgentBackend::scatter(std::vector<at::Tensor>& outputs,
                                                      std::vector<std::vector<at::Tensor>>& inputs,
                                                      const c10d::ScatterOptions& opts) {
-  if (anyCuda(outputs, inputs)) return viaHost(cuda(), "scatter", [&](std::vector<at::Tensor>& o, std::vector<std::vector<at::Tensor>>& i) { return scatter(o, i, opts); }, outputs, inputs);
+  if (anyCuda(outputs, inputs)) {
+    return viaHost(cuda(), "scatter", [&](Tensors& o, TensorLists& i) { return scatter(o, i, opts); }, outputs, inputs);
+  }
   TORCH_CHECK_VALUE(outputs.size() == 1, "agentcomm scatter: expected one output tensor per rank");
   TORCH_CHECK_VALUE(opts.rootRank >= 0 && opts.rootRank < size_, "agentcomm scatter: root ", opts.rootRank,
                     " is not a rank of this group of size ", size_);
@@ -1030,7 +1059,12 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall_base(at::Tensor& output, a
                                                            std::vector<int64_t>& outputSplits,
                                                            std::vector<int64_t>& inputSplits,
                                                            const c10d::AllToAllOptions& opts) {
-  if (anyCuda(output, input)) return viaHost(cuda(), "all_to_all_single", [&](at::Tensor& o, at::Tensor& i) { return alltoall_base(o, i, outputSplits, inputSplits, opts); }, output, input);
+  if (anyCuda(output, input)) {
+    return viaHost(
+        cuda(), "all_to_all_single",
+        [&](at::Tensor& o, at::Tensor& i) { return alltoall_base(o, i, outputSplits, inputSplits, opts); }, output,
+        input);
+  }
   View v = moveView(input, "all_to_all_single");
   moveView(output, "all_to_all_single");
   checkSameDtype(input, output, "all_to_all_single");
@@ -1084,7 +1118,9 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall_base(at::Tensor& output, a
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall(std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs,
                                                       const c10d::AllToAllOptions& opts) {
-  if (anyCuda(outputs, inputs)) return viaHost(cuda(), "all_to_all", [&](std::vector<at::Tensor>& o, std::vector<at::Tensor>& i) { return alltoall(o, i, opts); }, outputs, inputs);
+  if (anyCuda(outputs, inputs)) {
+    return viaHost(cuda(), "all_to_all", [&](Tensors& o, Tensors& i) { return alltoall(o, i, opts); }, outputs, inputs);
+  }
   TORCH_CHECK_VALUE(static_cast<int>(inputs.size()) == size_ && static_cast<int>(outputs.size()) == size_,
                     "agentcomm all_to_all: expected ", size_, " input and output tensors, got ", inputs.size(),
                     " and ", outputs.size());
@@ -1142,7 +1178,9 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::barrier(const c10d::BarrierOptions&
 // ---------------------------------------------------------------- point to point
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::send(std::vector<at::Tensor>& tensors, int dstRank, int tag) {
-  if (anyCuda(tensors)) return viaHost(cuda(), "send", [&](std::vector<at::Tensor>& t) { return send(t, dstRank, tag); }, tensors);
+  if (anyCuda(tensors)) {
+    return viaHost(cuda(), "send", [&](Tensors& t) { return send(t, dstRank, tag); }, tensors);
+  }
   TORCH_CHECK_VALUE(tensors.size() == 1, "agentcomm send: expected one tensor, got ", tensors.size());
   TORCH_CHECK_VALUE(dstRank >= 0 && dstRank < size_ && dstRank != rank_, "agentcomm send: bad destination rank ",
                     dstRank, " (this is rank ", rank_, " of ", size_, ")");
