@@ -38,6 +38,24 @@ def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
+def lockstep(ours: torch.nn.Module, theirs: torch.nn.Module, opts: tuple, avgs: tuple, rank: int, steps: int,
+             what: str, failures: list[str]) -> list[int]:
+    """Trains both models on the same data, ours averaged by avgs[0] and theirs by torch's
+    avgs[1]; records the first step after which they differ. Returns the steps at which ours
+    averaged."""
+    averaged = []
+    for step in range(steps):
+        local_step(ours, opts[0], rank, step)
+        local_step(theirs, opts[1], rank, step)
+        if avgs[0].average_parameters(ours.parameters()):
+            averaged.append(step)
+        avgs[1].average_parameters(theirs.parameters())
+        if not same(ours, theirs):
+            failures.append(f"rank {rank}: {what} differs from torch after step {step}")
+            break
+    return averaged
+
+
 def averaging_cases(rank: int, world: int) -> list[str]:
     dist.init_process_group("agentcomm", timeout=timedelta(seconds=120))
     failures: list[str] = []
@@ -47,16 +65,7 @@ def averaging_cases(rank: int, world: int) -> list[str]:
     opt_a = torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9)
     opt_b = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9)
     avg_a, avg_b = PeriodicAverager(period=3, warmup_steps=2), PeriodicModelAverager(period=3, warmup_steps=2)
-    averaged_steps = []
-    for step in range(14):
-        local_step(ours, opt_a, rank, step)
-        local_step(theirs, opt_b, rank, step)
-        if avg_a.average_parameters(ours.parameters()):
-            averaged_steps.append(step)
-        avg_b.average_parameters(theirs.parameters())
-        if not same(ours, theirs):
-            failures.append(f"rank {rank}: periodic differs from torch after step {step}")
-            break
+    averaged_steps = lockstep(ours, theirs, (opt_a, opt_b), (avg_a, avg_b), rank, 14, "periodic", failures)
     if averaged_steps != [2, 5, 8, 11]:
         failures.append(f"periodic averaged at {averaged_steps}")
     # After an averaging step every rank holds the same parameters.
@@ -72,14 +81,7 @@ def averaging_cases(rank: int, world: int) -> list[str]:
     opt_b = torch.optim.SGD(theirs.parameters(), lr=0.05)
     avg_a = HierarchicalAverager({2: 2, 4: world}, warmup_steps=1)
     avg_b = HierarchicalModelAverager({2: 2, 4: world}, warmup_steps=1)
-    for step in range(10):
-        local_step(ours, opt_a, rank, step)
-        local_step(theirs, opt_b, rank, step)
-        avg_a.average_parameters(ours.parameters())
-        avg_b.average_parameters(theirs.parameters())
-        if not same(ours, theirs):
-            failures.append(f"rank {rank}: hierarchical differs from torch after step {step}")
-            break
+    lockstep(ours, theirs, (opt_a, opt_b), (avg_a, avg_b), rank, 10, "hierarchical", failures)
 
     # 3. Weighted: closed form sum(w_r p_r) / sum(w_r), also with a zero weight.
     for weights in ([1.0, 2.0, 3.0, 4.0], [0.0, 5.0, 1.0, 2.0]):
@@ -158,14 +160,7 @@ def averaging_cases(rank: int, world: int) -> list[str]:
     opt_a = torch.optim.SGD(ours.parameters(), lr=0.1)
     opt_b = torch.optim.SGD(theirs.parameters(), lr=0.1)
     avg_a, avg_b = PeriodicAverager(period=2, warmup_steps=4), PeriodicModelAverager(period=2, warmup_steps=4)
-    for step in range(10):
-        local_step(ours, opt_a, rank, step)
-        local_step(theirs, opt_b, rank, step)
-        avg_a.average_parameters(ours.parameters())
-        avg_b.average_parameters(theirs.parameters())
-        if not same(ours, theirs):
-            failures.append(f"rank {rank}: post-local SGD differs from torch's after step {step}")
-            break
+    lockstep(ours, theirs, (opt_a, opt_b), (avg_a, avg_b), rank, 10, "post-local SGD", failures)
     del ours, theirs
 
     dist.barrier()
