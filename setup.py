@@ -43,6 +43,27 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", str(ROOT), *args], cwd=build_temp, check=True)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         subprocess.run(["cmake", "--build", ".", "--target", "_C", "-j", jobs], cwd=build_temp, check=True)
+        self._check_libstdcxx(Path(self.get_ext_fullpath(ext.name)))
+
+    @staticmethod
+    def _check_libstdcxx(module: Path) -> None:
+        """Fails the build if the compiler linked its own static libstdc++ into the module.
+
+        Seen with a toolchain in /opt/gcc on a CUDA image: the module then carries a second copy
+        of the iostream/locale machinery beside the process's libstdc++ and crashes (SIGSEGV)
+        at its first ``ostream << int``, i.e. in init_process_group.
+        """
+        nm = shutil.which("nm")
+        if nm is None or not module.exists() or os.environ.get("AGENTCOMM_ALLOW_STATIC_LIBSTDCXX") == "1":
+            return
+        out = subprocess.run([nm, "-D", "--defined-only", str(module)], capture_output=True, text=True).stdout
+        if "_ZNSt6locale" in out:
+            compiler = os.environ.get("CXX", "the default C++ compiler")
+            raise RuntimeError(
+                f"agentcomm: {compiler} linked a static libstdc++ into {module.name}; loaded beside the "
+                "process's shared libstdc++ it crashes. Rebuild with the system compiler, e.g. "
+                "CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++ pip install --no-build-isolation . "
+                "(AGENTCOMM_ALLOW_STATIC_LIBSTDCXX=1 skips this check)")
 
 
 setup(

@@ -18,6 +18,7 @@
 #include "core/half.h"
 #include "kernels/compress.h"
 #include "rank_threads.h"
+#include "test_data.h"
 
 using namespace agentcomm;
 using namespace agentcomm::kernels;
@@ -33,13 +34,7 @@ std::vector<float> tiedData(size_t n, uint32_t seed) {
   return v;
 }
 
-std::vector<float> gaussData(size_t n, uint32_t seed, float sd = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+using agentcomm::testing::gaussData;
 
 // Reference: stable sort by |x| descending, take k, return indices ascending.
 std::vector<uint32_t> referenceTopk(const std::vector<float>& x, size_t k) {

@@ -14,6 +14,7 @@
 #include "kernels/compress.h"
 #include "kernels/cuda/kernels_cuda.h"
 #include "kernels/kernels.h"
+#include "test_data.h"
 
 using namespace agentcomm;
 namespace kc = agentcomm::kernels::cuda;
@@ -55,11 +56,7 @@ class Dev {
 };
 
 std::vector<float> randomFloats(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
+  return agentcomm::testing::gaussData(n, seed, scale);
 }
 
 // Raw bytes of n elements of dt, from random floats (valid values in every type).
