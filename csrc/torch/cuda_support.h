@@ -18,9 +18,10 @@
 //     stream, the CPU algorithm on the mirrors, host-to-device copies back;
 //   - peers (all_reduce when the whole group is on this host): CUDA IPC
 //     mappings of every rank's tensor, exchanged per op through the group's
-//     host transport and cached; each rank reduces its slice of all of them
-//     on the device and writes it into every rank's tensor. Several ranks may
-//     share one GPU (NCCL refuses that).
+//     host transport and cached; the lowest rank on each GPU reduces that
+//     GPU's share of the elements over all of them on the device and writes
+//     it into every rank's tensor. Several ranks may share one GPU (NCCL
+//     refuses that): one kernel per GPU, so they do not time-slice it.
 #include <ATen/core/Tensor.h>
 #include <ATen/core/ivalue.h>
 

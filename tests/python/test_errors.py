@@ -180,3 +180,14 @@ def test_peer_leaving_early_does_not_fail_the_others() -> None:
     # Over TCP (each rank its own "host"), where a closed connection used to abort everything.
     results = run_world(early_leaver, 3, timeout=120, env={"AGENTCOMM_SHM": "0"})
     assert results == ["ok", "left", "sent"], results
+
+
+def test_registered_for_cpu_and_cuda() -> None:
+    """CUDA tensors reach agentcomm whatever the build, so a build without CUDA support can
+    say so by name (cuda_built() tells which), instead of torch's "no backend for cuda"."""
+    import agentcomm
+
+    assert agentcomm.is_registered()
+    assert dist.Backend.backend_capability["agentcomm"] == ["cpu", "cuda"]
+    if torch.version.cuda is None:  # a CPU-only torch: the extension cannot have CUDA support
+        assert agentcomm.cuda_built() is False
