@@ -2,7 +2,7 @@
 # One call on a lent GPU machine (the device tool): build the core, the CUDA
 # kernels and their tests with nvcc, run the kernel tests against their CPU
 # twins, time the kernels, and time torch.topk beside them. Logs go to $OUT.
-#   bash bench/cuda/device_check.sh [extension]
+#   bash bench/cuda/device_check.sh
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 J=$(nproc)
@@ -33,8 +33,4 @@ print(f"torch.topk(|x|, 1% of 25M): {t(lambda: torch.topk(x.abs(), k, sorted=Fal
 y = torch.empty_like(x)
 print(f"torch copy_ 25M: {t(lambda: y.copy_(x)):.3f} ms")
 PY
-if [ "${1:-}" = extension ]; then
-  echo "== extension against $(python3 -c 'import torch; print(torch.__version__)')"
-  AGENTCOMM_BUILD_DIR=/tmp/bpy python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/site . > "$OUT/ext.log" 2>&1 \
-    && echo "extension built" || { grep -E "error|Error" -A3 "$OUT/ext.log" | head -60; }
-fi
+# The extension and the GPU Python tests: bench/cuda/device_python.sh.
