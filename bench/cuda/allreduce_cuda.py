@@ -19,10 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
-def parse_size(s: str) -> int:
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    return int(s[:-1]) * mult[s[-1]] if s[-1] in mult else int(s)
+from agentcomm.bench.cli import parse_size
 
 
 def copy_bandwidth(nbytes: int) -> float:

@@ -1212,7 +1212,8 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::send(std::vector<at::Tensor>& tenso
 c10::intrusive_ptr<AgentWork> AgentBackend::postRecv(std::vector<at::Tensor>& tensors, int srcRank, int tag) {
   if (anyCuda(tensors)) {
     std::vector<at::Tensor> mirrors = tensors;
-    std::vector<at::Tensor*> ptrs = {&mirrors[0]};
+    std::vector<at::Tensor*> ptrs;
+    collect(ptrs, mirrors);
     StageScope scope(cuda().stage(ptrs, "recv"));
     return postRecv(mirrors, srcRank, tag);
   }

@@ -5,6 +5,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "algorithms/compressed.h"
@@ -82,12 +83,19 @@ auto dispatch(const at::Tensor& t, D&& onDevice, H&& onHost) {
   return onHost();
 }
 
-// CUDA tensors given to a compressed all-reduce: they run on pinned host
-// mirrors (the residuals are outputs too) staged on the backend's stream.
-bool anyOnCuda(std::initializer_list<const std::optional<at::Tensor>*> ts) {
-  for (const auto* t : ts)
-    if (*t && (*t)->defined() && (*t)->is_cuda()) return true;
-  return false;
+// CUDA tensors given to a compressed all-reduce run on pinned host mirrors
+// staged on the backend's stream; the residuals are outputs too. Replaces
+// the CUDA tensors by their mirrors and returns the stage, or null when none
+// is on CUDA (cuda() is then never asked for: CPU builds have none).
+std::shared_ptr<CudaStage> stageOnHost(AgentBackend& backend, at::Tensor& tensor,
+                                       std::initializer_list<std::optional<at::Tensor>*> residuals, const char* op) {
+  std::vector<at::Tensor*> ptrs = {&tensor};
+  for (auto* r : residuals)
+    if (*r && (*r)->defined()) ptrs.push_back(&**r);
+  if (std::none_of(ptrs.begin(), ptrs.end(), [](const at::Tensor* t) { return t->is_cuda(); })) return nullptr;
+  auto stage = backend.cuda().stage(ptrs, op);
+  for (size_t i = 1; i < ptrs.size(); ++i) stage->keepOutput(*ptrs[i]);
+  return stage;
 }
 
 }  // namespace
@@ -96,11 +104,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::sparseAllreduce(at::Tensor tensor, 
                                                              int64_t k, const std::string& method, int64_t seed,
                                                              double scale, std::optional<at::Tensor> stats) {
   const char* op = "sparse_all_reduce";
-  if (tensor.is_cuda() || anyOnCuda({&residual})) {
-    std::vector<at::Tensor*> ptrs = {&tensor};
-    if (residual && residual->defined()) ptrs.push_back(&*residual);
-    auto stage = cuda().stage(ptrs, op);
-    if (residual && residual->defined()) stage->keepOutput(*residual);
+  if (auto stage = stageOnHost(*this, tensor, {&residual}, op)) {
     PendingStage pending(stage);
     return sparseAllreduce(tensor, residual, k, method, seed, scale, stats);
   }
@@ -149,13 +153,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::quantizedAllreduce(at::Tensor tenso
                                                                 int64_t block, int64_t seed, double scale,
                                                                 std::optional<at::Tensor> stats) {
   const char* op = "quantized_all_reduce";
-  if (tensor.is_cuda() || anyOnCuda({&residual, &serverResidual})) {
-    std::vector<at::Tensor*> ptrs = {&tensor};
-    for (auto* t : {&residual, &serverResidual})
-      if (*t && (*t)->defined()) ptrs.push_back(&**t);
-    auto stage = cuda().stage(ptrs, op);
-    for (auto* t : {&residual, &serverResidual})
-      if (*t && (*t)->defined()) stage->keepOutput(**t);
+  if (auto stage = stageOnHost(*this, tensor, {&residual, &serverResidual}, op)) {
     PendingStage pending(stage);
     return quantizedAllreduce(tensor, residual, serverResidual, bits, block, seed, scale, stats);
   }

@@ -155,8 +155,6 @@ struct PeerBlob {
   uint64_t count;
   int32_t dtype;
   int32_t ok;  // 0: this rank could not export its memory
-  int32_t device;
-  int32_t pad;
   char uuid[16];  // the physical GPU (indices differ under CUDA_VISIBLE_DEVICES)
 };
 
@@ -201,9 +199,9 @@ class Context final : public CudaContext {
   }
 
   std::shared_ptr<CudaStage> streamStage(const at::Tensor& like) override {
-    auto st = std::make_shared<Stage>(like.device(), streamFor(like.device()));
-    c10::cuda::CUDACachingAllocator::recordStream(like.storage().data_ptr(), streamFor(like.device()));
-    return st;
+    const c10::cuda::CUDAStream internal = streamFor(like.device());
+    c10::cuda::CUDACachingAllocator::recordStream(like.storage().data_ptr(), internal);
+    return std::make_shared<Stage>(like.device(), internal);
   }
 
   bool peersCanReduce(const at::Tensor& t, ReduceOp op) const override {
@@ -223,7 +221,6 @@ class Context final : public CudaContext {
     PeerBlob blob{};
     blob.count = static_cast<uint64_t>(t.numel());
     blob.dtype = static_cast<int32_t>(t.scalar_type());
-    blob.device = t.device().index();
     std::memcpy(blob.uuid, mine.uuid, sizeof blob.uuid);
     blob.ready = mine.readyHandle;
     blob.done = mine.doneHandle;
