@@ -121,6 +121,9 @@ template <typename T> struct PeerPtrs {
   T* p[kMaxPeers];
 };
 
+// Every loop over the ranks runs to kMaxPeers, unrolled, and breaks at n: the
+// indices into peers.p are then constants and the pointers stay in the
+// parameter space (a run-time index puts the array in local memory).
 template <typename T, typename Op, int V>
 __global__ void reducePeersKernel(PeerPtrs<T> peers, int n, size_t begin, size_t count, Scale s) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
@@ -132,20 +135,34 @@ __global__ void reducePeersKernel(PeerPtrs<T> peers, int n, size_t begin, size_t
     typename Compute<T>::type acc[V];
 #pragma unroll
     for (int t = 0; t < V; ++t) acc[t] = load(x.v[t]);
-    for (int r = 1; r < n; ++r) {
+#pragma unroll
+    for (int r = 1; r < kMaxPeers; ++r) {
+      if (r >= n) break;
       const Vec<T, V> y = reinterpret_cast<const Vec<T, V>*>(peers.p[r])[at];
 #pragma unroll
       for (int t = 0; t < V; ++t) acc[t] = load(store<T>(Op::apply(acc[t], load(y.v[t]))));
     }
 #pragma unroll
     for (int t = 0; t < V; ++t) x.v[t] = store<T>(s.apply(acc[t]));
-    for (int r = 0; r < n; ++r) reinterpret_cast<Vec<T, V>*>(peers.p[r])[at] = x;
+#pragma unroll
+    for (int r = 0; r < kMaxPeers; ++r) {
+      if (r >= n) break;
+      reinterpret_cast<Vec<T, V>*>(peers.p[r])[at] = x;
+    }
   }
   for (size_t i = begin + nv * V + first; i < begin + count; i += stride) {
     typename Compute<T>::type acc = load(peers.p[0][i]);
-    for (int r = 1; r < n; ++r) acc = load(store<T>(Op::apply(acc, load(peers.p[r][i]))));
+#pragma unroll
+    for (int r = 1; r < kMaxPeers; ++r) {
+      if (r >= n) break;
+      acc = load(store<T>(Op::apply(acc, load(peers.p[r][i]))));
+    }
     const T v = store<T>(s.apply(acc));
-    for (int r = 0; r < n; ++r) peers.p[r][i] = v;
+#pragma unroll
+    for (int r = 0; r < kMaxPeers; ++r) {
+      if (r >= n) break;
+      peers.p[r][i] = v;
+    }
   }
 }
 
