@@ -38,7 +38,8 @@ def copy_bandwidth(nbytes: int) -> float:
     return nbytes / sorted(times)[len(times) // 2]
 
 
-def body(rank: int, world: int, port: int, backend: str, env: dict, sizes: list, iters: int, q) -> None:
+def body(rank: int, world: int, port: int, backend: str, env: dict, sizes: list, iters: int, q,
+         async_ops: bool = False) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), **env})
     import agentcomm  # noqa: F401
@@ -55,11 +56,17 @@ def body(rank: int, world: int, port: int, backend: str, env: dict, sizes: list,
             torch.cuda.synchronize()
             dist.barrier()
             t0 = time.perf_counter()
-            for _ in range(n):
-                dist.all_reduce(x)
+            if async_ops:  # issued back to back, waited for at the end (DDP's buckets)
+                works = [dist.all_reduce(x, async_op=True) for _ in range(n)]
+                for w in works:
+                    w.wait()
+            else:
+                for _ in range(n):
+                    dist.all_reduce(x)
+            queued = (time.perf_counter() - t0) / n
             torch.cuda.synchronize()
             dt = (time.perf_counter() - t0) / n
-            rows.append((nbytes, dt))
+            rows.append((nbytes, dt, queued))
         if rank == 0:
             q.put((backend, env, rows, None))
         dist.barrier()
@@ -75,10 +82,19 @@ def main() -> None:
     ap.add_argument("--sizes", default="4K,1M,16M,64M,256M")
     ap.add_argument("--iters", type=int, default=40)
     ap.add_argument("--backends", default="agentcomm,agentcomm-staged,gloo,nccl")
+    ap.add_argument("--async-ops", action="store_true",
+                    help="issue the ops with async_op=True and wait for them all at the end")
     args = ap.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     copy = copy_bandwidth(max(sizes))
+    # What exporting a tensor's memory costs (the all-reduce does it per op).
+    x = torch.empty(64 << 20, device="cuda")
+    t0 = time.perf_counter()
+    for _ in range(100):
+        x.untyped_storage()._share_cuda_()
+    print(f"cudaIpcGetMemHandle (through torch's _share_cuda_): {(time.perf_counter() - t0) * 1e4:.1f} us per call")
     print(f"device: {torch.cuda.get_device_name(0)}; {args.world} ranks on GPU 0; "
+          f"{'async ops' if args.async_ops else 'blocking ops'}; "
           f"D2D copy {copy / 1e9:.0f} GB/s (bytes copied / time)")
     ctx = mp.get_context("spawn")
     results = []
@@ -86,7 +102,8 @@ def main() -> None:
         backend, env = ("agentcomm", {"AGENTCOMM_CUDA_IPC": "0"}) if name == "agentcomm-staged" else (name, {})
         q = ctx.Queue()
         port = 29500 + len(results) * 7 + os.getpid() % 1000
-        procs = [ctx.Process(target=body, args=(r, args.world, port, backend, env, sizes, args.iters, q))
+        procs = [ctx.Process(target=body, args=(r, args.world, port, backend, env, sizes, args.iters, q,
+                                                        args.async_ops))
                  for r in range(args.world)]
         for p in procs:
             p.start()
@@ -99,13 +116,16 @@ def main() -> None:
             if p.is_alive():
                 p.kill()
         results.append((name, got[2], got[3]))
-    print(f"{'backend':18s} {'bytes':>10s} {'time us':>10s} {'busbw GB/s':>11s} {'of copy':>8s}")
+    # "host us": how long rank 0's calls took to return (the host side's
+    # rate); "time us" also waits for the device (the op's rate).
+    print(f"{'backend':18s} {'bytes':>10s} {'time us':>10s} {'host us':>9s} {'busbw GB/s':>11s} {'of copy':>8s}")
     for name, rows, err in results:
         if err:
             print(f"{name:18s} failed: {err}")
-        for nbytes, dt in rows:
+        for nbytes, dt, queued in rows:
             bus = 2 * (args.world - 1) / args.world * nbytes / dt
-            print(f"{name:18s} {nbytes:>10d} {dt * 1e6:>10.1f} {bus / 1e9:>11.1f} {100 * bus / copy:>7.0f}%")
+            print(f"{name:18s} {nbytes:>10d} {dt * 1e6:>10.1f} {queued * 1e6:>9.1f} {bus / 1e9:>11.1f} "
+                  f"{100 * bus / copy:>7.0f}%")
 
 
 if __name__ == "__main__":

@@ -19,18 +19,5 @@ echo "== CUDA kernel tests"
 /tmp/bcore/agentcomm_cuda_tests 2>&1 | tee "$OUT/cuda_tests.log" | grep -E "^\[  (FAILED|PASSED|  OK|SKIPPED) |Failure|Expected|Which is|available|error" | head -60
 echo "== CUDA kernel bench"
 /tmp/bcore/agentcomm_cuda_bench 2>&1 | tee "$OUT/cuda_bench.log"
-python3 - <<'PY' 2>&1 | tee "$OUT/torch_topk.log"
-import torch
-x = torch.randn(25_000_000, device="cuda"); k = 250_000
-s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-def t(fn, reps=20):
-    for _ in range(3): fn()
-    ms = []
-    for _ in range(reps):
-        s.record(); fn(); e.record(); e.synchronize(); ms.append(s.elapsed_time(e))
-    return sorted(ms)[len(ms)//2]
-print(f"torch.topk(|x|, 1% of 25M): {t(lambda: torch.topk(x.abs(), k, sorted=False)):.3f} ms")
-y = torch.empty_like(x)
-print(f"torch copy_ 25M: {t(lambda: y.copy_(x)):.3f} ms")
-PY
+python3 bench/cuda/torch_topk.py 2>&1 | tee "$OUT/torch_topk.log"
 # The extension and the GPU Python tests: bench/cuda/device_python.sh.

@@ -5,13 +5,18 @@
 // that file's comments for the why).
 //
 // Top-k on the device, in (magnitude key, lower index first) order as on the
-// CPU: a 4096-bin histogram of the top 12 bits of the keys (shared-memory
-// bins, a resident grid, fused with the error-feedback add); the boundary bin
-// found by a block-wide scan; its elements collected (warp-aggregated
-// appends) and radix-sorted by the remaining bits, which gives the k-th
+// CPU, with no host round trip before the end: a 4096-bin histogram of the
+// top 12 bits of the keys (shared-memory bins, a resident grid, fused with
+// the error-feedback add) and a block-wide scan for the boundary bin; a second
+// pass collects that bin's elements (warp-aggregated appends) while
+// histogramming their next 12 bits; a second scan, a filter of the candidates
+// down to the 24-bit boundary bin (tens of elements on smooth data), and one
+// block's radix select over the remaining bits and the index give the k-th
 // largest (key, ~index) on the device; then an order-preserving selection
 // (cub::DeviceSelect) of every element at or above it: indices come out
-// ascending without a sort. One host round trip (the boundary bin's size).
+// ascending without a sort. Three passes over the data in all. If a candidate
+// buffer overflows (many equal keys), the result says so and the older path
+// runs: the boundary bin's size read back, its candidates radix-sorted.
 #include <algorithm>
 #include <climits>
 #include <vector>
@@ -32,7 +37,8 @@ using namespace detail;
 namespace {
 
 constexpr int kBins = 4096;
-constexpr int kShift = 19;
+constexpr int kShift = 19;   // level 1: key bits 30..19
+constexpr int kShift2 = 7;   // level 2: key bits 18..7
 
 __host__ __device__ inline size_t blockCodeBytes(size_t m, int bits) { return (m * static_cast<size_t>(bits) + 7) / 8; }
 
@@ -410,23 +416,115 @@ unsigned residentGrid(int blocksPerSm) {
   return static_cast<unsigned>(sms * blocksPerSm);
 }
 
-__global__ void histogramKernel(float* data, const float* add, size_t n, unsigned* hist) {
-  __shared__ unsigned bins[kBins];
-  for (int b = threadIdx.x; b < kBins; b += blockDim.x) bins[b] = 0;
-  __syncthreads();
+// Calls f(i, x) for every element i of data, x = data[i] (+ add[i], written
+// back when add is set), in steps that every thread of the block takes
+// together (blocks of a resident grid stride over the data), and step()
+// after each, block-wide. `vec`: data and add 16-byte aligned (float4 loads,
+// four elements per thread and step).
+template <typename F, typename Step>
+__device__ inline void forEachElement(float* data, const float* add, size_t n, bool vec, F&& f, Step&& step) {
+  const size_t per = vec ? 4 : 1;
+  const size_t units = n / per;
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+  for (size_t u0 = static_cast<size_t>(blockIdx.x) * blockDim.x; u0 < units; u0 += stride) {
+    const size_t u = u0 + threadIdx.x;
+    if (u < units) {
+      if (vec) {
+        float4 v = reinterpret_cast<const float4*>(data)[u];
+        if (add) {
+          const float4 a = reinterpret_cast<const float4*>(add)[u];
+          v.x = v.x + a.x;
+          v.y = v.y + a.y;
+          v.z = v.z + a.z;
+          v.w = v.w + a.w;
+          reinterpret_cast<float4*>(data)[u] = v;
+        }
+        f(4 * u, v.x);
+        f(4 * u + 1, v.y);
+        f(4 * u + 2, v.z);
+        f(4 * u + 3, v.w);
+      } else {
+        float v = data[u];
+        if (add) {
+          v = v + add[u];
+          data[u] = v;
+        }
+        f(u, v);
+      }
+    }
+    step();
+  }
+  // The vectorized loop's tail (at most 3 elements): block 0.
+  const size_t i = units * per + threadIdx.x;
+  if (blockIdx.x == 0 && i < n) {
     float v = data[i];
     if (add) {
       v = v + add[i];
       data[i] = v;
     }
-    atomicAdd(&bins[magnitudeKey(v) >> kShift], 1u);
+    f(i, v);
   }
+}
+
+__global__ void histogramKernel(float* data, const float* add, size_t n, bool vec, unsigned* hist) {
+  __shared__ unsigned bins[kBins];
+  for (int b = threadIdx.x; b < kBins; b += blockDim.x) bins[b] = 0;
+  __syncthreads();
+  forEachElement(data, add, n, vec, [&](size_t, float v) { atomicAdd(&bins[magnitudeKey(v) >> kShift], 1u); },
+                 [] {});
   __syncthreads();
   for (int b = threadIdx.x; b < kBins; b += blockDim.x)
     if (bins[b]) atomicAdd(&hist[b], bins[b]);
 }
+
+// Appends from a whole block to a global list with one global atomic per
+// flush. Appending with one atomic per warp on a shared counter serialized
+// at its L2 slice (ncu on an H100: the collect pass 98-104 us and DGC's
+// threshold pass 216 us over 100 MB that the histogram pass reads in 44).
+// Every thread of the block calls flush/stepDone together.
+constexpr unsigned kStage = 2048;
+struct BlockStage {
+  unsigned long long* buf;   // shared, kStage entries
+  unsigned* staged;          // shared
+  unsigned long long* base;  // shared
+  unsigned long long* out;
+  size_t cap;  // entries of out; later ones are counted, not written
+  unsigned long long* count;
+
+  __device__ void init() {
+    if (threadIdx.x == 0) *staged = 0;
+    __syncthreads();
+  }
+  __device__ void put(unsigned long long v) { buf[atomicAdd(staged, 1u)] = v; }
+  __device__ void flush() {
+    __syncthreads();
+    const unsigned m = *staged;
+    if (m == 0) return;  // every thread read the same m
+    if (threadIdx.x == 0) *base = atomicAdd(count, static_cast<unsigned long long>(m));
+    __syncthreads();
+    const unsigned long long b = *base;
+    for (unsigned j = threadIdx.x; j < m; j += blockDim.x)
+      if (b + j < cap) out[b + j] = buf[j];
+    __syncthreads();
+    if (threadIdx.x == 0) *staged = 0;
+    __syncthreads();
+  }
+  // After a step in which each thread put at most 4 entries: flush if the
+  // next step might not fit.
+  __device__ void stepDone() {
+    __syncthreads();
+    const unsigned now = *staged;
+    __syncthreads();  // every thread has read it before anyone puts again
+    if (now + 4 * blockDim.x > kStage) flush();
+  }
+};
+
+#define AC_BLOCK_STAGE(name, out, cap, count)                                         \
+  __shared__ unsigned long long name##Buf[kStage];                                    \
+  __shared__ unsigned name##Staged;                                                   \
+  __shared__ unsigned long long name##Base;                                           \
+  BlockStage name{name##Buf, &name##Staged, &name##Base, (out), (cap), (count)};      \
+  name.init()
 
 // Appends to a list with one atomic per warp, not one per element (a single
 // counter hit by every selected element serializes). Every lane of the warp
@@ -448,8 +546,10 @@ __device__ inline unsigned long long candidateOf(uint32_t key, uint32_t i) {
 
 // The boundary bin of the histogram (one block, 1024 threads x 4 bins): the
 // bin b with (count above b) < k <= (count above b) + hist[b]. info receives
-// {b, hist[b], k - count above b}.
-__global__ void boundaryKernel(const unsigned* hist, size_t k, unsigned* info) {
+// {b, hist[b], k - count above b}. k is *kAt when kAt is set (the level
+// above's "how many are needed", on the device).
+__global__ void boundaryKernel(const unsigned* hist, size_t k, const unsigned* kAt, unsigned* info) {
+  if (kAt) k = *kAt;
   using Scan = cub::BlockScan<unsigned, 1024>;
   __shared__ typename Scan::TempStorage temp;
   unsigned h[4];
@@ -466,18 +566,100 @@ __global__ void boundaryKernel(const unsigned* hist, size_t k, unsigned* info) {
   }
 }
 
-// The candidates: every element of the boundary bin, as (key, ~index).
-// (The loop is warp-uniform: warpAppend needs every lane.)
-__global__ void collectKernel(const float* data, size_t n, const unsigned* info, unsigned long long* cand,
-                              unsigned long long* candCount) {
+// Pass two: the boundary bin's elements as (key, ~index), up to cap of them
+// (all counted), and a histogram of their next 12 bits (hist2; global
+// atomics: only the boundary bin's elements, spread over 4096 bins).
+__global__ void collectLevel2Kernel(const float* data, size_t n, bool vec, const unsigned* info,
+                                    unsigned long long* cand, size_t cap, unsigned long long* candCount,
+                                    unsigned* hist2) {
+  AC_BLOCK_STAGE(stage, cand, cap, candCount);
   const uint32_t bin = info[0];
+  forEachElement(
+      const_cast<float*>(data), nullptr, n, vec,
+      [&](size_t i, float x) {
+        const uint32_t key = magnitudeKey(x);
+        if (key >> kShift == bin) {
+          stage.put(candidateOf(key, static_cast<uint32_t>(i)));
+          atomicAdd(&hist2[(key >> kShift2) & (kBins - 1)], 1u);
+        }
+      },
+      [&] { stage.stepDone(); });
+  stage.flush();
+}
+
+// The 24-bit boundary bin: the candidates whose key's top 24 bits are
+// (info1[0], info2[0]), up to cap2 of them (all counted).
+__global__ void narrowKernel(const unsigned long long* cand, const unsigned long long* candCount, size_t cap,
+                             const unsigned* info1, const unsigned* info2, unsigned long long* out, size_t cap2,
+                             unsigned long long* outCount) {
+  const unsigned long long m = min(*candCount, static_cast<unsigned long long>(cap));
+  const unsigned long long top = (static_cast<unsigned long long>(info1[0]) << 12) | info2[0];  // key >> 7
+  const size_t lane = threadIdx.x & 31;
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i0 = static_cast<size_t>(blockIdx.x) * blockDim.x + (threadIdx.x & ~31u); i0 < n; i0 += stride) {
-    const size_t i = i0 + (threadIdx.x & 31);
-    const uint32_t key = i < n ? magnitudeKey(data[i]) : 0;
-    const bool take = i < n && key >> kShift == bin;
-    const unsigned long long slot = warpAppend(take, candCount);
-    if (take) cand[slot] = candidateOf(key, static_cast<uint32_t>(i));
+  for (size_t w = static_cast<size_t>(blockIdx.x) * blockDim.x + (threadIdx.x & ~31u); w < m; w += stride) {
+    const size_t j = w + lane;
+    const unsigned long long v = j < m ? cand[j] : 0;
+    const bool take = j < m && (v >> (32 + kShift2)) == top;
+    const unsigned long long slot = warpAppend(take, outCount);
+    if (take && slot < cap2) out[slot] = v;
+  }
+}
+
+// One block: the need-th largest of the narrowed candidates (need =
+// info2[2]), by radix selection over the 39 bits below the shared 24-bit
+// prefix (7 key bits, then the 32 of ~index, 8 at a time). Writes the k-th
+// largest (key, ~index) of all the data to *bound; if a buffer overflowed,
+// *bound = all ones (nothing is at least that) and *overflow = 1.
+constexpr int kSelectThreads = 256;  // one per digit
+__global__ void selectBoundKernel(const unsigned long long* cand2, const unsigned long long* counts, size_t cap,
+                                  size_t cap2, const unsigned* info1, const unsigned* info2,
+                                  unsigned long long* bound, unsigned* overflow) {
+  __shared__ unsigned bins[kSelectThreads];
+  __shared__ unsigned long long sPrefix, sMask;
+  __shared__ unsigned sNeed;
+  const unsigned long long m = counts[1];
+  if (counts[0] > cap || m > cap2 || m == 0) {
+    if (threadIdx.x == 0) {
+      *bound = ~0ull;
+      *overflow = 1;
+    }
+    return;
+  }
+  if (threadIdx.x == 0) {
+    sPrefix = 0;
+    sMask = 0;
+    sNeed = info2[2];
+  }
+  using Scan = cub::BlockScan<unsigned, kSelectThreads>;
+  __shared__ typename Scan::TempStorage temp;
+  for (int pass = 0; pass < 5; ++pass) {
+    const int shift = pass == 0 ? 32 : 32 - 8 * pass;  // 32, 24, 16, 8, 0
+    const unsigned digits = pass == 0 ? 128u : 256u;
+    bins[threadIdx.x] = 0;
+    __syncthreads();
+    const unsigned long long prefix = sPrefix, mask = sMask;
+    const unsigned need = sNeed;
+    for (size_t j = threadIdx.x; j < m; j += blockDim.x) {
+      const unsigned long long v = cand2[j];
+      if ((v & mask) == prefix) atomicAdd(&bins[(v >> shift) & (digits - 1)], 1u);
+    }
+    __syncthreads();
+    // Thread t holds digit digits - 1 - t: the scan counts from the top down.
+    const int d = static_cast<int>(digits) - 1 - static_cast<int>(threadIdx.x);
+    const unsigned h = d >= 0 ? bins[d] : 0u;
+    unsigned above = 0;
+    Scan(temp).ExclusiveSum(h, above);
+    if (d >= 0 && above < need && above + h >= need) {
+      sPrefix = prefix | static_cast<unsigned long long>(d) << shift;
+      sMask = mask | static_cast<unsigned long long>(digits - 1) << shift;
+      sNeed = need - above;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    const unsigned long long top = (static_cast<unsigned long long>(info1[0]) << 12) | info2[0];
+    *bound = (top << (32 + kShift2)) | sPrefix;
+    *overflow = 0;
   }
 }
 
@@ -492,28 +674,24 @@ struct AtLeast {
 };
 
 // Everything with key >= threshold (after the fused add), up to cap entries; counts all.
-__global__ void thresholdKernel(float* data, const float* add, size_t n, const uint32_t* thresholdAt,
+__global__ void thresholdKernel(float* data, const float* add, size_t n, bool vec, const uint32_t* thresholdAt,
                                 unsigned long long* cand, size_t cap, unsigned long long* count) {
+  AC_BLOCK_STAGE(stage, cand, cap, count);
   const uint32_t threshold = *thresholdAt;
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i0 = static_cast<size_t>(blockIdx.x) * blockDim.x + (threadIdx.x & ~31u); i0 < n; i0 += stride) {
-    const size_t i = i0 + (threadIdx.x & 31);
-    uint32_t key = 0;
-    if (i < n) {
-      float v = data[i];
-      if (add) {
-        v = v + add[i];
-        data[i] = v;
-      }
-      key = magnitudeKey(v);
-    }
-    const bool take = i < n && key >= threshold;
-    const unsigned long long slot = warpAppend(take, count);
-    if (take && slot < cap) cand[slot] = candidateOf(key, static_cast<uint32_t>(i));
-  }
+  forEachElement(
+      data, add, n, vec,
+      [&](size_t i, float x) {
+        const uint32_t key = magnitudeKey(x);
+        if (key >= threshold) stage.put(candidateOf(key, static_cast<uint32_t>(i)));
+      },
+      [&] { stage.stepDone(); });
+  stage.flush();
 }
 
-__global__ void gatherKernel(float* data, const uint32_t* idx, size_t k, float* val, bool zero) {
+// skip: set on the device when no indices were selected (an overflow).
+__global__ void gatherKernel(float* data, const uint32_t* idx, size_t k, float* val, bool zero,
+                             const unsigned* skip = nullptr) {
+  if (skip && *skip) return;
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   for (size_t j = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < k; j += stride) {
     const uint32_t i = idx[j];  // distinct: each element is read and zeroed by one thread
@@ -554,21 +732,50 @@ void retainPool() {
 
 // Given `bound` (on the device), the k-th largest (key, ~index) of the
 // data: the selected indices in ascending order (an order-preserving
-// selection, no sort), then their values (and zeroing).
+// selection, no sort), then their values (and zeroing); synchronizes.
+// skip (optional, on the device): set when bound selects nothing; copied to
+// *skipped once everything ran (no host wait before the selection).
 size_t finish(float* data, size_t n, const unsigned long long* bound, size_t k, uint32_t* idx, float* val, bool zero,
-              cudaStream_t st) {
+              cudaStream_t st, const unsigned* skip = nullptr, unsigned* skipped = nullptr) {
+  // 32-bit item counts where they fit: CUB's 64-bit form streams the input
+  // in partitions and ran at half the rate (ncu: 80 us over 25M elements).
   DeviceBuffer<long long> selected(1, st);
   thrust::counting_iterator<uint32_t> first(0);
-  size_t temp = 0;
-  AC_CUDA_CHECK(cub::DeviceSelect::If(nullptr, temp, first, idx, selected.get(), static_cast<int64_t>(n),
-                                      AtLeast{data, bound}, st));
-  DeviceBuffer<uint8_t> scratch(temp, st);
-  AC_CUDA_CHECK(cub::DeviceSelect::If(scratch.get(), temp, first, idx, selected.get(), static_cast<int64_t>(n),
-                                      AtLeast{data, bound}, st));
-  gatherKernel<<<gridFor(k), kThreads, 0, st>>>(data, idx, k, val, zero);
+  auto select = [&](auto items) {
+    size_t temp = 0;
+    AC_CUDA_CHECK(cub::DeviceSelect::If(nullptr, temp, first, idx, selected.get(), items, AtLeast{data, bound}, st));
+    DeviceBuffer<uint8_t> scratch(temp, st);
+    AC_CUDA_CHECK(
+        cub::DeviceSelect::If(scratch.get(), temp, first, idx, selected.get(), items, AtLeast{data, bound}, st));
+  };
+  if (n <= static_cast<size_t>(INT_MAX))
+    select(static_cast<int>(n));
+  else
+    select(static_cast<int64_t>(n));
+  gatherKernel<<<gridFor(k), kThreads, 0, st>>>(data, idx, k, val, zero, skip);
   AC_CUDA_LAUNCHED();
+  if (skip) AC_CUDA_CHECK(cudaMemcpyAsync(skipped, skip, sizeof *skipped, cudaMemcpyDeviceToHost, st));
   AC_CUDA_CHECK(cudaStreamSynchronize(st));
   return k;
+}
+
+// k == 0 or k >= n: everything (after the fused add), no selection.
+size_t topkAll(float* data, const float* add, size_t n, size_t k, uint32_t* idx, float* val, bool zeroSelected,
+               cudaStream_t st) {
+  if (add && n) {
+    addKernel<<<gridFor(n), kThreads, 0, st>>>(data, add, n);
+    AC_CUDA_LAUNCHED();
+  }
+  if (k == 0 || n == 0) {
+    AC_CUDA_CHECK(cudaStreamSynchronize(st));
+    return 0;
+  }
+  iotaKernel<<<gridFor(n), kThreads, 0, st>>>(idx, n);
+  AC_CUDA_LAUNCHED();
+  gatherKernel<<<gridFor(n), kThreads, 0, st>>>(data, idx, n, val, zeroSelected);
+  AC_CUDA_LAUNCHED();
+  AC_CUDA_CHECK(cudaStreamSynchronize(st));
+  return n;
 }
 
 }  // namespace
@@ -618,39 +825,75 @@ size_t topkExact(float* data, const float* add, size_t n, size_t k, uint32_t* id
                  Stream stream) {
   AC_CHECK(n < (size_t{1} << 32), InvalidArgument, "top-k: ", n, " elements; at most 2^32 - 1 per buffer");
   cudaStream_t st = asStream(stream);
-  if (k >= n || k == 0) {
-    if (add && n) {
-      addKernel<<<gridFor(n), kThreads, 0, st>>>(data, add, n);
-      AC_CUDA_LAUNCHED();
-    }
-    if (k == 0 || n == 0) {
-      AC_CUDA_CHECK(cudaStreamSynchronize(st));
-      return 0;
-    }
-    iotaKernel<<<gridFor(n), kThreads, 0, st>>>(idx, n);
-    AC_CUDA_LAUNCHED();
-    gatherKernel<<<gridFor(n), kThreads, 0, st>>>(data, idx, n, val, zeroSelected);
-    AC_CUDA_LAUNCHED();
-    AC_CUDA_CHECK(cudaStreamSynchronize(st));
-    return n;
-  }
+  if (k >= n || k == 0) return topkAll(data, add, n, k, idx, val, zeroSelected, st);
   retainPool();
-  // hist: the bins, then {boundary bin, its count, how many of it are needed,
-  // padding, the 64-bit count of collected candidates}.
-  DeviceBuffer<unsigned> hist(kBins + 6, st);
-  unsigned* info = hist.get() + kBins;
-  AC_CUDA_CHECK(cudaMemsetAsync(hist.get(), 0, (kBins + 6) * sizeof(unsigned), st));
-  histogramKernel<<<std::min(gridFor(n), residentGrid(8)), kThreads, 0, st>>>(data, add, n, hist.get());
+  // Candidate buffers: the boundary bin holds ~n / 300 elements on Gaussian
+  // data at k = n / 100; past these caps (many equal keys) the sorted path
+  // below takes over.
+  const size_t cap = std::min(n, std::max<size_t>(k, size_t{1} << 18));
+  const size_t cap2 = std::min<size_t>(cap, size_t{1} << 16);
+  // u32: hist, hist2, info {bin, count, need, -}, info2, {overflow}.
+  DeviceBuffer<unsigned> words(2 * kBins + 12, st);
+  unsigned* hist = words.get();
+  unsigned* hist2 = hist + kBins;
+  unsigned* info = hist2 + kBins;
+  unsigned* info2 = info + 4;
+  unsigned* overflow = info2 + 4;
+  // u64: {candidates, narrowed candidates, bound, -}, then the two lists.
+  DeviceBuffer<unsigned long long> longs(4 + cap + cap2, st);
+  unsigned long long* counts = longs.get();
+  unsigned long long* bound = counts + 2;
+  unsigned long long* cand = counts + 4;
+  unsigned long long* cand2 = cand + cap;
+  AC_CUDA_CHECK(cudaMemsetAsync(words.get(), 0, (2 * kBins + 12) * sizeof(unsigned), st));
+  AC_CUDA_CHECK(cudaMemsetAsync(counts, 0, 4 * sizeof(unsigned long long), st));
+  const bool vec = aligned(data, 16) && aligned(add, 16);
+  const unsigned grid = std::min(gridFor(n), residentGrid(8));
+  histogramKernel<<<grid, kThreads, 0, st>>>(data, add, n, vec, hist);
   AC_CUDA_LAUNCHED();
-  boundaryKernel<<<1, 1024, 0, st>>>(hist.get(), k, info);
+  boundaryKernel<<<1, 1024, 0, st>>>(hist, k, nullptr, info);
+  AC_CUDA_LAUNCHED();
+  collectLevel2Kernel<<<grid, kThreads, 0, st>>>(data, n, vec, info, cand, cap, counts, hist2);
+  AC_CUDA_LAUNCHED();
+  boundaryKernel<<<1, 1024, 0, st>>>(hist2, 0, info + 2, info2);
+  AC_CUDA_LAUNCHED();
+  narrowKernel<<<std::min(gridFor(cap), residentGrid(4)), kThreads, 0, st>>>(cand, counts, cap, info, info2, cand2,
+                                                                             cap2, counts + 1);
+  AC_CUDA_LAUNCHED();
+  selectBoundKernel<<<1, kSelectThreads, 0, st>>>(cand2, counts, cap, cap2, info, info2, bound, overflow);
+  AC_CUDA_LAUNCHED();
+  unsigned over = 0;
+  finish(data, n, bound, k, idx, val, zeroSelected, st, overflow, &over);  // synchronizes
+  if (over) return topkExactSorted(data, nullptr, n, k, idx, val, zeroSelected, stream);  // the add is applied
+  return k;
+}
+
+size_t topkExactSorted(float* data, const float* add, size_t n, size_t k, uint32_t* idx, float* val,
+                       bool zeroSelected, Stream stream) {
+  AC_CHECK(n < (size_t{1} << 32), InvalidArgument, "top-k: ", n, " elements; at most 2^32 - 1 per buffer");
+  cudaStream_t st = asStream(stream);
+  if (k >= n || k == 0) return topkAll(data, add, n, k, idx, val, zeroSelected, st);
+  retainPool();
+  // words: the bins, the second level's (unused here), then {boundary bin,
+  // its count, how many of it are needed, padding, the 64-bit count of
+  // collected candidates}.
+  DeviceBuffer<unsigned> words(2 * kBins + 6, st);
+  unsigned* hist = words.get();
+  unsigned* info = hist + 2 * kBins;
+  AC_CUDA_CHECK(cudaMemsetAsync(hist, 0, (2 * kBins + 6) * sizeof(unsigned), st));
+  const bool vec = aligned(data, 16) && aligned(add, 16);
+  const unsigned grid = std::min(gridFor(n), residentGrid(8));
+  histogramKernel<<<grid, kThreads, 0, st>>>(data, add, n, vec, hist);
+  AC_CUDA_LAUNCHED();
+  boundaryKernel<<<1, 1024, 0, st>>>(hist, k, nullptr, info);
   AC_CUDA_LAUNCHED();
   unsigned h[3];
   AC_CUDA_CHECK(cudaMemcpyAsync(h, info, sizeof h, cudaMemcpyDeviceToHost, st));
   AC_CUDA_CHECK(cudaStreamSynchronize(st));
   const size_t nCand = h[1], need = h[2];
   DeviceBuffer<unsigned long long> cand(nCand, st), sorted(nCand, st);
-  collectKernel<<<std::min(gridFor(n), residentGrid(8)), kThreads, 0, st>>>(
-      data, n, info, cand.get(), reinterpret_cast<unsigned long long*>(info + 4));
+  collectLevel2Kernel<<<grid, kThreads, 0, st>>>(data, n, vec, info, cand.get(), nCand,
+                                                 reinterpret_cast<unsigned long long*>(info + 4), hist + kBins);
   AC_CUDA_LAUNCHED();
   // The boundary bin's candidates in descending (key, ~index) order: the
   // need-th is the k-th largest of all.
@@ -679,7 +922,8 @@ size_t topkSampled(float* data, const float* add, size_t n, size_t k, uint32_t* 
   DeviceBuffer<unsigned long long> cand(cap, st), sorted(cap, st);
   DeviceBuffer<unsigned long long> count(1, st);
   AC_CUDA_CHECK(cudaMemsetAsync(count.get(), 0, sizeof(unsigned long long), st));
-  thresholdKernel<<<std::min(gridFor(n), residentGrid(8)), kThreads, 0, st>>>(data, add, n, sortedSample.get() + (want - 1), cand.get(), cap,
+  thresholdKernel<<<std::min(gridFor(n), residentGrid(8)), kThreads, 0, st>>>(
+      data, add, n, aligned(data, 16) && aligned(add, 16), sortedSample.get() + (want - 1), cand.get(), cap,
                                                    count.get());
   AC_CUDA_LAUNCHED();
   unsigned long long got = 0;

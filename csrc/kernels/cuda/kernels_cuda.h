@@ -64,6 +64,11 @@ void dequantize(const uint8_t* codes, const float* scales, size_t n, int bits, s
 // number of pairs written, as the CPU twins do.
 size_t topkExact(float* data, const float* add, size_t n, size_t k, uint32_t* idx, float* val, bool zeroSelected,
                  Stream stream);
+// topkExact's older path (the boundary bin's size read back, its candidates
+// radix-sorted): what topkExact falls back to when its candidate buffers
+// overflow; public for the tests and the bench.
+size_t topkExactSorted(float* data, const float* add, size_t n, size_t k, uint32_t* idx, float* val,
+                       bool zeroSelected, Stream stream);
 size_t topkSampled(float* data, const float* add, size_t n, size_t k, uint32_t* idx, float* val, bool zeroSelected,
                    uint64_t seed, Stream stream);
 

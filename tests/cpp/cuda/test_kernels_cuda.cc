@@ -125,7 +125,7 @@ TEST(CudaKernels, ReduceEqualsCpu) {
 TEST(CudaKernels, ReducePeersEqualsCpuChain) {
   REQUIRE_DEVICE();
   for (DataType dt : {DataType::Float32, DataType::Float16, DataType::BFloat16, DataType::Float64}) {
-    for (int n : {1, 2, 3, 8}) {
+    for (int n : {1, 2, 3, 8, 11}) {
       for (size_t count : {size_t{1}, size_t{13}, size_t{100003}}) {
         const size_t es = elementSize(dt);
         std::vector<std::vector<uint8_t>> in;
@@ -260,6 +260,53 @@ TEST(CudaKernels, TopkAndRandomkEqualCpu) {
       ASSERT_EQ(dv.download(), val);
       ASSERT_EQ(dd.download(), cpuData);
       ASSERT_EQ(dout.download(), out);
+    }
+  }
+}
+
+// Ties and the fallback: equal keys are ordered by index (lower first), as on
+// the CPU. All-equal data overflows the candidate buffers (the sorted path
+// takes over, after the fused add); a few thousand distinct values put
+// hundreds of equal keys in the boundary bin (the device select breaks the tie by index); an
+// odd offset takes the scalar loads. topkExactSorted is checked on its own.
+TEST(CudaKernels, TopkTiesAndFallbackEqualCpu) {
+  REQUIRE_DEVICE();
+  const size_t n = 1000003;
+  std::vector<std::vector<float>> cases;
+  cases.emplace_back(n, 1.5f);
+  {
+    auto few = randomFloats(n, 44);
+    for (auto& x : few) x = static_cast<float>(static_cast<int>(x * 300.0f)) / 64.0f + 0.5f;
+    cases.push_back(few);
+  }
+  cases.push_back(randomFloats(n, 45));
+  // Case 0's add keeps every value equal (a second add would show).
+  const auto noise = randomFloats(n + 1, 46, 1e-3f);
+  const std::vector<float> quarter(n + 1, 0.25f);
+  for (size_t c = 0; c < cases.size(); ++c) {
+    const auto& grad = c == 0 ? quarter : noise;
+    for (size_t off : {size_t{0}, size_t{1}}) {
+      for (int sorted = 0; sorted < 2; ++sorted) {
+        for (size_t k : {size_t{1000}, n / 100}) {
+          const size_t m = n - off;
+          std::vector<float> data(cases[c].begin() + static_cast<ptrdiff_t>(off), cases[c].end());
+          std::vector<uint32_t> idx(k);
+          std::vector<float> val(k);
+          auto cpu = data;
+          ASSERT_EQ(kernels::topkExact(cpu.data(), grad.data(), m, k, idx.data(), val.data(), true), k);
+          Dev<float> dd(cases[c]), dg(grad), dv(k);
+          Dev<uint32_t> di(k);
+          const size_t got = sorted ? kc::topkExactSorted(dd.get() + off, dg.get(), m, k, di.get(), dv.get(), true, nullptr)
+                                    : kc::topkExact(dd.get() + off, dg.get(), m, k, di.get(), dv.get(), true, nullptr);
+          ASSERT_EQ(got, k);
+          const std::string what = "case " + std::to_string(c) + " off=" + std::to_string(off) +
+                                   " sorted=" + std::to_string(sorted) + " k=" + std::to_string(k);
+          ASSERT_EQ(di.download(), idx) << what;
+          ASSERT_EQ(dv.download(), val) << what;
+          auto after = dd.download();
+          ASSERT_EQ(std::vector<float>(after.begin() + static_cast<ptrdiff_t>(off), after.end()), cpu) << what;
+        }
+      }
     }
   }
 }
