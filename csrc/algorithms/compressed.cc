@@ -102,12 +102,15 @@ void randomkAllReduce(Context& ctx, const SparseAllReduceOptions& o) {
   const size_t k = std::min(o.k, o.count);
   // Not a scratch slot: allReduce below uses those for its own staging.
   thread_local std::vector<float> valsBuf;
-  valsBuf.resize(k);
-  float* vals = valsBuf.data();
-  auto t0 = Clock::now();
-  float* src = o.residual ? o.residual : o.data;
-  kernels::randomkGather(src, o.residual ? o.data : nullptr, o.count, k, o.seed, vals, o.residual != nullptr);
-  if (o.stats) o.stats->encodeNs += nsSince(t0);
+  float* vals = o.encodedVal;
+  if (!vals) {
+    valsBuf.resize(k);
+    vals = valsBuf.data();
+    auto t0 = Clock::now();
+    float* src = o.residual ? o.residual : o.data;
+    kernels::randomkGather(src, o.residual ? o.data : nullptr, o.count, k, o.seed, vals, o.residual != nullptr);
+    if (o.stats) o.stats->encodeNs += nsSince(t0);
+  }
   // The k values are dense and at the same indices on every rank.
   Context sub(ctx.transport, ctx.seq, ctx.collective, DataType::Float32);
   sub.op = ReduceOp::Sum;
@@ -126,7 +129,8 @@ void randomkAllReduce(Context& ctx, const SparseAllReduceOptions& o) {
     const size_t bytes = k * sizeof(float);
     o.stats->sentBytes += ar.algo == AllReduceAlgo::Direct ? (n - 1) * bytes : 2 * (n - 1) * bytes / n;
   }
-  t0 = Clock::now();
+  if (o.encodedVal) return;  // the caller scatters
+  const auto t0 = Clock::now();
   std::memset(o.data, 0, o.count * sizeof(float));
   kernels::randomkScatter(vals, o.count, k, o.seed, o.scale, o.data);
   if (o.stats) o.stats->decodeNs += nsSince(t0);
@@ -137,27 +141,36 @@ void randomkAllReduce(Context& ctx, const SparseAllReduceOptions& o) {
 void sparseAllReduce(Context& ctx, const SparseAllReduceOptions& o) {
   AC_CHECK(o.count < (size_t{1} << 32), InvalidArgument, "sparse all_reduce: ", o.count,
            " elements; at most 2^32 - 1 per call");
+  AC_CHECK(!o.encodedVal || !o.residual, InvalidArgument,
+           "sparse all_reduce: encoded input takes no residual (the encoder applied it)");
   if (o.stats) o.stats->rawBytes += o.count * sizeof(float);
   if (o.method == SparseMethod::RandomK) return randomkAllReduce(ctx, o);
   const int n = ctx.size(), r = ctx.rank();
   const size_t k = std::min(o.k, o.count);
 
   // 1. Encode: (index, value) pairs, indices ascending, error feedback fused.
-  uint32_t* idx = nullptr;
-  float* val = nullptr;
-  {
-    Carver c;
-    c.add(idx, k);
-    c.add(val, k);
-    c.commit(0);
-  }
+  const uint32_t* idx = o.encodedIdx;
+  const float* val = o.encodedVal;
+  size_t got = o.encodedCount;
   auto t0 = Clock::now();
-  float* src = o.residual ? o.residual : o.data;
-  const float* add = o.residual ? o.data : nullptr;
-  const bool ef = o.residual != nullptr;
-  const size_t got = o.method == SparseMethod::TopKSampled
-                         ? kernels::topkSampled(src, add, o.count, k, idx, val, ef, o.seed)
-                         : kernels::topkExact(src, add, o.count, k, idx, val, ef);
+  if (val) {
+    AC_CHECK(idx && got <= k && (got == 0 || idx[got - 1] < o.count), InvalidArgument,
+             "sparse all_reduce: encoded pairs out of range");
+  } else {
+    uint32_t* idxOut = nullptr;
+    float* valOut = nullptr;
+    Carver c;
+    c.add(idxOut, k);
+    c.add(valOut, k);
+    c.commit(0);
+    float* src = o.residual ? o.residual : o.data;
+    const float* add = o.residual ? o.data : nullptr;
+    const bool ef = o.residual != nullptr;
+    got = o.method == SparseMethod::TopKSampled ? kernels::topkSampled(src, add, o.count, k, idxOut, valOut, ef, o.seed)
+                                                : kernels::topkExact(src, add, o.count, k, idxOut, valOut, ef);
+    idx = idxOut;
+    val = valOut;
+  }
   // Split by owner range and pack (offset inside the owner's range, value)
   // pairs: one message per owner.
   std::vector<size_t> split(n + 1);
@@ -333,31 +346,40 @@ void quantizedAllReduce(Context& ctx, const QuantizedAllReduceOptions& o) {
   const size_t myCodeBytes = kernels::quantCodeBytes(mine.count, bits, block);
   const size_t myBlocks = kernels::quantBlocks(mine.count, block);
 
+  const bool pre = o.encodedCodes != nullptr;
+  AC_CHECK(!pre || (o.encodedScales && o.decodedCodes && o.decodedScales && !o.residual), InvalidArgument,
+           "quantized all_reduce: encoded input needs its scales and the decoded outputs, and takes no residual");
   uint8_t* codes = nullptr;   // stage 1, whole gradient
   float* scales = nullptr;
   uint8_t* inCodes = nullptr;  // stage 1 from every rank, my slice, rank p at p * myCodeBytes
   float* inScales = nullptr;
   float* acc = nullptr;        // my slice's sum
-  uint8_t* codes2 = nullptr;   // stage 2, every rank's slice at codeOffset(slice.offset)
-  float* scales2 = nullptr;    // at slice.offset / block
+  uint8_t* codes2 = o.decodedCodes;  // stage 2, every rank's slice at codeOffset(slice.offset)
+  float* scales2 = o.decodedScales;  // at slice.offset / block
   {
     Carver c;
-    c.add(codes, kernels::quantCodeBytes(o.count, bits, block));
-    c.add(scales, nb);
+    if (!pre) {
+      c.add(codes, kernels::quantCodeBytes(o.count, bits, block));
+      c.add(scales, nb);
+      c.add(codes2, kernels::quantCodeBytes(o.count, bits, block));
+      c.add(scales2, nb);
+    }
     c.add(inCodes, myCodeBytes * static_cast<size_t>(n));
     c.add(inScales, myBlocks * static_cast<size_t>(n));
     c.add(acc, mine.count);
-    c.add(codes2, kernels::quantCodeBytes(o.count, bits, block));
-    c.add(scales2, nb);
     c.commit(0);
   }
 
   // 1. Encode the whole gradient (worker error feedback fused).
   auto t0 = Clock::now();
-  if (o.residual)
+  if (pre) {
+    codes = const_cast<uint8_t*>(o.encodedCodes);  // only read below
+    scales = const_cast<float*>(o.encodedScales);
+  } else if (o.residual) {
     kernels::quantize(o.residual, o.data, o.count, bits, block, o.seed, codes, scales, true);
-  else
+  } else {
     kernels::quantize(o.data, nullptr, o.count, bits, block, o.seed, codes, scales, false);
+  }
   if (o.stats) o.stats->encodeNs += nsSince(t0);
 
   // 2. Compressed reduce-scatter: slice p of my codes to rank p.
@@ -406,6 +428,7 @@ void quantizedAllReduce(Context& ctx, const QuantizedAllReduceOptions& o) {
     exchangeSame(ctx, kCodes2, myCodes2, myCodeBytes, rc, bc, o.stats);
     exchangeSame(ctx, kScales2, myScales2, myBlocks * 4, rs, bs, o.stats);
   }
+  if (pre) return;  // the caller decodes
   t0 = Clock::now();
   kernels::dequantize(codes2, scales2, o.count, bits, block, 1.0f, false, o.data);
   if (o.stats) o.stats->decodeNs += nsSince(t0);

@@ -37,6 +37,15 @@ struct SparseAllReduceOptions {
   // than this fraction of the dense slice's bytes.
   double denseSwitch = 1.0;
   CompressionStats* stats = nullptr;
+  // Encoded elsewhere (a GPU selects, the host moves and sums the pairs):
+  // set encodedVal (and, for top-k, encodedIdx: encodedCount pairs, indices
+  // ascending, each < count) in place of step 1; residual must be null and
+  // data is output only (its input is not read). Random-k: encodedVal holds
+  // the k gathered values; they are all-reduced (summed) in place and the
+  // caller scatters them (data is not touched).
+  const uint32_t* encodedIdx = nullptr;
+  float* encodedVal = nullptr;
+  size_t encodedCount = 0;
 };
 // Top-k: a sparse reduce-scatter (each (index, value) pair goes to the rank
 // owning its index range; the owner scatter-adds them, in rank order) then an
@@ -56,6 +65,16 @@ struct QuantizedAllReduceOptions {
   uint64_t seed = 0;
   float scale = 1.0f;               // applied to the sum before the second quantization
   CompressionStats* stats = nullptr;
+  // Encoded and decoded elsewhere (a GPU quantizes; the host moves the
+  // codes and reduces its slice): encodedCodes/encodedScales hold step 1's
+  // output for the whole gradient (residual must be null); the all-gathered
+  // second-stage codes and scales land in decodedCodes/decodedScales (the
+  // same layout, whole gradient) for the caller to dequantize, and data is
+  // not used. serverResidual still applies (a host buffer).
+  const uint8_t* encodedCodes = nullptr;
+  const float* encodedScales = nullptr;
+  uint8_t* decodedCodes = nullptr;
+  float* decodedScales = nullptr;
 };
 // Compressed reduce-scatter + all-gather (DeepSpeed's compressed allreduce):
 // each rank quantizes its gradient, sends block-aligned slice p to rank p,

@@ -34,6 +34,8 @@ namespace {
 constexpr const char* kVersion = "0.1.0";
 // Ops up to this size may run on the calling thread (see enqueueCollective).
 constexpr size_t kInlineMaxBytes = 64 * 1024;
+// A staged all_reduce of a CUDA tensor at least this large pipelines its copies.
+constexpr size_t kPipelineMinBytes = size_t{8} << 20;
 
 c10::SourceLocation here(const char* func) { return c10::SourceLocation{func, __FILE__, __LINE__}; }
 
@@ -677,6 +679,9 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce(std::vector<at::Tensor>& 
                                  cuda().allReduce(ct, rop, scale, *stage, exchange);
                                });
     }
+    const size_t bytes = static_cast<size_t>(ct.numel()) * ct.element_size();
+    if (ct.is_contiguous() && bytes >= kPipelineMinBytes && envFlag("AGENTCOMM_CUDA_PIPELINE", true))
+      return allreducePipelined(ct, rop, factor, opts);
     return viaHost(cuda(), "all_reduce", [&](Tensors& t) { return allreduce(t, opts); }, tensors);
   }
   const at::Tensor t = tensors[0];
@@ -694,6 +699,40 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce(std::vector<at::Tensor>& 
                              unstage(t, buf);
                            },
                            v.count * elementSize(v.dt) <= kInlineMaxBytes);
+}
+
+// A large CUDA tensor reduced through host memory (across hosts, or with
+// CUDA IPC off): chunk by chunk, so that its copies down, the host algorithm
+// on the wire and its copies up overlap (CudaStage::pipeline). Every rank
+// cuts the same chunks (same count, same rule), one collective each.
+c10::intrusive_ptr<c10d::Work> AgentBackend::allreducePipelined(const at::Tensor& ct, ReduceOp rop, double factor,
+                                                                const c10d::AllreduceOptions& opts) {
+  at::Tensor host = ct;
+  std::vector<at::Tensor*> ptrs{&host};
+  std::shared_ptr<CudaStage> stage = cuda().stage(ptrs, "all_reduce");  // host: the pinned mirror now
+  View v = reduceView(host, "all_reduce", rop);
+  const bool premul = takePremul(rop);
+  stage->setPipelined();
+  const size_t es = elementSize(v.dt);
+  TORCH_INTERNAL_ASSERT(es == static_cast<size_t>(host.element_size()));
+  // About 8 chunks of 1..32 MiB, whole elements.
+  const size_t chunk = std::clamp<size_t>(v.count * es / 8, size_t{1} << 20, size_t{32} << 20) / es * es;
+  StageScope scope(stage);
+  return enqueueCollective(c10d::OpType::ALLREDUCE, "agentcomm:all_reduce", {host}, opts.timeout,
+                           [=, this](Deadline d) {
+                             const at::Tensor bytes = host.reshape({-1}).view(at::kByte);
+                             stage->pipeline(chunk, [&](size_t off, size_t len) {
+                               if (premul)  // this chunk's elements, in place
+                                 bytes.narrow(0, static_cast<int64_t>(off), static_cast<int64_t>(len))
+                                     .view(host.scalar_type())
+                                     .mul_(factor);
+                               auto ctx = makeContext(CollectiveKind::AllReduce, v.dt, rop, len / es, d);
+                               algorithms::AllReduceOptions o;
+                               o.data = static_cast<uint8_t*>(host.data_ptr()) + off;
+                               o.count = len / es;
+                               algorithms::allReduce(ctx, o);
+                             });
+                           });
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce_coalesced(std::vector<at::Tensor>& tensors,

@@ -23,9 +23,10 @@
 #include <string>
 #include <thread>
 
+#include "algorithms/compressed.h"
 #include "algorithms/context.h"
-#include "torch/cuda_support.h"
 #include "algorithms/topology.h"
+#include "torch/cuda_support.h"
 #include "transport/mailbox.h"
 #include "transport/shm/shm_domain.h"
 #include "transport/transport.h"
@@ -132,6 +133,19 @@ class AgentBackend : public c10d::Backend {
                                                     std::optional<at::Tensor> stats);
 
  private:
+  // A sparse all-reduce of a CUDA tensor encoded on its device (compression.cc).
+  c10::intrusive_ptr<c10d::Work> sparseAllreduceOnDevice(at::Tensor tensor, std::optional<at::Tensor> residual,
+                                                         int64_t k, algorithms::SparseMethod m, int64_t seed,
+                                                         double scale, std::optional<at::Tensor> stats);
+  // A quantized all-reduce of a CUDA tensor, (de)quantized on its device (compression.cc).
+  c10::intrusive_ptr<c10d::Work> quantizedAllreduceOnDevice(at::Tensor tensor, std::optional<at::Tensor> residual,
+                                                            std::optional<at::Tensor> serverResidual, int64_t bits,
+                                                            int64_t block, int64_t seed, double scale,
+                                                            std::optional<at::Tensor> stats);
+  // A large CUDA tensor's staged all_reduce, copies overlapped (backend.cc).
+  c10::intrusive_ptr<c10d::Work> allreducePipelined(const at::Tensor& ct, ReduceOp rop, double factor,
+                                                    const c10d::AllreduceOptions& opts);
+
   struct Job {
     c10::intrusive_ptr<AgentWork> work;
     std::function<void(transport::Deadline)> run;

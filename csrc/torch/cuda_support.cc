@@ -49,8 +49,9 @@ class Event {
 
 class Stage final : public CudaStage {
  public:
-  Stage(c10::Device device, c10::cuda::CUDAStream internal)
-      : device_(device), internal_(internal), ready_(), done_() {
+  // up: the stream of a pipelined op's copies back to the device.
+  Stage(c10::Device device, c10::cuda::CUDAStream internal, c10::cuda::CUDAStream up)
+      : device_(device), internal_(internal), up_(up), ready_(), done_() {
     // Ordered after what the caller queued so far on its current stream.
     c10::cuda::CUDAGuard guard(device_);
     check(cudaEventRecord(ready_.get(), c10::cuda::getCurrentCUDAStream(device_.index()).stream()),
@@ -71,7 +72,7 @@ class Stage final : public CudaStage {
 
   void copyIn() override {
     waitCaller();
-    if (pairs_.empty()) return;
+    if (pairs_.empty() || pipelined_) return;
     c10::cuda::CUDAGuard guard(device_);
     {
       c10::cuda::CUDAStreamGuard sg(internal_);
@@ -83,7 +84,7 @@ class Stage final : public CudaStage {
 
   void copyOut() override {
     c10::cuda::CUDAGuard guard(device_);
-    {
+    if (!pipelined_) {
       c10::cuda::CUDAStreamGuard sg(internal_);
       for (auto& p : pairs_)
         if (p.output || !outputsKnown_) p.original.copy_(p.mirror, /*non_blocking=*/true);
@@ -133,6 +134,71 @@ class Stage final : public CudaStage {
 
   void* stream() const override { return internal_.stream(); }
 
+  void copy(const at::Tensor& dst, const at::Tensor& src) override {
+    c10::cuda::CUDAGuard guard(device_);
+    c10::cuda::CUDAStreamGuard sg(internal_);
+    const_cast<at::Tensor&>(dst).copy_(src, /*non_blocking=*/true);
+  }
+
+  void synchronize() override {
+    c10::cuda::CUDAGuard guard(device_);
+    check(cudaStreamSynchronize(internal_.stream()), "synchronize (internal stream)");
+  }
+
+  void setPipelined() override {
+    TORCH_INTERNAL_ASSERT(pairs_.size() == 1 && pairs_[0].original.is_contiguous(),
+                          "agentcomm: a pipelined stage needs one contiguous tensor");
+    pipelined_ = true;
+  }
+
+  void pipeline(size_t chunkBytes, const std::function<void(size_t, size_t)>& each) override {
+    TORCH_INTERNAL_ASSERT(pipelined_ && chunkBytes > 0);
+    c10::cuda::CUDAGuard guard(device_);
+    const Pair& p = pairs_[0];
+    // Byte views, copied with torch's copy_ so that the pinned host
+    // allocator records the streams using the mirror (it must not hand the
+    // mirror out again before those copies ran).
+    const at::Tensor dev = p.original.reshape({-1}).view(at::kByte);
+    const at::Tensor host = p.mirror.reshape({-1}).view(at::kByte);
+    const size_t bytes = static_cast<size_t>(dev.numel());
+    const size_t parts = (bytes + chunkBytes - 1) / chunkBytes;
+    auto slice = [&](const at::Tensor& t, size_t c) {
+      const size_t off = c * chunkBytes;
+      return t.narrow(0, static_cast<int64_t>(off), static_cast<int64_t>(std::min(chunkBytes, bytes - off)));
+    };
+    // The copies down wait for the caller's stream (copyIn ordered the
+    // internal stream after it); each chunk's event says its copy is done.
+    std::vector<std::unique_ptr<Event>> down;
+    {
+      c10::cuda::CUDAStreamGuard sg(internal_);
+      for (size_t c = 0; c < parts; ++c) {
+        slice(host, c).copy_(slice(dev, c), /*non_blocking=*/true);
+        down.push_back(std::make_unique<Event>());
+        check(cudaEventRecord(down.back()->get(), internal_.stream()), "record (copied down)");
+      }
+    }
+    // A chunk's copy up needs no device-side wait: the host saw its copy
+    // down finish, and that ran after everything the caller queued before.
+    Event upDone;
+    auto finishUp = [&] {
+      check(cudaEventRecord(upDone.get(), up_.stream()), "record (copied up)");
+      check(cudaStreamWaitEvent(internal_.stream(), upDone.get(), 0), "wait (copied up)");
+    };
+    try {
+      c10::cuda::CUDAStreamGuard sg(up_);
+      for (size_t c = 0; c < parts; ++c) {
+        const size_t off = c * chunkBytes;
+        check(cudaEventSynchronize(down[c]->get()), "device-to-host copy");
+        each(off, std::min(chunkBytes, bytes - off));
+        slice(dev, c).copy_(slice(host, c), /*non_blocking=*/true);
+      }
+    } catch (...) {
+      finishUp();  // later work on the internal stream stays after the copies queued
+      throw;
+    }
+    finishUp();
+  }
+
  private:
   struct Pair {
     at::Tensor original, mirror;
@@ -140,9 +206,11 @@ class Stage final : public CudaStage {
   };
   c10::Device device_;
   c10::cuda::CUDAStream internal_;
+  c10::cuda::CUDAStream up_;
   Event ready_, done_;
   std::vector<Pair> pairs_;
   bool outputsKnown_ = false;
+  bool pipelined_ = false;
 };
 
 // What every rank publishes per all-reduce: where its tensor lives (an IPC
@@ -188,7 +256,7 @@ class Context final : public CudaContext {
     }
     if (!device) return nullptr;
     TORCH_CHECK_VALUE(!anyCpu, "agentcomm ", op, ": got CUDA and CPU tensors in one call; pass tensors on one device");
-    auto st = std::make_shared<Stage>(*device, streamFor(*device));
+    auto st = std::make_shared<Stage>(*device, streamFor(*device), streamFor(*device, /*up=*/true));
     for (at::Tensor* t : tensors) {
       if (!t->defined()) continue;
       at::Tensor mirror = at::empty(t->sizes(), t->options().device(at::kCPU).pinned_memory(true));
@@ -201,7 +269,7 @@ class Context final : public CudaContext {
   std::shared_ptr<CudaStage> streamStage(const at::Tensor& like) override {
     const c10::cuda::CUDAStream internal = streamFor(like.device());
     c10::cuda::CUDACachingAllocator::recordStream(like.storage().data_ptr(), internal);
-    return std::make_shared<Stage>(like.device(), internal);
+    return std::make_shared<Stage>(like.device(), internal, internal);
   }
 
   bool peersCanReduce(const at::Tensor& t, ReduceOp op) const override {
@@ -317,14 +385,16 @@ class Context final : public CudaContext {
     }
   }
 
-  c10::cuda::CUDAStream streamFor(c10::Device device) {
+  // The internal stream of a device, or (up) the stream of pipelined copies back to it.
+  c10::cuda::CUDAStream streamFor(c10::Device device, bool up = false) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = streams_.find(device.index());
+    const int key = device.index() * 2 + (up ? 1 : 0);
+    auto it = streams_.find(key);
     if (it == streams_.end()) {
       c10::cuda::CUDAGuard guard(device);
       cudaStream_t s = nullptr;
       check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
-      it = streams_.emplace(device.index(), c10::cuda::getStreamFromExternal(s, device.index())).first;
+      it = streams_.emplace(key, c10::cuda::getStreamFromExternal(s, device.index())).first;
     }
     return it->second;
   }
@@ -367,7 +437,7 @@ class Context final : public CudaContext {
 
   const int rank_, size_;
   std::mutex mu_;  // streams_: stages are made on calling threads
-  std::map<int, c10::cuda::CUDAStream> streams_;
+  std::map<int, c10::cuda::CUDAStream> streams_;  // 2 * device (+ 1: copies up)
   // Worker thread only:
   std::map<int, Mine> mine_;
   std::map<std::string, void*> mapped_;

@@ -15,7 +15,8 @@
 // Two ways to move the data:
 //   - staged (every collective, any transport, across hosts): pinned host
 //     mirrors of the CUDA tensors; device-to-host copies on the internal
-//     stream, the CPU algorithm on the mirrors, host-to-device copies back;
+//     stream, the CPU algorithm on the mirrors, host-to-device copies back
+//     (a large all_reduce pipelines them chunk by chunk: setPipelined);
 //   - peers (all_reduce when the whole group is on this host): CUDA IPC
 //     mappings of every rank's tensor, exchanged per op through the group's
 //     host transport and cached; the lowest rank on each GPU reduces that
@@ -63,6 +64,25 @@ class CudaStage {
   virtual void blockCurrentStream() = 0;
   // The internal stream (a cudaStream_t), for work queued between copyIn and copyOut.
   virtual void* stream() const = 0;
+  // Worker, for device-side paths: queues dst.copy_(src) on the internal
+  // stream (pinned host memory is recorded as used by it), and waits on the
+  // host for everything queued there so far.
+  virtual void copy(const at::Tensor& dst, const at::Tensor& src) = 0;
+  virtual void synchronize() = 0;
+
+  // A staged reduction of one large contiguous tensor, its copies overlapped
+  // with the host algorithm (and so with the network). Called before the
+  // op is enqueued; copyIn() then only orders after the caller, copyOut()
+  // only records "done", and the op calls pipeline() instead.
+  virtual void setPipelined() = 0;
+  // Worker: the device-to-host copies of every chunk (chunkBytes each, the
+  // last shorter) are queued at once; then, chunk by chunk in order: a host
+  // wait for its copy, each(byteOffset, bytes) on the mirror, and its
+  // host-to-device copy queued on a second stream. The copies down, the
+  // host work and the copies up overlap; the internal stream finally waits
+  // for the last copy up. If `each` throws, the copies already queued finish
+  // and the exception propagates.
+  virtual void pipeline(size_t chunkBytes, const std::function<void(size_t, size_t)>& each) = 0;
 };
 
 // A backend's CUDA state: one internal stream per device, the IPC mappings

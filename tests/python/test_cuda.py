@@ -61,6 +61,17 @@ def _collectives_body(rank: int, world: int) -> dict:
                 got = x.to(dev)
                 dist.all_reduce(got, op=reduce_op(op))
                 c.expect_equal(f"all_reduce {dtype} {op} n={n}", got.cpu(), want)
+    # Large tensors (>= 8 MiB): with IPC on, floats reduce on the device and
+    # int64 stages; with it off, all of them stage chunk by chunk, copies
+    # overlapped with the host algorithm (a partial last chunk each time).
+    for dtype, n in [(torch.float32, 3_000_001), (torch.bfloat16, 5_000_003), (torch.int64, 1_100_001)]:
+        for op in [R.SUM, R.AVG, "premul"] if dtype.is_floating_point else [R.SUM, R.MAX]:
+            x = make_input(rank, n, dtype, salt=7)
+            want = c.gloo_all_reduce(x, op)
+            got = x.to(dev)
+            got.mul_(1)  # queued on the caller's stream just before the call
+            dist.all_reduce(got, op=reduce_op(op))
+            c.expect_equal(f"all_reduce large {dtype} {op} n={n}", got.cpu(), want)
     # Non-contiguous and 2-D tensors, async with wait() on another stream.
     x = make_input(rank, 64 * 33, torch.float32).view(64, 33)
     want = c.gloo_all_reduce(x, R.SUM)
@@ -226,6 +237,64 @@ def test_ddp_on_cuda(hook: str) -> None:
             assert r["losses"][-1] < r["losses"][0], r
         else:  # exact (top-k with k = n), or one fp16 rounding per step
             assert r["max_err"] < (2e-3 if hook == "fp16" else 1e-5), r
+
+
+def _compressed_body(rank: int, world: int) -> dict:
+    """Sparse and quantized all-reduces of CUDA tensors (encoded and decoded on
+    the device) against the same calls on CPU copies in the same group: equal
+    bits, residuals too."""
+    from agentcomm.hooks import ops
+
+    c, dev = _init(rank)
+    for method in ["topk", "dgc", "randomk"]:
+        for n, k in [(0, 0), (1, 1), (1000, 0), (1000, 10), (100_003, 1000), (300_007, 30_000)]:
+            for kind in ["ints", "gauss"]:
+                g = torch.Generator().manual_seed(7 * rank + n + k)
+                x = make_input(rank, n, torch.float32, salt=11)
+                if kind == "gauss":
+                    x = torch.randn(n, generator=g)
+                r0 = torch.randn(n, generator=g) * 0.1
+                for ef in [True, False]:
+                    xc, rc = x.clone(), r0.clone()
+                    ops.sparse_all_reduce(xc, k, residual=rc if ef else None, method=method, seed=5).wait()
+                    xd, rd = x.to(dev), r0.to(dev)
+                    ops.sparse_all_reduce(xd, k, residual=rd if ef else None, method=method, seed=5).wait()
+                    what = f"{method} n={n} k={k} {kind} ef={ef}"
+                    c.expect_equal(f"sparse_all_reduce {what}", xd.cpu(), xc)
+                    c.expect_equal(f"residual {what}", rd.cpu(), rc)
+    for bits in [8, 4, 1]:
+        for n, block in [(0, 256), (1000, 64), (100_003, 256)]:
+            g = torch.Generator().manual_seed(11 * rank + n + bits)
+            x = torch.randn(n, generator=g)
+            r0 = torch.randn(n, generator=g) * 0.1
+            _, slice_len = ops.quant_slice(n, block)
+            s0 = torch.randn(slice_len, generator=g) * 0.01
+            for ef in [True, False]:
+                xc, rc, sc = x.clone(), r0.clone(), s0.clone()
+                ops.quantized_all_reduce(xc, bits=bits, block=block, residual=rc if ef else None,
+                                         server_residual=sc if ef else None, seed=3).wait()
+                xd, rd, sd = x.to(dev), r0.to(dev), s0.to(dev)
+                ops.quantized_all_reduce(xd, bits=bits, block=block, residual=rd if ef else None,
+                                         server_residual=sd if ef else None, seed=3).wait()
+                what = f"bits={bits} n={n} block={block} ef={ef}"
+                c.expect_equal(f"quantized_all_reduce {what}", xd.cpu(), xc)
+                c.expect_equal(f"residual {what}", rd.cpu(), rc)
+                c.expect_equal(f"server residual {what}", sd.cpu(), sc)
+    # A residual on another device than the tensor: a clear error.
+    try:
+        ops.sparse_all_reduce(torch.ones(10, device=dev), 2, residual=torch.zeros(10)).wait()
+        c.failures.append("a CPU residual with a CUDA tensor was accepted")
+    except ValueError as e:
+        if "one device" not in str(e):
+            c.failures.append(f"unclear error: {e}")
+    return {"failures": c.failures, "cases": c.cases}
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_compressed_all_reduce_on_device(world: int) -> None:
+    for r in run_world(_compressed_body, world, timeout=300):
+        assert not r["failures"], "\n".join(r["failures"][:20])
+        assert r["cases"] >= 144 + 54
 
 
 def _averaging_body(rank: int, world: int) -> dict:

@@ -8,14 +8,15 @@
 // CPU, with no host round trip before the end: a 4096-bin histogram of the
 // top 12 bits of the keys (shared-memory bins, a resident grid, fused with
 // the error-feedback add) and a block-wide scan for the boundary bin; a second
-// pass collects that bin's elements (warp-aggregated appends) while
+// pass collects that bin's elements (block-staged appends) while
 // histogramming their next 12 bits; a second scan, a filter of the candidates
 // down to the 24-bit boundary bin (tens of elements on smooth data), and one
 // block's radix select over the remaining bits and the index give the k-th
-// largest (key, ~index) on the device; then an order-preserving selection
-// (cub::DeviceSelect) of every element at or above it: indices come out
-// ascending without a sort. Three passes over the data in all. If a candidate
-// buffer overflows (many equal keys), the result says so and the older path
+// largest (key, ~index) on the device; then every element at or above it is
+// written in index order, tile by tile (the collect pass counted each tile's
+// elements above the boundary bin, a scan places the tiles): indices come out
+// ascending without a sort. Three passes over the data in all, one host wait
+// at the end. If a candidate buffer overflows (many equal keys), the older path
 // runs: the boundary bin's size read back, its candidates radix-sorted.
 #include <algorithm>
 #include <climits>
@@ -23,8 +24,7 @@
 
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
-#include <cub/device/device_select.cuh>
-#include <thrust/iterator/counting_iterator.h>
+#include <cub/device/device_scan.cuh>
 
 #include "kernels/compress.h"
 #include "kernels/cuda/common.cuh"
@@ -569,15 +569,18 @@ __global__ void boundaryKernel(const unsigned* hist, size_t k, const unsigned* k
 // Pass two: the boundary bin's elements as (key, ~index), up to cap of them
 // (all counted), and a histogram of their next 12 bits (hist2; global
 // atomics: only the boundary bin's elements, spread over 4096 bins).
+// tileCount (optional): per tile of tileElems elements, how many are above
+// the boundary bin (sure to be selected).
 __global__ void collectLevel2Kernel(const float* data, size_t n, bool vec, const unsigned* info,
                                     unsigned long long* cand, size_t cap, unsigned long long* candCount,
-                                    unsigned* hist2) {
+                                    unsigned* hist2, unsigned* tileCount = nullptr, size_t tileElems = 1) {
   AC_BLOCK_STAGE(stage, cand, cap, candCount);
   const uint32_t bin = info[0];
   forEachElement(
       const_cast<float*>(data), nullptr, n, vec,
       [&](size_t i, float x) {
         const uint32_t key = magnitudeKey(x);
+        if (tileCount && key >> kShift > bin) atomicAdd(&tileCount[i / tileElems], 1u);
         if (key >> kShift == bin) {
           stage.put(candidateOf(key, static_cast<uint32_t>(i)));
           atomicAdd(&hist2[(key >> kShift2) & (kBins - 1)], 1u);
@@ -663,15 +666,75 @@ __global__ void selectBoundKernel(const unsigned long long* cand2, const unsigne
   }
 }
 
-// Element i is selected iff its (key, ~index) is at least the k-th largest:
-// the same order as the CPU's (magnitude, then lower index first).
-struct AtLeast {
-  const float* data;
-  const unsigned long long* bound;
-  __device__ bool operator()(uint32_t i) const {
-    return candidateOf(magnitudeKey(data[i]), i) >= *bound;
+// The order-preserving selection of the exact path, in tiles: tile t holds
+// elements [t * tileElems, (t + 1) * tileElems), one block-wide step of
+// forEachElement's loop (kThreads threads x 4 or x 1 elements). The collect
+// pass counted each tile's elements above the boundary bin; this adds the
+// boundary bin's elements at or above the bound (from the candidate list);
+// an exclusive scan gives each tile's first output slot; the write pass reads
+// the data once more and writes each tile's selected indices in order (a
+// block scan). CUB's DeviceSelect did the same in one pass with a look-back
+// but ran at half the copy rate here (ncu: 80 us for 25M elements).
+__global__ void countSelectedCandidatesKernel(const unsigned long long* cand, const unsigned long long* candCount,
+                                              size_t cap, const unsigned long long* bound, unsigned* tileCount,
+                                              size_t tileElems) {
+  const unsigned long long m = min(*candCount, static_cast<unsigned long long>(cap));
+  const unsigned long long b = *bound;
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t j = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < m; j += stride) {
+    const unsigned long long v = cand[j];
+    if (v >= b) atomicAdd(&tileCount[(0xffffffffu - static_cast<uint32_t>(v)) / tileElems], 1u);
   }
-};
+}
+
+__global__ void writeSelectedKernel(const float* data, size_t n, bool vec, const unsigned long long* bound,
+                                    const unsigned* tileOffset, size_t k, uint32_t* idx) {
+  using Scan = cub::BlockScan<unsigned, kThreads>;
+  __shared__ typename Scan::TempStorage temp;
+  const unsigned long long b = *bound;
+  auto selected = [&](size_t i, float x) { return candidateOf(magnitudeKey(x), static_cast<uint32_t>(i)) >= b; };
+  const size_t per = vec ? 4 : 1;
+  const size_t units = n / per;
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t u0 = static_cast<size_t>(blockIdx.x) * blockDim.x; u0 < units; u0 += stride) {
+    const size_t u = u0 + threadIdx.x;
+    float x[4] = {0.f, 0.f, 0.f, 0.f};
+    bool sel[4] = {false, false, false, false};
+    unsigned c = 0;
+    if (u < units) {
+      if (vec) {
+        const float4 v = reinterpret_cast<const float4*>(data)[u];
+        x[0] = v.x;
+        x[1] = v.y;
+        x[2] = v.z;
+        x[3] = v.w;
+      } else {
+        x[0] = data[u];
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        sel[e] = static_cast<size_t>(e) < per && selected(per * u + e, x[e]);
+        c += sel[e] ? 1u : 0u;
+      }
+    }
+    unsigned at = 0;
+    Scan(temp).ExclusiveSum(c, at);
+    at += tileOffset[u0 / blockDim.x];
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (sel[e]) idx[at++] = static_cast<uint32_t>(per * u + e);
+    __syncthreads();  // temp is reused by the next step
+  }
+  // The vectorized loop's tail (at most 3 elements, the highest indices):
+  // the last slots.
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    size_t tail = 0;
+    for (size_t i = units * per; i < n; ++i) tail += selected(i, data[i]) ? 1 : 0;
+    size_t at = k - tail;
+    for (size_t i = units * per; i < n; ++i)
+      if (selected(i, data[i]) && at < k) idx[at++] = static_cast<uint32_t>(i);
+  }
+}
 
 // Everything with key >= threshold (after the fused add), up to cap entries; counts all.
 __global__ void thresholdKernel(float* data, const float* add, size_t n, bool vec, const uint32_t* thresholdAt,
@@ -730,33 +793,24 @@ void retainPool() {
   done = dev;
 }
 
-// Given `bound` (on the device), the k-th largest (key, ~index) of the
-// data: the selected indices in ascending order (an order-preserving
-// selection, no sort), then their values (and zeroing); synchronizes.
-// skip (optional, on the device): set when bound selects nothing; copied to
-// *skipped once everything ran (no host wait before the selection).
-size_t finish(float* data, size_t n, const unsigned long long* bound, size_t k, uint32_t* idx, float* val, bool zero,
-              cudaStream_t st, const unsigned* skip = nullptr, unsigned* skipped = nullptr) {
-  // 32-bit item counts where they fit: CUB's 64-bit form streams the input
-  // in partitions and ran at half the rate (ncu: 80 us over 25M elements).
-  DeviceBuffer<long long> selected(1, st);
-  thrust::counting_iterator<uint32_t> first(0);
-  auto select = [&](auto items) {
-    size_t temp = 0;
-    AC_CUDA_CHECK(cub::DeviceSelect::If(nullptr, temp, first, idx, selected.get(), items, AtLeast{data, bound}, st));
-    DeviceBuffer<uint8_t> scratch(temp, st);
-    AC_CUDA_CHECK(
-        cub::DeviceSelect::If(scratch.get(), temp, first, idx, selected.get(), items, AtLeast{data, bound}, st));
-  };
-  if (n <= static_cast<size_t>(INT_MAX))
-    select(static_cast<int>(n));
-  else
-    select(static_cast<int64_t>(n));
-  gatherKernel<<<gridFor(k), kThreads, 0, st>>>(data, idx, k, val, zero, skip);
+// The tile-ordered selection (see countSelectedCandidatesKernel): tileCount
+// (2 * tiles entries: counts, then first slots) already holds, per tile, the
+// selected elements that are not in the candidate list; adds the candidates
+// at or above *bound, scans, writes idx in ascending order.
+void selectInOrder(const float* data, size_t n, bool vec, const unsigned long long* cand,
+                   const unsigned long long* candCount, size_t cap, const unsigned long long* bound,
+                   unsigned* tileCount, size_t tiles, size_t tileElems, size_t k, uint32_t* idx, cudaStream_t st) {
+  unsigned* tileOffset = tileCount + tiles;
+  countSelectedCandidatesKernel<<<std::min(gridFor(cap), residentGrid(4)), kThreads, 0, st>>>(
+      cand, candCount, cap, bound, tileCount, tileElems);
   AC_CUDA_LAUNCHED();
-  if (skip) AC_CUDA_CHECK(cudaMemcpyAsync(skipped, skip, sizeof *skipped, cudaMemcpyDeviceToHost, st));
-  AC_CUDA_CHECK(cudaStreamSynchronize(st));
-  return k;
+  size_t temp = 0;
+  AC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, temp, tileCount, tileOffset, static_cast<int>(tiles), st));
+  DeviceBuffer<uint8_t> scratch(temp, st);
+  AC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scratch.get(), temp, tileCount, tileOffset, static_cast<int>(tiles), st));
+  writeSelectedKernel<<<std::min(gridFor(n), residentGrid(8)), kThreads, 0, st>>>(data, n, vec, bound, tileOffset, k,
+                                                                                  idx);
+  AC_CUDA_LAUNCHED();
 }
 
 // k == 0 or k >= n: everything (after the fused add), no selection.
@@ -853,7 +907,12 @@ size_t topkExact(float* data, const float* add, size_t n, size_t k, uint32_t* id
   AC_CUDA_LAUNCHED();
   boundaryKernel<<<1, 1024, 0, st>>>(hist, k, nullptr, info);
   AC_CUDA_LAUNCHED();
-  collectLevel2Kernel<<<grid, kThreads, 0, st>>>(data, n, vec, info, cand, cap, counts, hist2);
+  const size_t tileElems = (vec ? 4 : 1) * static_cast<size_t>(kThreads);
+  const size_t tiles = (n + tileElems - 1) / tileElems;
+  DeviceBuffer<unsigned> tileCount(2 * tiles, st);  // counts, then first slots
+  AC_CUDA_CHECK(cudaMemsetAsync(tileCount.get(), 0, tiles * sizeof(unsigned), st));
+  collectLevel2Kernel<<<grid, kThreads, 0, st>>>(data, n, vec, info, cand, cap, counts, hist2, tileCount.get(),
+                                                 tileElems);
   AC_CUDA_LAUNCHED();
   boundaryKernel<<<1, 1024, 0, st>>>(hist2, 0, info + 2, info2);
   AC_CUDA_LAUNCHED();
@@ -862,8 +921,14 @@ size_t topkExact(float* data, const float* add, size_t n, size_t k, uint32_t* id
   AC_CUDA_LAUNCHED();
   selectBoundKernel<<<1, kSelectThreads, 0, st>>>(cand2, counts, cap, cap2, info, info2, bound, overflow);
   AC_CUDA_LAUNCHED();
+  selectInOrder(data, n, vec, cand, counts, cap, bound, tileCount.get(), tiles, tileElems, k, idx, st);
+  // On an overflow the bound selects no candidate: idx then holds too few
+  // indices, the gather is skipped, and the sorted path redoes it all.
+  gatherKernel<<<gridFor(k), kThreads, 0, st>>>(data, idx, k, val, zeroSelected, overflow);
+  AC_CUDA_LAUNCHED();
   unsigned over = 0;
-  finish(data, n, bound, k, idx, val, zeroSelected, st, overflow, &over);  // synchronizes
+  AC_CUDA_CHECK(cudaMemcpyAsync(&over, overflow, sizeof over, cudaMemcpyDeviceToHost, st));
+  AC_CUDA_CHECK(cudaStreamSynchronize(st));
   if (over) return topkExactSorted(data, nullptr, n, k, idx, val, zeroSelected, stream);  // the add is applied
   return k;
 }
@@ -892,14 +957,24 @@ size_t topkExactSorted(float* data, const float* add, size_t n, size_t k, uint32
   AC_CUDA_CHECK(cudaStreamSynchronize(st));
   const size_t nCand = h[1], need = h[2];
   DeviceBuffer<unsigned long long> cand(nCand, st), sorted(nCand, st);
-  collectLevel2Kernel<<<grid, kThreads, 0, st>>>(data, n, vec, info, cand.get(), nCand,
-                                                 reinterpret_cast<unsigned long long*>(info + 4), hist + kBins);
+  const size_t tileElems = (vec ? 4 : 1) * static_cast<size_t>(kThreads);
+  const size_t tiles = (n + tileElems - 1) / tileElems;
+  DeviceBuffer<unsigned> tileCount(2 * tiles, st);
+  AC_CUDA_CHECK(cudaMemsetAsync(tileCount.get(), 0, tiles * sizeof(unsigned), st));
+  auto* candCount = reinterpret_cast<unsigned long long*>(info + 4);
+  collectLevel2Kernel<<<grid, kThreads, 0, st>>>(data, n, vec, info, cand.get(), nCand, candCount, hist + kBins,
+                                                 tileCount.get(), tileElems);
   AC_CUDA_LAUNCHED();
   // The boundary bin's candidates in descending (key, ~index) order: the
   // need-th is the k-th largest of all.
   // Bits 51..62 (the bin) are the same in all of them: sort by the rest.
   sortKeys(cand.get(), sorted.get(), nCand, true, st, 32 + kShift);
-  return finish(data, n, sorted.get() + (need - 1), k, idx, val, zeroSelected, st);
+  selectInOrder(data, n, vec, cand.get(), candCount, nCand, sorted.get() + (need - 1), tileCount.get(), tiles,
+                tileElems, k, idx, st);
+  gatherKernel<<<gridFor(k), kThreads, 0, st>>>(data, idx, k, val, zeroSelected);
+  AC_CUDA_LAUNCHED();
+  AC_CUDA_CHECK(cudaStreamSynchronize(st));
+  return k;
 }
 
 size_t topkSampled(float* data, const float* add, size_t n, size_t k, uint32_t* idx, float* val, bool zeroSelected,
@@ -931,7 +1006,18 @@ size_t topkSampled(float* data, const float* add, size_t n, size_t k, uint32_t* 
   AC_CUDA_CHECK(cudaStreamSynchronize(st));
   if (got < k || got > cap) return topkExact(data, nullptr, n, k, idx, val, zeroSelected, stream);  // add applied
   sortKeys(cand.get(), sorted.get(), static_cast<size_t>(got), true, st);
-  return finish(data, n, sorted.get() + (k - 1), k, idx, val, zeroSelected, st);
+  // Every selected element is a candidate: the tiles start from zero.
+  const bool vec = aligned(data, 16);
+  const size_t tileElems = (vec ? 4 : 1) * static_cast<size_t>(kThreads);
+  const size_t tiles = (n + tileElems - 1) / tileElems;
+  DeviceBuffer<unsigned> tileCount(2 * tiles, st);
+  AC_CUDA_CHECK(cudaMemsetAsync(tileCount.get(), 0, tiles * sizeof(unsigned), st));
+  selectInOrder(data, n, vec, cand.get(), count.get(), cap, sorted.get() + (k - 1), tileCount.get(), tiles, tileElems,
+                k, idx, st);
+  gatherKernel<<<gridFor(k), kThreads, 0, st>>>(data, idx, k, val, zeroSelected);
+  AC_CUDA_LAUNCHED();
+  AC_CUDA_CHECK(cudaStreamSynchronize(st));
+  return k;
 }
 
 namespace {

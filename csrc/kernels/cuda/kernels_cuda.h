@@ -40,6 +40,8 @@ void reduce(void* dst, const void* a, const void* b, size_t count, DataType dt, 
 constexpr int kMaxPeers = 16;
 void reducePeers(void* const* peers, int n, size_t begin, size_t count, DataType dt, ReduceOp op, FinalScale scale,
                  Stream stream);
+// dst[0, bytes) = 0.
+void zero(void* dst, size_t bytes, Stream stream);
 // dst = src * scale (kernels::applyScale).
 void applyScale(void* dst, const void* src, size_t count, DataType dt, FinalScale scale, Stream stream);
 // Multi-tensor pack / unpack in one launch (kernels::packScaled). The pointer

@@ -374,6 +374,10 @@ void reducePeers(void* const* peers, int n, size_t begin, size_t count, DataType
   });
 }
 
+void zero(void* dst, size_t bytes, Stream stream) {
+  if (bytes) AC_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, asStream(stream)));
+}
+
 void applyScale(void* dst, const void* src, size_t count, DataType dt, FinalScale scale, Stream stream) {
   if (count == 0) return;
   if (!scale.active()) {
