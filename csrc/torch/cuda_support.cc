@@ -54,7 +54,9 @@ class Stage final : public CudaStage {
       : device_(device), internal_(internal), up_(up), ready_(), done_() {
     // Ordered after what the caller queued so far on its current stream.
     c10::cuda::CUDAGuard guard(device_);
-    check(cudaEventRecord(ready_.get(), c10::cuda::getCurrentCUDAStream(device_.index()).stream()),
+    const c10::cuda::CUDAStream caller = c10::cuda::getCurrentCUDAStream(device_.index());
+    callerIdle_ = caller.query();  // before our own record below
+    check(cudaEventRecord(ready_.get(), caller.stream()),
           "record (caller's stream)");
   }
 
@@ -134,6 +136,8 @@ class Stage final : public CudaStage {
 
   void* stream() const override { return internal_.stream(); }
 
+  bool callerIdle() const override { return callerIdle_; }
+
   void copy(const at::Tensor& dst, const at::Tensor& src) override {
     c10::cuda::CUDAGuard guard(device_);
     c10::cuda::CUDAStreamGuard sg(internal_);
@@ -208,6 +212,7 @@ class Stage final : public CudaStage {
   c10::cuda::CUDAStream internal_;
   c10::cuda::CUDAStream up_;
   Event ready_, done_;
+  bool callerIdle_ = false;
   std::vector<Pair> pairs_;
   bool outputsKnown_ = false;
   bool pipelined_ = false;
@@ -223,6 +228,7 @@ struct PeerBlob {
   uint64_t count;
   int32_t dtype;
   int32_t ok;  // 0: this rank could not export its memory
+  int32_t readyNow;  // 1: the caller's stream had finished everything when it called: no event to wait for
   char uuid[16];  // the physical GPU (indices differ under CUDA_VISIBLE_DEVICES)
 };
 
@@ -301,7 +307,14 @@ class Context final : public CudaContext {
     }
     // Our input is ready (the caller's stream reached the call) once the
     // internal stream passes this point.
-    check(cudaEventRecord(mine.ready->get(), st), "record (ready)");
+    // A caller whose stream had nothing left to run when it called (its
+    // input is complete now) needs no event: the peers' kernels then do not
+    // wait for this process's context to get the GPU and record one. Ops
+    // issued back to back without a wait in between keep the device busy
+    // with kernels instead of switching contexts (two switches per op cost
+    // ~0.3 ms on an H100 shared by two processes).
+    blob.readyNow = stage.callerIdle() ? 1 : 0;
+    if (!blob.readyNow) check(cudaEventRecord(mine.ready->get(), st), "record (ready)");
     std::vector<PeerBlob> all(static_cast<size_t>(size_));
     exchange(&blob, all.data(), sizeof(PeerBlob));
     bool allOk = true;
@@ -339,7 +352,7 @@ class Context final : public CudaContext {
           continue;
         }
         ptrs[r] = static_cast<char*>(open(b.mem)) + b.offset;
-        check(cudaStreamWaitEvent(st, peerEvent(b.ready), 0), "wait (peer ready)");
+        if (!b.readyNow) check(cudaStreamWaitEvent(st, peerEvent(b.ready), 0), "wait (peer ready)");
       }
       // This GPU's share: contiguous, 16-byte aligned boundaries.
       const size_t n = static_cast<size_t>(t.numel());

@@ -64,6 +64,9 @@ class CudaStage {
   virtual void blockCurrentStream() = 0;
   // The internal stream (a cudaStream_t), for work queued between copyIn and copyOut.
   virtual void* stream() const = 0;
+  // Whether the caller's stream had completed everything queued on it when
+  // the stage was made (the inputs were final then: no device wait needed).
+  virtual bool callerIdle() const = 0;
   // Worker, for device-side paths: queues dst.copy_(src) on the internal
   // stream (pinned host memory is recorded as used by it), and waits on the
   // host for everything queued there so far.
