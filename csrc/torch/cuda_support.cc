@@ -55,9 +55,11 @@ class Stage final : public CudaStage {
     // Ordered after what the caller queued so far on its current stream.
     c10::cuda::CUDAGuard guard(device_);
     const c10::cuda::CUDAStream caller = c10::cuda::getCurrentCUDAStream(device_.index());
-    callerIdle_ = caller.query();  // before our own record below
-    check(cudaEventRecord(ready_.get(), caller.stream()),
-          "record (caller's stream)");
+    // An idle caller's stream gets no command from us: everything it queued
+    // is done, and a record would itself have to wait for this process's
+    // context to get the GPU (the next call would then not find it idle).
+    callerIdle_ = caller.query();
+    if (!callerIdle_) check(cudaEventRecord(ready_.get(), caller.stream()), "record (caller's stream)");
   }
 
   void addPair(const at::Tensor& original, const at::Tensor& mirror) {
@@ -68,6 +70,7 @@ class Stage final : public CudaStage {
   }
 
   void waitCaller() override {
+    if (callerIdle_) return;  // nothing to wait for
     c10::cuda::CUDAGuard guard(device_);
     check(cudaStreamWaitEvent(internal_.stream(), ready_.get(), 0), "wait (caller's stream)");
   }
