@@ -68,7 +68,11 @@ def sparse_all_reduce(
     group: Optional[dist.ProcessGroup] = None,
     stats: Optional[torch.Tensor] = None,
 ) -> torch.futures.Future:
-    """Sparsified all-reduce of a contiguous float32 CPU tensor, in place.
+    """Sparsified all-reduce of a contiguous float32 tensor, in place.
+
+    CPU or CUDA: on CUDA the selection and the final decode run on the device
+    (residual there too) and only the pairs and the dense result cross PCIe;
+    ``AGENTCOMM_CUDA_ENCODE=0`` stages the whole tensor through the host instead.
 
     Each rank contributes the k elements ``method`` picks: ``"topk"`` (exact, by
     magnitude), ``"dgc"`` (top-k with a sampled threshold; same result, one
@@ -107,6 +111,9 @@ def quantized_all_reduce(
     stats: Optional[torch.Tensor] = None,
 ) -> torch.futures.Future:
     """Quantized all-reduce (compressed reduce-scatter + all-gather), in place.
+
+    On CUDA tensors the quantization and the final dequantization run on the
+    device; the codes and scales cross PCIe.
 
     ``bits`` 8 or 4: stochastic rounding with one scale per ``block`` elements
     (unbiased); 1: scaled sign (use error feedback). ``residual`` (the tensor's

@@ -84,8 +84,9 @@ auto dispatch(const at::Tensor& t, D&& onDevice, H&& onHost) {
   return onHost();
 }
 
-// CUDA tensors given to a compressed all-reduce run on pinned host mirrors
-// staged on the backend's stream; the residuals are outputs too. Replaces
+// With AGENTCOMM_CUDA_ENCODE=0, CUDA tensors given to a compressed all-reduce
+// run on pinned host mirrors staged on the backend's stream (the residuals
+// are outputs too); by default they are encoded on the device (below). Replaces
 // the CUDA tensors by their mirrors and returns the stage, or null when none
 // is on CUDA (cuda() is then never asked for: CPU builds have none).
 std::shared_ptr<CudaStage> stageOnHost(AgentBackend& backend, at::Tensor& tensor,

@@ -721,8 +721,8 @@ __global__ void writeSelectedKernel(const float* data, size_t n, bool vec, const
     Scan(temp).ExclusiveSum(c, at);
     at += tileOffset[u0 / blockDim.x];
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
-      if (sel[e]) idx[at++] = static_cast<uint32_t>(per * u + e);
+    for (int e = 0; e < 4; ++e)  // (at < k always holds with an exact bound; never write past idx)
+      if (sel[e] && at < k) idx[at++] = static_cast<uint32_t>(per * u + e);
     __syncthreads();  // temp is reused by the next step
   }
   // The vectorized loop's tail (at most 3 elements, the highest indices):
