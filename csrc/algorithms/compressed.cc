@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -252,11 +253,41 @@ void sparseAllReduce(Context& ctx, const SparseAllReduceOptions& o) {
       acc[pp[j].index] += pp[j].value;
     }
   }
+  // Scale, and list the non-zeros in index order. Untouched elements stay
+  // +0 (0 * a finite non-negative scale is +0): when few pairs came in, only
+  // the touched indices are visited (their sorted union: each sender's
+  // indices ascend), not the whole slice.
   size_t nnz = 0;
-  for (size_t j = 0; j < sliceLen; ++j) {
+  auto visit = [&](size_t j) {
     const float v = acc[j] * o.scale;
     acc[j] = v;
     if (v != 0.0f || v != v) outPairs[nnz++] = Pair{static_cast<uint32_t>(j), v};  // NaN counts as non-zero
+  };
+  size_t received = 0;
+  for (int p = 0; p < n; ++p) received += recvCount[p];
+  bool sparseVisit = std::isfinite(o.scale) && !std::signbit(o.scale) &&
+                     received * static_cast<size_t>(n) * 4 < sliceLen;
+  std::vector<uint32_t> touched;
+  if (sparseVisit) {
+    touched.reserve(received);
+    for (int p = 0; p < n && sparseVisit; ++p) {
+      const size_t begin = touched.size();
+      for (size_t j = 0; j < recvCount[p]; ++j) {
+        const uint32_t i = from[p][j].index;
+        if (j > 0 && i <= touched.back()) {  // not strictly ascending: visit everything
+          sparseVisit = false;
+          break;
+        }
+        touched.push_back(i);
+      }
+      std::inplace_merge(touched.begin(), touched.begin() + static_cast<ptrdiff_t>(begin), touched.end());
+    }
+  }
+  if (sparseVisit) {
+    for (size_t t = 0; t < touched.size(); ++t)
+      if (t == 0 || touched[t] != touched[t - 1]) visit(touched[t]);
+  } else {
+    for (size_t j = 0; j < sliceLen; ++j) visit(j);
   }
   const bool dense = static_cast<double>(nnz) * sizeof(Pair) >= o.denseSwitch * static_cast<double>(sliceLen) * 4.0;
   const uint64_t header = dense ? kDenseSlice : nnz;

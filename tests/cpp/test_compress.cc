@@ -410,6 +410,108 @@ TEST_P(CompressedWorld, QuantizedConservesTheSumOfWhatWasSent) {
   }
 }
 
+// The "encoded" forms (what the CUDA adapter uses: the device encodes and
+// decodes, the host moves and reduces) give the same bits as the whole
+// algorithm on the host, here with the CPU kernels standing in for the device.
+TEST_P(CompressedWorld, EncodedFormsEqualTheHostPath) {
+  const int n = GetParam();
+  ranktest::runInProc(n, [&](transport::Transport& t) {
+    const int r = t.rank();
+    uint64_t seq = 0;
+    for (size_t count : {size_t{0}, size_t{7}, size_t{1000}, size_t{20011}}) {
+      std::vector<float> g(count), res0(count);
+      for (size_t i = 0; i < count; ++i) {
+        g[i] = rankInput(r, i) + 0.25f * static_cast<float>(i % 5);
+        res0[i] = static_cast<float>((i + r) % 3) - 1.0f;
+      }
+      for (SparseMethod method : {SparseMethod::TopK, SparseMethod::TopKSampled, SparseMethod::RandomK}) {
+        for (size_t k : {size_t{0}, count / 50 + 1, count}) {
+          const std::string what = "W=" + std::to_string(n) + " method=" + std::to_string(int(method)) +
+                                   " count=" + std::to_string(count) + " k=" + std::to_string(k);
+          // The host path, error feedback on.
+          std::vector<float> want = g, wantRes = res0;
+          SparseAllReduceOptions o;
+          o.data = want.data();
+          o.count = count;
+          o.residual = wantRes.data();
+          o.k = k;
+          o.method = method;
+          o.seed = 77;
+          o.scale = 0.5f;
+          auto ctx = compressedCtx(t, ++seq, count ^ (method == SparseMethod::RandomK ? k << 32 : 0));
+          sparseAllReduce(ctx, o);
+          // Encoded: select (what the device does), then the host part.
+          const size_t kk = std::min(k, count);
+          std::vector<float> src = res0, val(std::max<size_t>(kk, 1));
+          std::vector<uint32_t> idx(std::max<size_t>(kk, 1));
+          std::vector<float> got(count, -3.0f);  // output only: its input is not read
+          SparseAllReduceOptions e;
+          e.count = count;
+          e.k = k;
+          e.method = method;
+          e.seed = 77;
+          e.scale = 0.5f;
+          e.encodedVal = val.data();
+          if (method == SparseMethod::RandomK) {
+            randomkGather(src.data(), g.data(), count, kk, 77, val.data(), true);
+          } else {
+            e.data = got.data();
+            e.encodedIdx = idx.data();
+            e.encodedCount = method == SparseMethod::TopKSampled
+                                 ? topkSampled(src.data(), g.data(), count, kk, idx.data(), val.data(), true, 77)
+                                 : topkExact(src.data(), g.data(), count, kk, idx.data(), val.data(), true);
+          }
+          auto ctx2 = compressedCtx(t, ++seq, count ^ (method == SparseMethod::RandomK ? k << 32 : 0));
+          sparseAllReduce(ctx2, e);
+          if (method == SparseMethod::RandomK) {  // the caller scatters the summed values
+            std::fill(got.begin(), got.end(), 0.0f);
+            randomkScatter(val.data(), count, kk, 77, 0.5f, got.data());
+          }
+          ASSERT_EQ(got, want) << what;
+          ASSERT_EQ(src, wantRes) << what;
+        }
+      }
+      for (int bits : {8, 4, 1}) {
+        const size_t block = 64;
+        const Slice mine = quantSlice(count, block, r, n);
+        std::vector<float> want = g, wantRes = res0, wantServer(mine.count, 0.5f);
+        QuantizedAllReduceOptions o;
+        o.data = want.data();
+        o.count = count;
+        o.residual = wantRes.data();
+        o.serverResidual = wantServer.data();
+        o.bits = bits;
+        o.block = block;
+        o.seed = 9;
+        o.scale = 1.0f / n;
+        auto ctx = compressedCtx(t, ++seq, count);
+        quantizedAllReduce(ctx, o);
+        std::vector<float> src = res0, server(mine.count, 0.5f), got(count, -3.0f);
+        std::vector<uint8_t> codes(quantCodeBytes(count, bits, block) + 1), codes2(codes.size());
+        std::vector<float> scales(quantBlocks(count, block) + 1), scales2(scales.size());
+        quantize(src.data(), g.data(), count, bits, block, 9, codes.data(), scales.data(), true);
+        QuantizedAllReduceOptions e;
+        e.count = count;
+        e.serverResidual = server.data();
+        e.bits = bits;
+        e.block = block;
+        e.seed = 9;
+        e.scale = 1.0f / n;
+        e.encodedCodes = codes.data();
+        e.encodedScales = scales.data();
+        e.decodedCodes = codes2.data();
+        e.decodedScales = scales2.data();
+        auto ctx2 = compressedCtx(t, ++seq, count);
+        quantizedAllReduce(ctx2, e);
+        dequantize(codes2.data(), scales2.data(), count, bits, block, 1.0f, false, got.data());
+        ASSERT_EQ(got, want) << "W=" << n << " bits=" << bits << " count=" << count;
+        ASSERT_EQ(src, wantRes);
+        ASSERT_EQ(server, wantServer);
+      }
+    }
+  });
+}
+
 TEST(CompressedWorld, MismatchedQuantizationIsReported) {
   EXPECT_THROW(ranktest::runInProc(2,
                                    [&](transport::Transport& t) {
