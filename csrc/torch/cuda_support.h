@@ -4,9 +4,10 @@
 // header is needed here: backend.cc includes this in every build.
 //
 // Stream semantics are NCCL's. On the calling thread a collective records an
-// event on the caller's current stream; on the worker, the backend's internal
-// stream (one per device) waits for it, so the collective is ordered after
-// the work already queued when it was called. The result is written on the
+// event on the caller's current stream (none if that stream had finished
+// everything: the inputs are final then); on the worker, the backend's
+// internal stream (one per device) waits for it, so the collective is ordered
+// after the work already queued when it was called. The result is written on the
 // internal stream, where a "done" event is recorded; the Work completes once
 // that is queued, not once it ran. Work.wait() then makes the caller's current
 // stream wait for "done" and returns without blocking the host on the device;
@@ -23,6 +24,9 @@
 //     GPU's share of the elements over all of them on the device and writes
 //     it into every rank's tensor. Several ranks may share one GPU (NCCL
 //     refuses that): one kernel per GPU, so they do not time-slice it.
+// A third, for the compressed all-reduces (compression.cc): a stage without
+// mirrors; the CUDA kernels encode and decode on the internal stream and only
+// the compressed form goes through host memory (copy / synchronize).
 #include <ATen/core/Tensor.h>
 #include <ATen/core/ivalue.h>
 
