@@ -155,6 +155,14 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::sparseAllreduce(at::Tensor tensor, 
 }
 
 #ifdef AGENTCOMM_WITH_CUDA
+namespace {
+// Nanoseconds since t (the device paths' encode / decode accounting).
+uint64_t nsSince(std::chrono::steady_clock::time_point t) {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t).count());
+}
+}  // namespace
+
 // A sparse all-reduce of a CUDA tensor encodes and decodes on its device
 // (the CUDA twins, bitwise equal to the CPU's: the same result as staging):
 // only the compressed form crosses PCIe (top-k: the k pairs down, the dense
@@ -198,10 +206,6 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::sparseAllreduceOnDevice(at::Tensor 
         o.scale = static_cast<float>(scale);
         o.stats = &s;
         const auto t0 = std::chrono::steady_clock::now();
-        auto since = [](std::chrono::steady_clock::time_point t) {
-          return static_cast<uint64_t>(
-              std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t).count());
-        };
         // At least one element: a non-null encodedVal marks the input as encoded.
         const int64_t cap = static_cast<int64_t>(std::max<size_t>(kk, 1));
         at::Tensor valD = at::empty({cap}, tensor.options());
@@ -210,7 +214,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::sparseAllreduceOnDevice(at::Tensor 
           kernels::cuda::randomkGather(src, add, count, kk, o.seed, valD.data_ptr<float>(), ef, stream);
           stage->copy(valH, valD);
           stage->synchronize();
-          s.encodeNs += since(t0);
+          s.encodeNs += nsSince(t0);
           o.encodedVal = valH.data_ptr<float>();
           o.encodedCount = kk;
           algorithms::sparseAllReduce(ctx, o);  // sums valH in place
@@ -219,7 +223,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::sparseAllreduceOnDevice(at::Tensor 
           kernels::cuda::zero(data, count * sizeof(float), stream);
           kernels::cuda::randomkScatter(valD.data_ptr<float>(), count, kk, o.seed, o.scale, data, stream);
           stage->synchronize();  // valD may go once the scatter ran
-          s.decodeNs += since(t1);
+          s.decodeNs += nsSince(t1);
         } else {
           at::Tensor idxD = at::empty({cap}, tensor.options().dtype(at::kInt));
           auto* idx = reinterpret_cast<uint32_t*>(idxD.data_ptr<int32_t>());
@@ -232,7 +236,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::sparseAllreduceOnDevice(at::Tensor 
           stage->copy(idxH.narrow(0, 0, g), idxD.narrow(0, 0, g));
           stage->copy(valH.narrow(0, 0, g), valD.narrow(0, 0, g));
           stage->synchronize();
-          s.encodeNs += since(t0);
+          s.encodeNs += nsSince(t0);
           at::Tensor out = at::empty({static_cast<int64_t>(count)}, pinned);
           o.data = out.data_ptr<float>();
           o.encodedIdx = reinterpret_cast<const uint32_t*>(idxH.data_ptr<int32_t>());
@@ -341,10 +345,6 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::quantizedAllreduceOnDevice(
         at::Tensor codes2H = at::empty({codeBytes}, pinned.dtype(at::kByte));
         at::Tensor scales2H = at::empty({nb}, pinned.dtype(at::kFloat));
         at::Tensor serverH;
-        auto since = [](std::chrono::steady_clock::time_point t) {
-          return static_cast<uint64_t>(
-              std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t).count());
-        };
         algorithms::CompressionStats s;
         const auto t0 = std::chrono::steady_clock::now();
         kernels::cuda::quantize(res ? res : data, res ? data : nullptr, count, b, blk, static_cast<uint64_t>(seed),
@@ -356,7 +356,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::quantizedAllreduceOnDevice(
           stage->copy(serverH, serverDev);
         }
         stage->synchronize();
-        s.encodeNs += since(t0);
+        s.encodeNs += nsSince(t0);
         auto ctx = makeContext(CollectiveKind::CompressedAllReduce, DataType::Float32, ReduceOp::Sum, signature, d);
         algorithms::QuantizedAllReduceOptions o;
         o.count = count;
@@ -378,7 +378,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::quantizedAllreduceOnDevice(
         kernels::cuda::dequantize(codesD.data_ptr<uint8_t>(), scalesD.data_ptr<float>(), count, b, blk, 1.0f, false,
                                   data, stream);
         stage->synchronize();  // codesD and scalesD may go once the decode ran
-        s.decodeNs += since(t1);
+        s.decodeNs += nsSince(t1);
         addStats(st, s);
       });
 }
