@@ -793,21 +793,37 @@ void retainPool() {
   done = dev;
 }
 
-// The tile-ordered selection (see countSelectedCandidatesKernel): tileCount
-// (2 * tiles entries: counts, then first slots) already holds, per tile, the
-// selected elements that are not in the candidate list; adds the candidates
-// at or above *bound, scans, writes idx in ascending order.
+// The tiles of the ordered selection (one block-wide step of forEachElement:
+// kThreads x 4 elements, or x 1 without vector loads) and their counters:
+// per tile how many are selected (zeroed here), then its first output slot.
+struct Tiles {
+  Tiles(size_t n, bool vec, cudaStream_t st)
+      : elems((vec ? 4 : 1) * static_cast<size_t>(kThreads)), count((n + elems - 1) / elems), slots(2 * count, st) {
+    AC_CUDA_CHECK(cudaMemsetAsync(slots.get(), 0, count * sizeof(unsigned), st));
+  }
+  unsigned* counts() const { return slots.get(); }
+  unsigned* offsets() const { return slots.get() + count; }
+  const size_t elems, count;
+  DeviceBuffer<unsigned> slots;
+};
+
+// The tile-ordered selection (see countSelectedCandidatesKernel): tiles
+// already count, per tile, the selected elements that are not in the
+// candidate list; adds the candidates at or above *bound, scans, writes idx
+// in ascending order.
 void selectInOrder(const float* data, size_t n, bool vec, const unsigned long long* cand,
                    const unsigned long long* candCount, size_t cap, const unsigned long long* bound,
-                   unsigned* tileCount, size_t tiles, size_t tileElems, size_t k, uint32_t* idx, cudaStream_t st) {
-  unsigned* tileOffset = tileCount + tiles;
+                   const Tiles& tiles, size_t k, uint32_t* idx, cudaStream_t st) {
+  unsigned* tileCount = tiles.counts();
+  unsigned* tileOffset = tiles.offsets();
   countSelectedCandidatesKernel<<<std::min(gridFor(cap), residentGrid(4)), kThreads, 0, st>>>(
-      cand, candCount, cap, bound, tileCount, tileElems);
+      cand, candCount, cap, bound, tileCount, tiles.elems);
   AC_CUDA_LAUNCHED();
   size_t temp = 0;
-  AC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, temp, tileCount, tileOffset, static_cast<int>(tiles), st));
+  const int items = static_cast<int>(tiles.count);
+  AC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, temp, tileCount, tileOffset, items, st));
   DeviceBuffer<uint8_t> scratch(temp, st);
-  AC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scratch.get(), temp, tileCount, tileOffset, static_cast<int>(tiles), st));
+  AC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scratch.get(), temp, tileCount, tileOffset, items, st));
   writeSelectedKernel<<<std::min(gridFor(n), residentGrid(8)), kThreads, 0, st>>>(data, n, vec, bound, tileOffset, k,
                                                                                   idx);
   AC_CUDA_LAUNCHED();
@@ -907,12 +923,9 @@ size_t topkExact(float* data, const float* add, size_t n, size_t k, uint32_t* id
   AC_CUDA_LAUNCHED();
   boundaryKernel<<<1, 1024, 0, st>>>(hist, k, nullptr, info);
   AC_CUDA_LAUNCHED();
-  const size_t tileElems = (vec ? 4 : 1) * static_cast<size_t>(kThreads);
-  const size_t tiles = (n + tileElems - 1) / tileElems;
-  DeviceBuffer<unsigned> tileCount(2 * tiles, st);  // counts, then first slots
-  AC_CUDA_CHECK(cudaMemsetAsync(tileCount.get(), 0, tiles * sizeof(unsigned), st));
-  collectLevel2Kernel<<<grid, kThreads, 0, st>>>(data, n, vec, info, cand, cap, counts, hist2, tileCount.get(),
-                                                 tileElems);
+  const Tiles tiles(n, vec, st);
+  collectLevel2Kernel<<<grid, kThreads, 0, st>>>(data, n, vec, info, cand, cap, counts, hist2, tiles.counts(),
+                                                 tiles.elems);
   AC_CUDA_LAUNCHED();
   boundaryKernel<<<1, 1024, 0, st>>>(hist2, 0, info + 2, info2);
   AC_CUDA_LAUNCHED();
@@ -921,7 +934,7 @@ size_t topkExact(float* data, const float* add, size_t n, size_t k, uint32_t* id
   AC_CUDA_LAUNCHED();
   selectBoundKernel<<<1, kSelectThreads, 0, st>>>(cand2, counts, cap, cap2, info, info2, bound, overflow);
   AC_CUDA_LAUNCHED();
-  selectInOrder(data, n, vec, cand, counts, cap, bound, tileCount.get(), tiles, tileElems, k, idx, st);
+  selectInOrder(data, n, vec, cand, counts, cap, bound, tiles, k, idx, st);
   // On an overflow the bound selects no candidate: idx then holds too few
   // indices, the gather is skipped, and the sorted path redoes it all.
   gatherKernel<<<gridFor(k), kThreads, 0, st>>>(data, idx, k, val, zeroSelected, overflow);
@@ -957,20 +970,16 @@ size_t topkExactSorted(float* data, const float* add, size_t n, size_t k, uint32
   AC_CUDA_CHECK(cudaStreamSynchronize(st));
   const size_t nCand = h[1], need = h[2];
   DeviceBuffer<unsigned long long> cand(nCand, st), sorted(nCand, st);
-  const size_t tileElems = (vec ? 4 : 1) * static_cast<size_t>(kThreads);
-  const size_t tiles = (n + tileElems - 1) / tileElems;
-  DeviceBuffer<unsigned> tileCount(2 * tiles, st);
-  AC_CUDA_CHECK(cudaMemsetAsync(tileCount.get(), 0, tiles * sizeof(unsigned), st));
+  const Tiles tiles(n, vec, st);
   auto* candCount = reinterpret_cast<unsigned long long*>(info + 4);
   collectLevel2Kernel<<<grid, kThreads, 0, st>>>(data, n, vec, info, cand.get(), nCand, candCount, hist + kBins,
-                                                 tileCount.get(), tileElems);
+                                                 tiles.counts(), tiles.elems);
   AC_CUDA_LAUNCHED();
   // The boundary bin's candidates in descending (key, ~index) order: the
   // need-th is the k-th largest of all.
   // Bits 51..62 (the bin) are the same in all of them: sort by the rest.
   sortKeys(cand.get(), sorted.get(), nCand, true, st, 32 + kShift);
-  selectInOrder(data, n, vec, cand.get(), candCount, nCand, sorted.get() + (need - 1), tileCount.get(), tiles,
-                tileElems, k, idx, st);
+  selectInOrder(data, n, vec, cand.get(), candCount, nCand, sorted.get() + (need - 1), tiles, k, idx, st);
   gatherKernel<<<gridFor(k), kThreads, 0, st>>>(data, idx, k, val, zeroSelected);
   AC_CUDA_LAUNCHED();
   AC_CUDA_CHECK(cudaStreamSynchronize(st));
@@ -1008,12 +1017,7 @@ size_t topkSampled(float* data, const float* add, size_t n, size_t k, uint32_t* 
   sortKeys(cand.get(), sorted.get(), static_cast<size_t>(got), true, st);
   // Every selected element is a candidate: the tiles start from zero.
   const bool vec = aligned(data, 16);
-  const size_t tileElems = (vec ? 4 : 1) * static_cast<size_t>(kThreads);
-  const size_t tiles = (n + tileElems - 1) / tileElems;
-  DeviceBuffer<unsigned> tileCount(2 * tiles, st);
-  AC_CUDA_CHECK(cudaMemsetAsync(tileCount.get(), 0, tiles * sizeof(unsigned), st));
-  selectInOrder(data, n, vec, cand.get(), count.get(), cap, sorted.get() + (k - 1), tileCount.get(), tiles, tileElems,
-                k, idx, st);
+  selectInOrder(data, n, vec, cand.get(), count.get(), cap, sorted.get() + (k - 1), Tiles(n, vec, st), k, idx, st);
   gatherKernel<<<gridFor(k), kThreads, 0, st>>>(data, idx, k, val, zeroSelected);
   AC_CUDA_LAUNCHED();
   AC_CUDA_CHECK(cudaStreamSynchronize(st));
