@@ -1317,7 +1317,10 @@ namespace agentcomm::torch_adapter {
 
 void reduceInto(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const std::string& op,
                 const std::string& simdLevel) {
-  TORCH_CHECK_VALUE(out.is_cpu() && a.is_cpu() && b.is_cpu(), "reduce_into: CPU tensors only");
+  TORCH_CHECK_VALUE(out.device() == a.device() && a.device() == b.device(), "reduce_into: tensors on ", out.device(),
+                    ", ", a.device(), " and ", b.device(), "; pass them on one device");
+  TORCH_CHECK_VALUE(out.is_cpu() || (out.is_cuda() && cudaBuilt()),
+                    "reduce_into: CPU tensors, or CUDA tensors in a build with CUDA, expected; got ", out.device());
   TORCH_CHECK_VALUE(out.is_contiguous() && a.is_contiguous() && b.is_contiguous(), "reduce_into: contiguous tensors only");
   TORCH_CHECK_VALUE(out.numel() == a.numel() && a.numel() == b.numel(), "reduce_into: sizes differ (", out.numel(), ", ",
                     a.numel(), ", ", b.numel(), ")");
@@ -1329,6 +1332,17 @@ void reduceInto(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const
       {"sum", ReduceOp::Sum}, {"prod", ReduceOp::Product}, {"min", ReduceOp::Min}, {"max", ReduceOp::Max}};
   auto it = ops.find(op);
   TORCH_CHECK_VALUE(it != ops.end(), "reduce_into: op must be sum, prod, min or max, got '", op, "'");
+  const size_t n = static_cast<size_t>(a.numel());
+#ifdef AGENTCOMM_WITH_CUDA
+  if (out.is_cuda()) {  // the CUDA twin: float types only, on the current stream
+    TORCH_CHECK_TYPE(*dt == DataType::Float32 || *dt == DataType::Float64 || *dt == DataType::Float16 ||
+                         *dt == DataType::BFloat16,
+                     "reduce_into: CUDA tensors must be float32, float64, float16 or bfloat16, got ", a.scalar_type());
+    c10::DeviceGuard guard(out.device());
+    return kernels::cuda::reduce(out.data_ptr(), a.data_ptr(), b.data_ptr(), n, *dt, it->second, FinalScale::none(),
+                                 currentCudaStream(out));
+  }
+#endif
   using kernels::simd::Level;
   const Level saved = kernels::simd::level();
   if (simdLevel != "auto") {
@@ -1336,7 +1350,7 @@ void reduceInto(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const
                       "reduce_into: simd must be auto, scalar, avx2 or avx512");
     kernels::simd::setLevel(simdLevel == "avx512" ? Level::Avx512 : simdLevel == "avx2" ? Level::Avx2 : Level::Scalar);
   }
-  kernels::reduce(out.data_ptr(), a.data_ptr(), b.data_ptr(), static_cast<size_t>(a.numel()), *dt, it->second);
+  kernels::reduce(out.data_ptr(), a.data_ptr(), b.data_ptr(), n, *dt, it->second);
   kernels::simd::setLevel(saved);
 }
 

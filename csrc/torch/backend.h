@@ -254,9 +254,10 @@ class PendingStage {
 // Raises ValueError unless t is a defined, strided CPU tensor ("agentcomm <op>: ...").
 void checkTensor(const at::Tensor& t, const char* op);
 
-// Kernel entry points for microbenchmarks and tests (agentcomm._C.reduce_into):
-// out = a (op) b elementwise with the vector level `simdLevel` (auto, scalar,
-// avx2, avx512; clamped to the CPU's).
+// Kernel entry points for microbenchmarks, tests and agentcomm.kernels
+// (agentcomm._C.reduce_into): out = a (op) b elementwise, on the CPU with the
+// vector level `simdLevel` (auto, scalar, avx2, avx512; clamped to the CPU's),
+// on a CUDA device (CUDA build) on the current stream.
 void reduceInto(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const std::string& op,
                 const std::string& simdLevel);
 std::string simdLevelName();
@@ -277,5 +278,9 @@ void dequantizeKernel(const at::Tensor& codes, const at::Tensor& scales, at::Ten
 void castKernel(const at::Tensor& src, at::Tensor& dst, double scale);
 std::tuple<int64_t, int64_t> quantSliceOf(int64_t count, int64_t block, int64_t rank, int64_t size);
 at::Tensor randomkIndices(int64_t seed, int64_t n, int64_t k);
+// Random-k: the k values at randomkIndices(seed, n, k) (after data += add;
+// error feedback zeroes them in data), and the inverse (out[idx] = val * scale).
+at::Tensor randomkKernel(at::Tensor data, int64_t k, int64_t seed, std::optional<at::Tensor> add, bool errorFeedback);
+void randomkScatterKernel(const at::Tensor& values, at::Tensor& out, int64_t seed, double scale);
 
 }  // namespace agentcomm::torch_adapter

@@ -521,4 +521,38 @@ at::Tensor randomkIndices(int64_t seed, int64_t n, int64_t k) {
   return out;
 }
 
+at::Tensor randomkKernel(at::Tensor data, int64_t k, int64_t seed, std::optional<at::Tensor> add, bool errorFeedback) {
+  checkFloatBuffer(data, "randomk", "data", &data);
+  TORCH_CHECK_VALUE(static_cast<size_t>(data.numel()) <= kMaxElems, "randomk: at most 2^31 - 1 elements");
+  TORCH_CHECK_VALUE(k >= 0 && k <= data.numel(), "randomk: need 0 <= k <= ", data.numel(), " (the data's size), got ",
+                    k);
+  const float* a = optionalBuffer(add, data.numel(), "randomk", "add", &data);
+  const size_t n = static_cast<size_t>(data.numel()), kk = static_cast<size_t>(k);
+  at::Tensor val = at::empty({k}, data.options());
+  float* d = data.data_ptr<float>();
+  float* v = val.data_ptr<float>();
+  const auto s = static_cast<uint64_t>(seed);
+  dispatch(
+      data, [&](void* st) { kernels::cuda::randomkGather(d, a, n, kk, s, v, errorFeedback, st); },
+      [&] { kernels::randomkGather(d, a, n, kk, s, v, errorFeedback); });
+  return val;
+}
+
+void randomkScatterKernel(const at::Tensor& values, at::Tensor& out, int64_t seed, double scale) {
+  checkFloatBuffer(out, "randomk_scatter", "out", &out);
+  checkFloatBuffer(values, "randomk_scatter", "values", &out);
+  TORCH_CHECK_VALUE(static_cast<size_t>(out.numel()) <= kMaxElems, "randomk_scatter: at most 2^31 - 1 elements");
+  TORCH_CHECK_VALUE(values.numel() <= out.numel(), "randomk_scatter: ", values.numel(),
+                    " values do not fit an output of ", out.numel(), " elements");
+  const size_t n = static_cast<size_t>(out.numel()), kk = static_cast<size_t>(values.numel());
+  const float* v = values.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const auto s = static_cast<uint64_t>(seed);
+  const auto sc = static_cast<float>(scale);
+  dispatch(
+      out, [&](void* st) { kernels::cuda::randomkScatter(v, n, kk, s, sc, o, st); },
+      [&] { kernels::randomkScatter(v, n, kk, s, sc, o); });
+}
+
+
 }  // namespace agentcomm::torch_adapter

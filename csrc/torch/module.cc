@@ -37,7 +37,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_log_rank", &agentcomm::setLogRank);
   m.def("reduce_into", &agentcomm::torch_adapter::reduceInto, py::arg("out"), py::arg("a"), py::arg("b"),
         py::arg("op") = "sum", py::arg("simd") = "auto", py::call_guard<py::gil_scoped_release>(),
-        "out = a (op) b with agentcomm's CPU reduction kernel (simd: auto, scalar, avx2, avx512)");
+        "out = a (op) b with agentcomm's reduction kernel (CPU: simd auto, scalar, avx2, avx512; CUDA: current stream)");
   m.def("pack_into", &agentcomm::torch_adapter::packInto, py::arg("tensors"), py::arg("flat"),
         py::arg("divide_by") = 1.0, py::arg("multiply_by") = 1.0, py::call_guard<py::gil_scoped_release>(),
         "flat[...] = concat(tensors) / divide_by * multiply_by, in one pass");
@@ -62,5 +62,11 @@ PYBIND11_MODULE(_C, m) {
         "(offset, count) of the block-aligned slice a rank owns in a quantized all-reduce");
   m.def("randomk_indices", &randomkIndices, py::arg("seed"), py::arg("n"), py::arg("k"),
         "the k indices random-k picks for this seed (identical on every rank)");
+  m.def("randomk", &randomkKernel, py::arg("data"), py::arg("k"), py::arg("seed"), py::arg("add") = py::none(),
+        py::arg("error_feedback") = false, py::call_guard<py::gil_scoped_release>(),
+        "the k values at randomk_indices(seed, n, k) of data (+ add first); error_feedback zeroes them in data");
+  m.def("randomk_scatter", &randomkScatterKernel, py::arg("values"), py::arg("out"), py::arg("seed"),
+        py::arg("scale") = 1.0, py::call_guard<py::gil_scoped_release>(),
+        "out[randomk_indices(seed, out.numel(), values.numel())] = values * scale; the rest of out is left alone");
   m.def("simd_level", &agentcomm::torch_adapter::simdLevelName, "the vector level the reduction kernels use");
 }

@@ -354,6 +354,22 @@ def test_kernels_on_cuda_match_cpu() -> None:
     assert torch.equal(flat_dev.cpu(), flat_cpu)
     with pytest.raises(ValueError, match="one device"):
         _C.topk(x.cuda(), 5, add=x)
+    # The public API (agentcomm.kernels) on CUDA tensors: reduce and random-k too.
+    from agentcomm import kernels
+
+    for dtype in FLOATS:
+        a, b = torch.randn(65541, generator=g).to(dtype), torch.randn(65541, generator=g).to(dtype)
+        for op in ("sum", "prod", "min", "max"):
+            assert torch.equal(kernels.reduce(a.cuda(), b.cuda(), op=op).cpu(), kernels.reduce(a, b, op=op)), (dtype, op)
+    for k in (0, 1, 3001, x.numel()):
+        a_cpu, a_dev = x.clone(), x.cuda()
+        i_cpu, v_cpu = kernels.randomk(a_cpu, k, seed=21, add=x, error_feedback=True)
+        i_dev, v_dev = kernels.randomk(a_dev, k, seed=21, add=x.cuda(), error_feedback=True)
+        assert torch.equal(i_dev.cpu(), i_cpu) and torch.equal(v_dev.cpu(), v_cpu) and torch.equal(a_dev.cpu(), a_cpu)
+        o_cpu, o_dev = torch.ones(x.numel()), torch.ones(x.numel(), device="cuda")
+        kernels.randomk_scatter(v_cpu, o_cpu, seed=21, scale=0.5)
+        kernels.randomk_scatter(v_dev, o_dev, seed=21, scale=0.5)
+        assert torch.equal(o_dev.cpu(), o_cpu)
 
 
 def test_kernels_against_cupy() -> None:
@@ -375,3 +391,22 @@ def test_kernels_against_cupy() -> None:
     err = cp.abs(cp.from_dlpack(out) - x).reshape(-1)
     step = cp.repeat(cp.from_dlpack(scales) / 127, 256)[: x.size]
     assert bool((err <= step * 1.0001).all())
+
+    # agentcomm.kernels takes CuPy arrays as they are and returns CuPy arrays;
+    # in-place arguments are CuPy's own memory.
+    from agentcomm import kernels
+
+    idx2, val2 = kernels.topk(x, 10_000)
+    assert isinstance(idx2, cp.ndarray) and cp.array_equal(idx2.astype(cp.int64), want_idx)
+    data = x.copy()
+    kernels.topk(data, 10_000, error_feedback=True)
+    rest = x.copy()
+    rest[want_idx] = 0
+    assert cp.array_equal(data, rest)
+    y = cp.random.standard_normal(x.size, dtype=cp.float32)
+    assert cp.array_equal(kernels.reduce(x, y), x + y)
+    acc = x.copy()
+    kernels.reduce(acc, y, op="max", out=acc)
+    assert cp.array_equal(acc, cp.maximum(x, y))
+    h = kernels.cast(x, "float16")
+    assert isinstance(h, cp.ndarray) and cp.array_equal(h, x.astype(cp.float16))
