@@ -23,7 +23,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all")
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all", "reduce", "gather",
+               "scatter")
 
 BUS_FACTOR: dict[str, Callable[[int], float]] = {  # nccl-tests' busbw factors (doc/PERFORMANCE.md)
     "all_reduce": lambda n: 2 * (n - 1) / n,
@@ -31,11 +32,16 @@ BUS_FACTOR: dict[str, Callable[[int], float]] = {  # nccl-tests' busbw factors (
     "reduce_scatter": lambda n: (n - 1) / n,
     "broadcast": lambda n: 1.0,
     "all_to_all": lambda n: (n - 1) / n,
+    "reduce": lambda n: 1.0,
+    "gather": lambda n: (n - 1) / n,
+    "scatter": lambda n: (n - 1) / n,
 }
 
-# torch's collective API has no out-of-place all_reduce/broadcast, nor an in-place all_to_all.
+# torch's collective API has no out-of-place all_reduce/broadcast/reduce, nor an in-place
+# all_to_all/gather/scatter.
 PLACES = {"all_reduce": ("ip",), "broadcast": ("ip",), "all_gather": ("oop", "ip"),
-          "reduce_scatter": ("oop", "ip"), "all_to_all": ("oop",)}
+          "reduce_scatter": ("oop", "ip"), "all_to_all": ("oop",), "reduce": ("ip",), "gather": ("oop",),
+          "scatter": ("oop",)}
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16, "int32": torch.int32, "int64": torch.int64, "int8": torch.int8,
@@ -90,11 +96,13 @@ def _reduced(op: str, world: int, index: torch.Tensor) -> torch.Tensor:
 def make_case(collective: str, nbytes: int, place: str, dtype: torch.dtype, op: str,
               group: dist.ProcessGroup) -> Case:
     """Tensors and callables for one collective of ``nbytes`` (the nccl-tests size:
-    the all_reduce/broadcast buffer, the all_gather output, the reduce_scatter input)."""
+    the all_reduce/broadcast/reduce buffer, the all_gather/gather output, the
+    reduce_scatter/scatter input). The root of rooted collectives is group rank 0."""
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     esize = torch.tensor([], dtype=dtype).element_size()
     rop = OPS[op]
-    if collective in ("all_reduce", "broadcast"):
+    root = dist.get_global_rank(group, 0)
+    if collective in ("all_reduce", "broadcast", "reduce"):
         count = max(1, nbytes // esize)
         buf = torch.ones(count, dtype=dtype)
         idx = torch.arange(count)
@@ -102,9 +110,13 @@ def make_case(collective: str, nbytes: int, place: str, dtype: torch.dtype, op: 
             run = lambda: dist.all_reduce(buf, op=rop, group=group)  # noqa: E731
             expected = lambda: _reduced(op, world, idx)  # noqa: E731
             fill = lambda: buf.copy_(_value(op, rank, idx))  # noqa: E731
+        elif collective == "reduce":
+            run = lambda: dist.reduce(buf, dst=root, op=rop, group=group)  # noqa: E731
+            # Only the root's buffer is defined afterwards: other ranks check nothing.
+            expected = (lambda: _reduced(op, world, idx)) if rank == 0 else (lambda: buf.double())  # noqa: E731
+            fill = lambda: buf.copy_(_value(op, rank, idx))  # noqa: E731
         else:
-            src = dist.get_global_rank(group, 0)
-            run = lambda: dist.broadcast(buf, src=src, group=group)  # noqa: E731
+            run = lambda: dist.broadcast(buf, src=root, group=group)  # noqa: E731
             expected = lambda: _value(op, 0, idx).double()  # noqa: E731
             fill = lambda: buf.copy_(_value(op, rank, idx) if rank == 0 else torch.full_like(idx, -1))  # noqa: E731
         return Case(collective, place, count, dtype, op, group, run, lambda: buf.fill_(1), fill, lambda: buf,
@@ -138,6 +150,24 @@ def make_case(collective: str, nbytes: int, place: str, dtype: torch.dtype, op: 
         expected = lambda: torch.cat([_value(op, j, torch.arange(rank * per, (rank + 1) * per)).double()  # noqa: E731
                                       for j in range(world)])
         fill = lambda: (inp.copy_(_value(op, rank, torch.arange(count))), out.fill_(-1))  # noqa: E731
+        return Case(collective, place, count, dtype, op, group, run, lambda: None, fill, lambda: out, expected)
+    if collective == "gather":
+        inp = torch.ones(per, dtype=dtype)
+        parts = list(full.chunk(world)) if rank == 0 else None
+        run = lambda: dist.gather(inp, parts, dst=root, group=group)  # noqa: E731
+        if rank == 0:
+            expected = lambda: torch.cat([_value(op, j, torch.arange(per)).double() for j in range(world)])  # noqa: E731
+        else:
+            expected = lambda: full.double()  # noqa: E731
+        fill = lambda: (full.fill_(-1), inp.copy_(_value(op, rank, torch.arange(per))))  # noqa: E731
+        return Case(collective, place, count, dtype, op, group, run, lambda: None, fill, lambda: full, expected)
+    if collective == "scatter":
+        out = torch.ones(per, dtype=dtype)
+        parts = list(full.chunk(world)) if rank == 0 else None
+        run = lambda: dist.scatter(out, parts, src=root, group=group)  # noqa: E731
+        # The root's input encodes the global index: rank r gets its slice of it.
+        expected = lambda: _value(op, 0, torch.arange(rank * per, (rank + 1) * per)).double()  # noqa: E731
+        fill = lambda: (full.copy_(_value(op, 0, torch.arange(count))), out.fill_(-1))  # noqa: E731
         return Case(collective, place, count, dtype, op, group, run, lambda: None, fill, lambda: out, expected)
     raise ValueError(f"unknown collective {collective!r}; choose from {', '.join(COLLECTIVES)}")
 
