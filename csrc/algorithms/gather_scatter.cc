@@ -1,19 +1,67 @@
 // Gather and scatter: direct messages between the root and every rank, the
 // root posting all its receives before anyone can send; over shared memory
 // (collectives_shm.cc) when AGENTCOMM_ALGO forces it.
+//
+// Large pieces between ranks of one host go by rendezvous instead of through
+// TCP: the rank holding the data sends only its address (a Rendezvous
+// message), the other one reads the piece straight from that rank's memory
+// with one process_vm_readv copy and acknowledges. Invariant: the holder's
+// buffer is not touched by anyone and stays valid until the ack arrived, so
+// the holder waits for it before returning. Each side decides from the piece
+// size it knows itself, so both agree whenever their counts do; when they do
+// not, one side expects a descriptor where the other sends data (or the
+// converse) and the receive fails on the message size, or the descriptor's
+// size differs from the reader's count: a mismatch either way, never a hang.
 #include <cstring>
 #include <vector>
 
 #include "algorithms/algorithms.h"
 #include "algorithms/shm_common.h"
 #include "algorithms/ring_schedule.h"
+#include "core/env.h"
 #include "core/error.h"
+#include "transport/shm/shm_domain.h"
 
 namespace agentcomm::algorithms {
 
 namespace {
 constexpr uint64_t kPhaseGather = 6;
 constexpr uint64_t kPhaseScatter = 7;
+constexpr uint64_t kPhaseRendezvousAck = 11;
+
+// Pieces of at least this many bytes go by rendezvous (see the top). Below it
+// the eager TCP message wins: it lets the sender move on at once, and the
+// extra copy is cheap (measured on 4 ranks / 2 cores; bench/RESULTS.md).
+size_t rendezvousMinBytes() {
+  static const size_t v = envSize("AGENTCOMM_RENDEZVOUS_BYTES", size_t{1} << 20);
+  return v;
+}
+
+struct Rendezvous {
+  uint64_t addr;
+  uint64_t bytes;
+};
+
+bool byRendezvous(const Context& ctx, size_t bytes) {
+  return bytes > 0 && bytes >= rendezvousMinBytes() && ctx.shm != nullptr && ctx.members == nullptr &&
+         ctx.shm->cma();
+}
+
+// The holder's side: publish `bytes` at `data` to `peer` (already posted: the ack).
+void offer(Context& ctx, int peer, uint64_t tag, const void* data, size_t bytes, Rendezvous& d) {
+  if (bytes >= kCmaMinBytes) ctx.shm->preferHugePages(data, bytes);
+  d = Rendezvous{addrOf(data), bytes};
+  ctx.send(peer, tag, &d, sizeof d);
+}
+
+// The reader's side: copy the offered piece into dst, then release the holder.
+void take(Context& ctx, int peer, const Rendezvous& d, void* dst, size_t bytes, const char* op) {
+  AC_CHECK(d.bytes == bytes, MismatchError, "agentcomm: collective mismatch in ", op, " (sequence number ", ctx.seq,
+           "): rank ", ctx.rank(), " expects ", bytes, " bytes from rank ", peer, ", which has ", d.bytes);
+  ctx.shm->readPeer(peer, d.addr, dst, bytes);
+  const uint64_t done = 1;
+  ctx.send(peer, makeTag(kPhaseRendezvousAck, 0, 0), &done, sizeof done);
+}
 }  // namespace
 
 void gather(Context& ctx, const GatherOptions& opts) {
@@ -28,19 +76,34 @@ void gather(Context& ctx, const GatherOptions& opts) {
   // follows the largest count once every rank published its own.
   if (!forcedAlgo("gather").empty())
     if (Path p = choosePath(ctx, "gather", kCmaMinBytes); p != Path::Tcp) return gatherShm(ctx, opts, p);
+  const uint64_t tag = makeTag(kPhaseGather, 0, 0);
   if (r != opts.root) {
-    ctx.send(opts.root, makeTag(kPhaseGather, 0, 0), opts.input, opts.count * es);
+    if (!byRendezvous(ctx, opts.count * es)) return ctx.send(opts.root, tag, opts.input, opts.count * es);
+    uint64_t ack = 0;
+    Rendezvous d{};
+    auto h = ctx.postRecv(opts.root, makeTag(kPhaseRendezvousAck, 0, 0), &ack, sizeof ack);
+    offer(ctx, opts.root, tag, opts.input, opts.count * es, d);
+    ctx.wait(h);  // the root has read our input
     return;
   }
   AC_CHECK(static_cast<int>(opts.outputs.size()) == n && static_cast<int>(opts.counts.size()) == n, InvalidArgument,
            "gather: the root needs one output per rank");
-  std::vector<RecvHandle> handles;
-  for (int p = 0; p < n; ++p)
-    if (p != r) handles.push_back(ctx.postRecv(p, makeTag(kPhaseGather, 0, 0), opts.outputs[p], opts.counts[p] * es));
+  std::vector<RecvHandle> handles(static_cast<size_t>(n));
+  std::vector<Rendezvous> offers(static_cast<size_t>(n));
+  for (int p = 0; p < n; ++p) {
+    if (p == r) continue;
+    const size_t bytes = opts.counts[p] * es;
+    handles[p] = byRendezvous(ctx, bytes) ? ctx.postRecv(p, tag, &offers[p], sizeof(Rendezvous))
+                                          : ctx.postRecv(p, tag, opts.outputs[p], bytes);
+  }
   AC_CHECK(opts.counts[r] == opts.count, InvalidArgument, "gather: the root's output for itself has ",
            opts.counts[r], " elements but its input has ", opts.count);
   if (opts.count > 0 && opts.outputs[r] != opts.input) std::memmove(opts.outputs[r], opts.input, opts.count * es);
-  for (auto& h : handles) ctx.wait(h);
+  for (int k = 1; k < n; ++k) {  // in the order the scatter sends in: rank r+1 first
+    const int p = (r + k) % n;
+    ctx.wait(handles[p]);
+    if (byRendezvous(ctx, opts.counts[p] * es)) take(ctx, p, offers[p], opts.outputs[p], opts.counts[p] * es, "gather");
+  }
 }
 
 void scatter(Context& ctx, const ScatterOptions& opts) {
@@ -49,20 +112,35 @@ void scatter(Context& ctx, const ScatterOptions& opts) {
   const size_t es = ctx.elemSize();
   if (!forcedAlgo("scatter").empty())  // as gather: shared memory only when asked for
     if (Path p = choosePath(ctx, "scatter", kCmaMinBytes); p != Path::Tcp) return scatterShm(ctx, opts, p);
+  const uint64_t tag = makeTag(kPhaseScatter, 0, 0);
   if (r != opts.root) {
-    auto h = ctx.postRecv(opts.root, makeTag(kPhaseScatter, 0, 0), opts.output, opts.count * es);
-    ctx.wait(h);
+    if (!byRendezvous(ctx, opts.count * es)) return ctx.wait(ctx.postRecv(opts.root, tag, opts.output, opts.count * es));
+    Rendezvous d{};
+    ctx.wait(ctx.postRecv(opts.root, tag, &d, sizeof d));
+    take(ctx, opts.root, d, opts.output, opts.count * es, "scatter");
     return;
   }
   AC_CHECK(static_cast<int>(opts.inputs.size()) == n && static_cast<int>(opts.counts.size()) == n, InvalidArgument,
            "scatter: the root needs one input per rank");
   AC_CHECK(opts.counts[r] == opts.count, InvalidArgument, "scatter: the root's input for itself has ", opts.counts[r],
            " elements but its output has ", opts.count);
+  // Offers first (every reader starts copying at once), then the eager
+  // pieces, then our own piece while the readers copy.
+  std::vector<RecvHandle> acks;
+  std::vector<Rendezvous> offers(static_cast<size_t>(n));
+  std::vector<uint64_t> ackWords(static_cast<size_t>(n));
   for (int k = 1; k < n; ++k) {
     const int p = (r + k) % n;
-    ctx.send(p, makeTag(kPhaseScatter, 0, 0), opts.inputs[p], opts.counts[p] * es);
+    if (!byRendezvous(ctx, opts.counts[p] * es)) continue;
+    acks.push_back(ctx.postRecv(p, makeTag(kPhaseRendezvousAck, 0, 0), &ackWords[p], sizeof(uint64_t)));
+    offer(ctx, p, tag, opts.inputs[p], opts.counts[p] * es, offers[p]);
+  }
+  for (int k = 1; k < n; ++k) {
+    const int p = (r + k) % n;
+    if (!byRendezvous(ctx, opts.counts[p] * es)) ctx.send(p, tag, opts.inputs[p], opts.counts[p] * es);
   }
   if (opts.count > 0 && opts.output != opts.inputs[r]) std::memmove(opts.output, opts.inputs[r], opts.count * es);
+  for (auto& h : acks) ctx.wait(h);  // every reader is done with our inputs
 }
 
 }  // namespace agentcomm::algorithms

@@ -1,0 +1,138 @@
+"""gather / scatter by rendezvous: large pieces read straight from the holder's memory.
+
+Ranks of one host move pieces of at least AGENTCOMM_RENDEZVOUS_BYTES (default
+1 MiB) by sending only their address and letting the other rank read them
+(process_vm_readv); smaller pieces stay eager TCP messages. The world here sets
+the threshold to 4000 bytes so that small tensors cross it both ways: pieces of
+1000 float32 go eagerly, 1001 by rendezvous, and one call mixes both when the
+counts differ per rank. Results are checked against closed forms; counts that
+disagree across the threshold (or on both sides of it) are a mismatch error on
+every rank, not a hang. One more world uses the default threshold with 8 MB
+pieces (the huge-page path of the holder's buffer).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from harness import run_world
+from test_collectives import make_input
+from test_errors import expect_raise
+
+THRESHOLD = 4000  # bytes: 1000 float32 elements go eagerly, 1001 by rendezvous
+
+
+def _cases(rank: int, world: int) -> dict:
+    dist.init_process_group("agentcomm", timeout=timedelta(seconds=60))
+    failures: list[str] = []
+    cases = 0
+
+    def check(what: str, got: torch.Tensor, want: torch.Tensor) -> None:
+        nonlocal cases
+        cases += 1
+        if not torch.equal(got, want):
+            failures.append(f"rank {rank}: {what}")
+
+    # Equal counts, every root, sizes on both sides of the threshold, a few dtypes.
+    for dtype in (torch.float32, torch.int8, torch.float64):
+        for n in (0, 1, 999, 1000, 1001, 4001, 70_000):
+            for root in range(world):
+                x = make_input(rank, n, dtype, salt=root)
+                glist = [torch.full((n,), -1, dtype=dtype) for _ in range(world)] if rank == root else None
+                dist.gather(x, gather_list=glist, dst=root)
+                if rank == root:
+                    for j in range(world):
+                        check(f"gather {dtype} n={n} root={root} from {j}", glist[j], make_input(j, n, dtype, salt=root))
+                slist = [make_input(j, n, dtype, salt=100 + root) for j in range(world)] if rank == root else None
+                out = torch.full((n,), -1, dtype=dtype)
+                dist.scatter(out, scatter_list=slist, src=root)
+                check(f"scatter {dtype} n={n} root={root}", out, make_input(rank, n, dtype, salt=100 + root))
+
+    # Counts that differ per rank (agentcomm takes uneven gather/scatter): one
+    # call mixes eager and rendezvous pieces.
+    sizes = [300 + 2000 * (j % 2) + 17 * j for j in range(world)]  # 300 eager, 2317 rendezvous, ...
+    for root in range(world):
+        x = make_input(rank, sizes[rank], torch.float32, salt=7)
+        glist = [torch.zeros(sizes[j]) for j in range(world)] if rank == root else None
+        dist.gather(x, gather_list=glist, dst=root)
+        if rank == root:
+            for j in range(world):
+                check(f"uneven gather root={root} from {j}", glist[j], make_input(j, sizes[j], torch.float32, salt=7))
+        slist = [make_input(j, sizes[j], torch.float32, salt=8) for j in range(world)] if rank == root else None
+        out = torch.zeros(sizes[rank])
+        dist.scatter(out, scatter_list=slist, src=root)
+        check(f"uneven scatter root={root}", out, make_input(rank, sizes[rank], torch.float32, salt=8))
+    # A non-contiguous output and an input that is a view into the root's list.
+    base = torch.zeros(2 * 3000)
+    out = base[::2]
+    slist = [torch.arange(3000, dtype=torch.float32) + j for j in range(world)] if rank == 0 else None
+    dist.scatter(out, scatter_list=slist, src=0)
+    check("scatter into a strided output", out, torch.arange(3000, dtype=torch.float32) + rank)
+    check("scatter leaves the gaps alone", base[1::2], torch.zeros(3000))
+
+    # Disagreeing counts: every rank raises a mismatch, promptly.
+    problems = []
+    for what, root_sends, rank1_expects in [
+        ("rendezvous offered, eager expected", 2000, 500),
+        ("eager sent, rendezvous expected", 500, 2000),
+        ("rendezvous both, different sizes", 3000, 2000),
+    ]:
+        g = dist.new_group(backend="agentcomm", timeout=timedelta(seconds=20))
+        counts = [root_sends if j == 1 else 10 for j in range(world)]
+        slist = [torch.ones(c) for c in counts] if rank == 0 else None
+        out = torch.zeros(rank1_expects if rank == 1 else 10)
+        start = time.monotonic()
+        # The rank that finds the mismatch raises in the call; a rank whose part
+        # succeeded (an eager sender, a bystander) raises in its next collective.
+        msg = expect_raise(lambda: (dist.scatter(out, scatter_list=slist, src=0, group=g), dist.barrier(group=g)),
+                           "mismatch")
+        if msg or time.monotonic() - start > 10:
+            problems.append(f"scatter, {what}: {msg or 'slow'} ({time.monotonic() - start:.1f}s)")
+        g = dist.new_group(backend="agentcomm", timeout=timedelta(seconds=20))
+        x = torch.ones(rank1_expects if rank == 1 else 10)
+        glist = [torch.zeros(c) for c in counts] if rank == 0 else None
+        start = time.monotonic()
+        msg = expect_raise(lambda: (dist.gather(x, gather_list=glist, dst=0, group=g), dist.barrier(group=g)),
+                           "mismatch")
+        if msg or time.monotonic() - start > 10:
+            problems.append(f"gather, {what}: {msg or 'slow'} ({time.monotonic() - start:.1f}s)")
+    dist.barrier()
+    return {"cases": cases, "failures": failures, "problems": problems}
+
+
+def test_gather_scatter_eager_and_rendezvous() -> None:
+    results = run_world(_cases, 3, timeout=300, env={"AGENTCOMM_RENDEZVOUS_BYTES": str(THRESHOLD)})
+    for r in results:
+        assert r["cases"] > 100
+        assert not r["failures"], "\n".join(r["failures"][:20])
+        assert not r["problems"], "\n".join(r["problems"])
+
+
+def _large(rank: int, world: int) -> list[str]:
+    dist.init_process_group("agentcomm", timeout=timedelta(seconds=120))
+    failures = []
+    n = 2_000_003  # 8 MB pieces: rendezvous at the default threshold, the holder's buffer on huge pages
+    for it in range(2):  # a buffer seen twice is collapsed into huge pages
+        slist = [torch.arange(n, dtype=torch.float32) * (j + 1) for j in range(world)] if rank == 0 else None
+        out = torch.empty(n)
+        dist.scatter(out, scatter_list=slist, src=0)
+        if not torch.equal(out, torch.arange(n, dtype=torch.float32) * (rank + 1)):
+            failures.append(f"rank {rank} scatter {it}")
+        x = torch.arange(n, dtype=torch.float32) - rank
+        glist = [torch.empty(n) for _ in range(world)] if rank == world - 1 else None
+        dist.gather(x, gather_list=glist, dst=world - 1)
+        if rank == world - 1:
+            for j in range(world):
+                if not torch.equal(glist[j], torch.arange(n, dtype=torch.float32) - j):
+                    failures.append(f"gather {it} from {j}")
+    dist.barrier()
+    return failures
+
+
+def test_gather_scatter_large_default_threshold() -> None:
+    for failures in run_world(_large, 2, timeout=300):
+        assert not failures, failures
