@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all", "reduce", "gather",
-               "scatter")
+               "scatter", "sendrecv")
 
 BUS_FACTOR: dict[str, Callable[[int], float]] = {  # nccl-tests' busbw factors (doc/PERFORMANCE.md)
     "all_reduce": lambda n: 2 * (n - 1) / n,
@@ -35,13 +35,14 @@ BUS_FACTOR: dict[str, Callable[[int], float]] = {  # nccl-tests' busbw factors (
     "reduce": lambda n: 1.0,
     "gather": lambda n: (n - 1) / n,
     "scatter": lambda n: (n - 1) / n,
+    "sendrecv": lambda n: 1.0,
 }
 
 # torch's collective API has no out-of-place all_reduce/broadcast/reduce, nor an in-place
 # all_to_all/gather/scatter.
 PLACES = {"all_reduce": ("ip",), "broadcast": ("ip",), "all_gather": ("oop", "ip"),
           "reduce_scatter": ("oop", "ip"), "all_to_all": ("oop",), "reduce": ("ip",), "gather": ("oop",),
-          "scatter": ("oop",)}
+          "scatter": ("oop",), "sendrecv": ("oop",)}
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
           "bfloat16": torch.bfloat16, "int32": torch.int32, "int64": torch.int64, "int8": torch.int8,
@@ -102,6 +103,18 @@ def make_case(collective: str, nbytes: int, place: str, dtype: torch.dtype, op: 
     esize = torch.tensor([], dtype=dtype).element_size()
     rop = OPS[op]
     root = dist.get_global_rank(group, 0)
+    if collective == "sendrecv":  # nccl-tests' sendrecv: to rank + 1, from rank - 1, at once
+        count = max(1, nbytes // esize)
+        inp, out = torch.ones(count, dtype=dtype), torch.ones(count, dtype=dtype)
+        to, frm = dist.get_global_rank(group, (rank + 1) % world), dist.get_global_rank(group, (rank - 1) % world)
+
+        def run() -> None:
+            ops = [dist.P2POp(dist.isend, inp, to, group), dist.P2POp(dist.irecv, out, frm, group)]
+            for w in dist.batch_isend_irecv(ops):
+                w.wait()
+        expected = lambda: _value(op, (rank - 1) % world, torch.arange(count)).double()  # noqa: E731
+        fill = lambda: (inp.copy_(_value(op, rank, torch.arange(count))), out.fill_(-1))  # noqa: E731
+        return Case(collective, place, count, dtype, op, group, run, lambda: None, fill, lambda: out, expected)
     if collective in ("all_reduce", "broadcast", "reduce"):
         count = max(1, nbytes // esize)
         buf = torch.ones(count, dtype=dtype)

@@ -210,6 +210,35 @@ void AgentWork::complete(std::exception_ptr eptr) {
   }
 }
 
+bool AgentWork::completeWithoutCallbacks(std::exception_ptr eptr) {
+  {
+    std::lock_guard<std::mutex> lock(futureMu_);
+    if (futureTaken_) return false;
+    futurePending_ = true;
+    pendingError_ = eptr;
+  }
+  finish(eptr);
+  return true;
+}
+
+c10::intrusive_ptr<c10::ivalue::Future> AgentWork::getFuture() {
+  std::exception_ptr eptr;
+  bool mark = false;
+  {
+    std::lock_guard<std::mutex> lock(futureMu_);
+    futureTaken_ = true;
+    std::swap(mark, futurePending_);
+    eptr = pendingError_;
+  }
+  if (mark) {  // no callback can be attached yet: marking here runs none
+    if (eptr)
+      future_->setError(eptr);
+    else
+      future_->markCompleted(c10::IValue(outputs_));
+  }
+  return future_;
+}
+
 void AgentWork::synchronize() {
   if (cuda_) cuda_->blockCurrentStream();
 }
@@ -242,14 +271,32 @@ void AgentBackend::Lane::start(std::function<void(Job&)> exec) {
       Job job;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+        cv_.wait(lock, [&] { return !busy_ && (stopping_ || !queue_.empty()); });
         if (queue_.empty()) return;  // stopping, and nothing (left) to drain
         job = std::move(queue_.front());
         queue_.pop_front();
+        busy_ = true;
       }
       exec_(job);
+      std::lock_guard<std::mutex> lock(mu_);
+      busy_ = false;
     }
   });
+}
+
+bool AgentBackend::Lane::runInlineIfIdle(Job& job) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ || busy_ || !queue_.empty()) return false;
+    busy_ = true;
+  }
+  exec_(job);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    busy_ = false;
+  }
+  cv_.notify_all();  // jobs pushed meanwhile waited for us
+  return true;
 }
 
 void AgentBackend::Lane::push(Job job) {
@@ -1231,20 +1278,26 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::send(std::vector<at::Tensor>& tenso
   auto work = c10::make_intrusive<AgentWork>(rank_, c10d::OpType::SEND, "agentcomm:send",
                                              std::vector<at::Tensor>{stage ? stage->original(tensors[0]) : tensors[0]},
                                              timeout_, stage);
-  sends_.push(Job{work,
-                  [=, this](Deadline d) {
-                    if (stage) stage->copyIn();
-                    transport::Header h;
-                    h.kind = static_cast<uint8_t>(transport::MsgKind::P2P);
-                    h.collective = static_cast<uint8_t>(CollectiveKind::Send);
-                    h.dtype = static_cast<uint8_t>(v.dt);
-                    h.tag = static_cast<uint32_t>(tag);
-                    h.count = v.count;
-                    h.nbytes = buf.nbytes();
-                    transport_->send(dstRank, h, buf.data_ptr(), d);
-                    if (stage) stage->copyOut();
-                  },
-                  timeout_});
+  Job job{work,
+          [=, this](Deadline d) {
+            if (stage) stage->copyIn();
+            transport::Header h;
+            h.kind = static_cast<uint8_t>(transport::MsgKind::P2P);
+            h.collective = static_cast<uint8_t>(CollectiveKind::Send);
+            h.dtype = static_cast<uint8_t>(v.dt);
+            h.tag = static_cast<uint32_t>(tag);
+            h.count = v.count;
+            h.nbytes = buf.nbytes();
+            transport_->send(dstRank, h, buf.data_ptr(), d);
+            if (stage) stage->copyOut();
+          },
+          timeout_};
+  // A small host send goes out from the calling thread when the lane is idle
+  // (one thread hand-off less; the socket takes it without waiting for the
+  // peer, whose reader drains it). It completes before the caller can attach
+  // a callback.
+  if (stage || static_cast<size_t>(buf.nbytes()) > kInlineMaxBytes || !sends_.runInlineIfIdle(job))
+    sends_.push(std::move(job));
   return work;
 }
 
@@ -1280,6 +1333,9 @@ c10::intrusive_ptr<AgentWork> AgentBackend::postRecv(std::vector<at::Tensor>& te
     const bool failed = slot.failed();
     const std::string error = slot.error();
     keep->setSourceRank(slot.source());
+    // Received in place with nobody holding the future: finish here, on the
+    // reader (the waiter wakes one hand-off sooner; no callback runs here).
+    if (!failed && !stage && t.data_ptr() == buf.data_ptr() && keep->completeWithoutCallbacks(nullptr)) return;
     // Copy-back and future callbacks run on the completion lane, not on the
     // transport's reader thread.
     completions_.push(Job{keep,

@@ -40,7 +40,7 @@ class AgentWork : public c10d::Work {
   AgentWork(int rank, c10d::OpType type, const char* title, std::vector<at::Tensor> outputs,
             std::chrono::milliseconds defaultWait, std::shared_ptr<CudaStage> cuda = nullptr);
   std::vector<at::Tensor> result() override { return outputs_; }
-  c10::intrusive_ptr<c10::ivalue::Future> getFuture() override { return future_; }
+  c10::intrusive_ptr<c10::ivalue::Future> getFuture() override;
   bool wait(std::chrono::milliseconds timeout) override;
   void synchronize() override;
   int sourceRank() const override { return sourceRank_.load(); }
@@ -48,6 +48,11 @@ class AgentWork : public c10d::Work {
 
   // Finishes the work and its future; eptr null on success. Call with no lock held.
   void complete(std::exception_ptr eptr);
+  // Finishes the work for a thread that must not run user callbacks (the
+  // transport's reader): only when nobody has asked for the future yet, whose
+  // marking getFuture() then does (callbacks can only be attached after it,
+  // so none runs here). False, and nothing done, when the future is out.
+  bool completeWithoutCallbacks(std::exception_ptr eptr);
   void setSourceRank(int r) { sourceRank_.store(r); }
   void setSequenceNumber(uint64_t s) { seq_ = s; }
   // Set for receives: waiting past the default timeout aborts the communicator.
@@ -60,6 +65,10 @@ class AgentWork : public c10d::Work {
   std::atomic<int> sourceRank_{-1};
   uint64_t seq_ = 0;
   std::shared_ptr<CudaStage> cuda_;
+  std::mutex futureMu_;           // futureTaken_, futurePending_, pendingError_
+  bool futureTaken_ = false;      // getFuture() was called
+  bool futurePending_ = false;    // finished by completeWithoutCallbacks; the future not yet marked
+  std::exception_ptr pendingError_;
 };
 
 class AgentBackend : public c10d::Backend {
@@ -156,6 +165,10 @@ class AgentBackend : public c10d::Backend {
    public:
     void start(std::function<void(Job&)> exec);
     void push(Job job);
+    // Runs the job on the calling thread when nothing is queued or running
+    // (order is kept: the lane's thread waits for it); false, and the job
+    // untouched, otherwise.
+    bool runInlineIfIdle(Job& job);
     // Joins the thread; jobs still queued run first (drain) or fail.
     void stop(bool drain);
 
@@ -164,6 +177,7 @@ class AgentBackend : public c10d::Backend {
     std::condition_variable cv_;
     std::deque<Job> queue_;
     bool stopping_ = false;
+    bool busy_ = false;  // a job runs (on the lane's thread or inline)
     std::thread thread_;
     std::function<void(Job&)> exec_;
   };

@@ -19,9 +19,9 @@ def test_bench_sweep_checks_and_writes_every_output(tmp_path) -> None:
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr[-4000:]
     rows = [ln.split() for ln in p.stdout.splitlines() if ln and not ln.startswith("#") and "collective" not in ln]
-    # 2 sizes x (all_reduce, broadcast, all_to_all, reduce, gather, scatter: 1 placement;
+    # 2 sizes x (all_reduce, broadcast, all_to_all, reduce, gather, scatter, sendrecv: 1 placement;
     # all_gather, reduce_scatter: 2)
-    assert len(rows) == 2 * 10, p.stdout
+    assert len(rows) == 2 * 11, p.stdout
     data = json.loads((tmp_path / "out.json").read_text())
     assert data["meta"]["world_size"] == 3 and data["meta"]["agentcomm"] and data["meta"]["machine"]["cpus"]
     for row in data["rows"]:
@@ -30,7 +30,7 @@ def test_bench_sweep_checks_and_writes_every_output(tmp_path) -> None:
             assert row[b]["time_us"] > 0
     with open(tmp_path / "out.csv") as f:
         lines = list(csv.DictReader(f))
-    assert len(lines) == 2 * 10 * 2 and {ln["backend"] for ln in lines} == {"agentcomm", "gloo"}
+    assert len(lines) == 2 * 11 * 2 and {ln["backend"] for ln in lines} == {"agentcomm", "gloo"}
     assert (tmp_path / "out.png").stat().st_size > 10_000
 
 

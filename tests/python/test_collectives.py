@@ -260,6 +260,22 @@ def check_misc(c: Checker) -> None:
         for req in dist.batch_isend_irecv(ops):
             req.wait()
         c.expect_equal("batch_isend_irecv", ops[1].tensor, make_input(left, 5, torch.float64, salt=12))
+        # The futures of p2p works: taken before completion (the callback runs, with the data), and
+        # taken only after wait() (a receive done on the reader thread marks its future then).
+        seen = []
+        inc = torch.empty(7)
+        early = dist.irecv(inc, left, tag=20).get_future().then(lambda f: seen.append(f.value()[0].clone()))
+        dist.isend(make_input(rank, 7, torch.float32, salt=13), right, tag=20).wait()
+        early.wait()
+        c.expect_equal("irecv future taken early", seen[0] if seen else torch.empty(0),
+                       make_input(left, 7, torch.float32, salt=13))
+        inc = torch.empty(9)
+        late = dist.irecv(inc, left, tag=21)
+        sent = dist.isend(make_input(rank, 9, torch.float32, salt=14), right, tag=21)
+        late.wait()
+        sent.wait()
+        c.expect_equal("irecv future taken late", late.get_future().wait()[0], make_input(left, 9, torch.float32, salt=14))
+        c.expect_equal("isend future", sent.get_future().wait()[0], make_input(rank, 9, torch.float32, salt=14))
         # Two messages with different tags arrive in either order.
         if rank == 0:
             a, b = torch.empty(4), torch.empty(4)
