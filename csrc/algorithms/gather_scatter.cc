@@ -18,7 +18,6 @@
 #include "algorithms/algorithms.h"
 #include "algorithms/shm_common.h"
 #include "algorithms/ring_schedule.h"
-#include "core/env.h"
 #include "core/error.h"
 #include "transport/shm/shm_domain.h"
 
@@ -28,14 +27,6 @@ namespace {
 constexpr uint64_t kPhaseGather = 6;
 constexpr uint64_t kPhaseScatter = 7;
 constexpr uint64_t kPhaseRendezvousAck = 11;
-
-// Pieces of at least this many bytes go by rendezvous (see the top). Below it
-// the eager TCP message wins: it lets the sender move on at once, and the
-// extra copy is cheap (measured on 4 ranks / 2 cores; bench/RESULTS.md).
-size_t rendezvousMinBytes() {
-  static const size_t v = envSize("AGENTCOMM_RENDEZVOUS_BYTES", size_t{1} << 20);
-  return v;
-}
 
 struct Rendezvous {
   uint64_t addr;

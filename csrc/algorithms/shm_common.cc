@@ -1,5 +1,7 @@
 #include "algorithms/shm_common.h"
 
+#include "core/env.h"
+
 #include <strings.h>
 
 #include <algorithm>
@@ -45,6 +47,11 @@ std::string forcedAlgo(const char* collective) {
     pos = end + 1;
   }
   return "";
+}
+
+size_t rendezvousMinBytes() {
+  static const size_t v = envSize("AGENTCOMM_RENDEZVOUS_BYTES", size_t{1} << 20);
+  return v;
 }
 
 Path choosePath(const Context& ctx, const char* collective, size_t bytes) {

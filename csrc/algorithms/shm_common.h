@@ -33,6 +33,13 @@ constexpr size_t kShmReduceMinBytes = size_t{4} << 20;
 // one step stay in L2 while they are combined.
 constexpr size_t kCmaStepBytes = size_t{256} << 10;
 
+// Messages (a gather's or scatter's pieces, send/recv payloads) of at least
+// this many bytes between ranks of one host go by rendezvous: the holder
+// publishes its address and the other side reads it with one
+// process_vm_readv. AGENTCOMM_RENDEZVOUS_BYTES, default 1 MiB (below it the
+// eager message wins: the sender moves on at once; bench/RESULTS.md).
+size_t rendezvousMinBytes();
+
 transport::ShmOpDesc shmDesc(const Context& ctx, ShmAlgo algo, uint64_t signature, int root = 0);
 
 // The lower-case algorithm name AGENTCOMM_ALGO forces for `collective`

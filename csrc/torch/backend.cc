@@ -18,6 +18,7 @@
 #include <numeric>
 
 #include "algorithms/algorithms.h"
+#include "algorithms/shm_common.h"
 #include "core/error.h"
 #include "core/env.h"
 #include "core/logging.h"
@@ -308,6 +309,7 @@ void AgentBackend::Lane::push(Job job) {
       return;
     }
   }
+  if (!job.work || job.deferred) return;  // internal, or completed by its rendezvous answer (failed at shutdown)
   job.work->complete(std::make_exception_ptr(
       c10::DistBackendError(here(__func__), "agentcomm: the process group was shut down before this operation ran")));
 }
@@ -322,6 +324,7 @@ void AgentBackend::Lane::stop(bool drain) {
   }
   if (thread_.joinable()) thread_.join();
   for (auto& job : left) {
+    if (!job.work || job.deferred) continue;
     job.work->complete(std::make_exception_ptr(c10::DistBackendError(
         here(__func__), "agentcomm: the process group was shut down before this operation ran")));
   }
@@ -344,6 +347,41 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
   } catch (const Error& e) {
     C10_THROW_ERROR(DistBackendError, e.what());
   }
+  // Peers may offer large sends as soon as their constructors are done, which
+  // can be before ours is: the pull waits until we know whether shm_ exists.
+  {
+    transport::RendezvousHooks hooks;
+    hooks.pull = [this](int src, uint64_t addr, void* dst, size_t bytes) {
+      std::unique_lock<std::mutex> lock(rendezvousMu_);
+      rendezvousCv_.wait(lock, [&] { return rendezvousSettled_; });
+      AC_CHECK(offersP2P_, CommError, "agentcomm: rank ", src, " offered a message by rendezvous, which rank ",
+               rank_, " cannot read (no cross-memory attach to it)");
+      lock.unlock();
+      shm_->readPeer(src, addr, dst, bytes);
+    };
+    hooks.acknowledge = [this](int src, uint64_t id, bool taken) {
+      answers_.push(Job{nullptr,
+                        [this, src, id, taken](Deadline d) {
+                          transport::Header h;
+                          h.kind = static_cast<uint8_t>(transport::MsgKind::P2P);
+                          h.collective = static_cast<uint8_t>(CollectiveKind::Send);
+                          h.dtype = static_cast<uint8_t>(DataType::UInt8);
+                          h.tag = transport::kOfferAckTag | id;
+                          h.count = 1;
+                          h.nbytes = sizeof(uint64_t);
+                          const uint64_t word = taken ? 1 : 0;
+                          transport_->send(src, h, &word, d);
+                        },
+                        timeout_});
+    };
+    transport_->mailbox().setRendezvous(std::move(hooks));
+  }
+  auto settleRendezvous = [this] {
+    std::lock_guard<std::mutex> lock(rendezvousMu_);
+    offersP2P_ = wholeGroupShm_ && shm_->cma();
+    rendezvousSettled_ = true;
+    rendezvousCv_.notify_all();
+  };
   try {
     // Shared memory among the ranks of each host; a hierarchy when the group
     // spans hosts and some host runs several ranks.
@@ -369,8 +407,10 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
         if (leaders[i] == rank) topo_->leaderIndex = static_cast<int>(i);
     }
   } catch (const Error& e) {
+    settleRendezvous();
     C10_THROW_ERROR(DistBackendError, e.what());
   }
+  settleRendezvous();
   const std::string shmName = shm_ ? (shm_->cma() ? "shm+cma" : "shm") : "";
   transportName_ = wholeGroupShm_ ? shmName + "/tcp"
                    : topo_        ? strCat("hierarchical(", shmName.empty() ? "tcp" : shmName, ")/tcp")
@@ -378,8 +418,18 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
   AC_LOG(Info, "agentcomm ", kVersion, ": group '", groupName_, "' rank ", rank, "/", size, ", transport ",
          transportName_, ", chunk ", chunkBytes_, " bytes, timeout ", timeout.count(), " ms");
   worker_ = std::thread([this] { workerLoop(); });
-  sends_.start([this](Job& job) { job.work->complete(execute(job)); });
+  sends_.start([this](Job& job) {
+    std::exception_ptr eptr = execute(job);
+    if (!job.deferred) job.work->complete(eptr);  // deferred: a failure aborted the mailbox, failing the answer's slot
+  });
   completions_.start([](Job& job) { job.run(Deadline::max()); });
+  answers_.start([](Job& job) {
+    try {
+      job.run(Clock::now() + job.timeout);
+    } catch (const std::exception& e) {  // the offering peer is gone or the group failed: it learns that way
+      AC_LOG(Info, "agentcomm: could not answer a rendezvous offer: ", e.what());
+    }
+  });
 }
 
 AgentBackend::~AgentBackend() {
@@ -409,6 +459,7 @@ void AgentBackend::shutdownNoGil() {
     stopWorker();
     completionPool_.stop();
     sends_.stop(false);
+    answers_.stop(false);
     // Fail receives still posted (their completions run below), without
     // telling peers: they see our sockets close.
     if (transport_) transport_->mailbox().abort("agentcomm: the process group was shut down");
@@ -1292,6 +1343,52 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::send(std::vector<at::Tensor>& tenso
             if (stage) stage->copyOut();
           },
           timeout_};
+  // A large host send to a rank of this host goes by rendezvous: an Offer
+  // (address, size) instead of the payload; the receiver pulls it with one
+  // process_vm_readv as soon as the offer arrives (posted receive or not) and
+  // answers; the work completes with that answer (the tensor is read until then).
+  if (!stage && offersP2P_ && static_cast<size_t>(buf.nbytes()) >= algorithms::rendezvousMinBytes()) {
+    const uint64_t id = nextOfferId_.fetch_add(1);
+    auto word = std::make_shared<uint64_t>(0);
+    transport::RecvSpec answer;
+    answer.kind = transport::MsgKind::P2P;
+    answer.src = dstRank;
+    answer.tag = transport::kOfferAckTag | id;
+    answer.buffer = word.get();
+    answer.nbytes = sizeof(uint64_t);
+    answer.dtype = static_cast<uint8_t>(DataType::UInt8);
+    answer.count = 1;
+    const int64_t bytes = buf.nbytes();
+    answer.onComplete = [this, work, word, buf, dstRank, tag, bytes](const transport::RecvSlot& slot) {
+      std::exception_ptr eptr;
+      if (slot.failed()) {
+        eptr = std::make_exception_ptr(c10::DistBackendError(here("send"), slot.error()));
+      } else if (*word != 1) {
+        eptr = std::make_exception_ptr(c10::DistBackendError(
+            here("send"), strCat("agentcomm send: rank ", dstRank, " refused this message (tag ", tag, ", ", bytes,
+                                 " bytes): its receive has another size or dtype (its error says which), or it ",
+                                 "could not read this rank's memory")));
+      }
+      if (!work->completeWithoutCallbacks(eptr))
+        completions_.push(Job{work, [work, eptr](Deadline) { work->complete(eptr); }, timeout_});
+    };
+    transport_->post(std::move(answer));  // before the offer can be answered
+    const transport::Offer offer{reinterpret_cast<uint64_t>(buf.data_ptr()), static_cast<uint64_t>(bytes), id};
+    job.run = [=, this](Deadline d) {
+      transport::Header h;
+      h.kind = static_cast<uint8_t>(transport::MsgKind::P2P);
+      h.collective = static_cast<uint8_t>(CollectiveKind::Send);
+      h.dtype = static_cast<uint8_t>(v.dt);
+      h.op = transport::kP2POffer;
+      h.tag = static_cast<uint32_t>(tag);
+      h.count = v.count;
+      h.nbytes = sizeof offer;
+      transport_->send(dstRank, h, &offer, d);
+    };
+    job.deferred = true;
+    sends_.push(std::move(job));
+    return work;
+  }
   // A small host send goes out from the calling thread when the lane is idle
   // (one thread hand-off less; the socket takes it without waiting for the
   // peer, whose reader drains it). It completes before the caller can attach

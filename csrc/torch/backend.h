@@ -156,9 +156,12 @@ class AgentBackend : public c10d::Backend {
                                                     const c10d::AllreduceOptions& opts);
 
   struct Job {
-    c10::intrusive_ptr<AgentWork> work;
+    c10::intrusive_ptr<AgentWork> work;  // null for internal jobs (rendezvous answers)
     std::function<void(transport::Deadline)> run;
     std::chrono::milliseconds timeout;
+    // The work completes elsewhere (a rendezvous send: when the receiver's
+    // answer arrives, or fails with the communicator), never by the lane.
+    bool deferred = false;
   };
   // A single-thread executor: jobs run one at a time in the order enqueued.
   class Lane {
@@ -250,6 +253,15 @@ class AgentBackend : public c10d::Backend {
   CompletionPool completionPool_;
   Lane sends_;
   Lane completions_;
+  // Rendezvous (mailbox.h): answers to peers' offers are sent from here, never
+  // from a transport reader. The readers' pulls wait for the shared-memory
+  // domain (made after the transport, whose readers already run).
+  Lane answers_;
+  std::atomic<uint64_t> nextOfferId_{0};
+  std::mutex rendezvousMu_;
+  std::condition_variable rendezvousCv_;
+  bool rendezvousSettled_ = false;  // the constructor decided on shm_ (or failed)
+  bool offersP2P_ = false;          // large sends to this group's ranks go by rendezvous
   std::once_flag shutdownOnce_;
   std::once_flag cudaOnce_;
   std::unique_ptr<CudaContext> cuda_;

@@ -31,6 +31,8 @@ std::string validateHeader(const Header& h) {
   if (!isValidDataType(h.dtype)) return strCat("bad dtype ", int(h.dtype));
   if (!isValidReduceOp(h.op)) return strCat("bad reduce op ", int(h.op));
   if (h.nbytes > kMaxPayloadBytes) return strCat("payload of ", h.nbytes, " bytes is implausible");
+  if (h.kind == static_cast<uint8_t>(MsgKind::P2P) && h.op == kP2POffer && h.nbytes != sizeof(Offer))
+    return strCat("a rendezvous offer of ", h.nbytes, " bytes");
   return {};
 }
 

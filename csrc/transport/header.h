@@ -47,6 +47,20 @@ struct Header {
 #pragma pack(pop)
 static_assert(sizeof(Header) == 40, "wire header layout");
 
+// Rendezvous (mailbox.h): a P2P message whose `op` is kP2POffer carries an
+// Offer instead of its payload; the receiving side pulls the payload from the
+// sender's memory and answers with a P2P message tagged kOfferAckTag | id
+// whose 8-byte payload is 1 (taken: the sender may reuse its buffer) or 0
+// (refused: sizes differ, or the pull failed). User tags are 32-bit, so no
+// receive a user posts can match an acknowledgement.
+constexpr uint8_t kP2POffer = 1;
+constexpr uint64_t kOfferAckTag = uint64_t{1} << 63;
+struct Offer {
+  uint64_t addr = 0;   // the payload's address in the sender's process
+  uint64_t bytes = 0;  // the payload's size
+  uint64_t id = 0;     // names the acknowledgement
+};
+
 // Largest payload a peer may announce; anything above is a corrupt stream.
 constexpr uint64_t kMaxPayloadBytes = uint64_t{1} << 42;
 

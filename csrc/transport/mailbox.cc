@@ -15,7 +15,7 @@ std::string Mailbox::checkMatch(const RecvSpec& spec, int src, const Header& h, 
     return s + strCat(", ", nbytes, " bytes in this message");
   };
   if (spec.kind == MsgKind::P2P) {
-    if (h.dtype != spec.dtype || h.nbytes != spec.nbytes) {
+    if (h.dtype != spec.dtype || (compareBytes && h.nbytes != spec.nbytes)) {
       return strCat("agentcomm: send/recv mismatch (tag ", spec.tag, "): rank ", src, " sent ", h.count,
                     " elements of ", dataTypeName(static_cast<DataType>(h.dtype)), " (", h.nbytes,
                     " bytes) but rank ", rank_, " posted a receive of ", spec.count, " elements of ",
@@ -141,37 +141,69 @@ RecvHandle Mailbox::post(RecvSpec spec) {
   return slot;
 }
 
+void Mailbox::setRendezvous(RendezvousHooks hooks) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  rendezvous_ = std::move(hooks);
+}
+
+RecvHandle Mailbox::takePostedLocked(int src, const Header& h) {
+  auto it = posted_.find(Key{h.kind, src, h.kind == static_cast<uint8_t>(MsgKind::P2P) ? 0 : h.seq, h.tag});
+  std::deque<RecvHandle>* specific = (it != posted_.end() && !it->second.empty()) ? &it->second : nullptr;
+  std::deque<RecvHandle>* any = nullptr;
+  if (h.kind == static_cast<uint8_t>(MsgKind::P2P)) {
+    auto a = postedAny_.find(h.tag);
+    if (a != postedAny_.end() && !a->second.empty()) any = &a->second;
+  }
+  std::deque<RecvHandle>* chosen = specific;
+  if (any != nullptr && (chosen == nullptr || any->front()->order_ < chosen->front()->order_)) chosen = any;
+  if (chosen == nullptr) return nullptr;
+  RecvHandle slot = chosen->front();
+  chosen->pop_front();
+  if (chosen == specific && specific->empty()) posted_.erase(it);
+  slot->source_ = src;
+  return slot;
+}
+
 Mailbox::Delivery Mailbox::beginDelivery(int src, const Header& h) {
   Delivery d;
+  d.src = src;
+  d.header = h;
   std::vector<RecvHandle> completed;
+  const bool offer = h.kind == static_cast<uint8_t>(MsgKind::P2P) && h.op == kP2POffer;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (abortReason_) return d;  // discard
-    RecvHandle slot;
-    auto it = posted_.find(Key{h.kind, src, h.kind == static_cast<uint8_t>(MsgKind::P2P) ? 0 : h.seq, h.tag});
-    std::deque<RecvHandle>* specific = (it != posted_.end() && !it->second.empty()) ? &it->second : nullptr;
-    std::deque<RecvHandle>* any = nullptr;
-    if (h.kind == static_cast<uint8_t>(MsgKind::P2P)) {
-      auto a = postedAny_.find(h.tag);
-      if (a != postedAny_.end() && !a->second.empty()) any = &a->second;
+    if (offer) {
+      // The Offer is always read (an answer is owed even to a refused one);
+      // the size check waits for it (endOffer).
+      d.offer = std::make_shared<Offer>();
+      d.accepted = true;
+      d.dst = d.offer.get();
+      if (!rendezvous_.pull) d.refusal = strCat("agentcomm: rank ", src, " offered a message by rendezvous, which ",
+                                                "this rank cannot take (no cross-memory attach here)");
     }
-    std::deque<RecvHandle>* chosen = specific;
-    if (any != nullptr && (chosen == nullptr || any->front()->order_ < chosen->front()->order_)) chosen = any;
-    if (chosen != nullptr) {
-      slot = chosen->front();
-      chosen->pop_front();
-      if (chosen == specific && specific->empty()) posted_.erase(it);
-      slot->source_ = src;
-      std::string bad = checkMatch(slot->spec_, src, h);
+    RecvHandle slot = takePostedLocked(src, h);
+    if (slot) {
+      std::string bad = offer && !d.refusal.empty() ? d.refusal : checkMatch(slot->spec_, src, h, !offer);
       if (!bad.empty()) {
         failLocked(slot, RecvSlot::FailKind::Mismatch, bad, completed);
-        // Payload is drained and dropped by the caller (d.accepted == false).
+        // Eager: the payload is drained and dropped by the caller (d.accepted == false).
+        if (offer) d.refusal = bad;
+      } else if (offer) {
+        slot->state_ = RecvSlot::State::Delivering;
+        d.slot = slot;
       } else {
         slot->state_ = RecvSlot::State::Delivering;
         d.slot = slot;
         d.accepted = true;
         d.dst = slot->spec_.buffer;
       }
+    } else if (offer) {
+      // Parked once its size is known (endOffer); this reader delivers the
+      // source's messages one at a time, so the per-source order holds.
+      d.pendingOffer = std::make_shared<Unexpected>();
+      d.pendingOffer->src = src;
+      d.pendingOffer->order = nextOrder_++;
     } else {
       if (h.kind == static_cast<uint8_t>(MsgKind::Collective)) {
         // No receive for this tag, but one for the same collective from the
@@ -204,7 +236,89 @@ Mailbox::Delivery Mailbox::beginDelivery(int src, const Header& h) {
   return d;
 }
 
+void Mailbox::endOffer(Delivery& d, bool ok) {
+  std::vector<RecvHandle> completed;
+  const Offer o = *d.offer;
+  RecvHandle slot;                      // the receive the payload is pulled into, or
+  std::shared_ptr<Unexpected> parked;   // the parked copy a later receive takes
+  std::string refusal = d.refusal;
+  bool answer = ok;                     // owed unless the connection broke or the communicator is gone
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!ok || abortReason_) {
+      if (d.slot)
+        failLocked(d.slot, RecvSlot::FailKind::Comm,
+                   abortReason_.value_or("agentcomm: connection failed while receiving"), completed);
+      answer = false;
+    } else if (refusal.empty()) {
+      // From here on the offer is the eager message it stands for.
+      Header h = d.header;
+      h.nbytes = o.bytes;
+      h.op = 0;
+      slot = d.slot;
+      if (!slot) {
+        slot = takePostedLocked(d.src, h);  // posted while the offer was being read?
+        if (slot) slot->state_ = RecvSlot::State::Delivering;
+      }
+      if (slot) {
+        refusal = checkMatch(slot->spec_, d.src, h);
+        if (!refusal.empty()) {
+          failLocked(slot, RecvSlot::FailKind::Mismatch, refusal, completed);
+          slot = nullptr;
+        }
+      } else {
+        parked = d.pendingOffer;
+        parked->header = h;
+        parked->data.resize(o.bytes);
+        unexpected_[Key{h.kind, d.src, 0, h.tag}].push_back(parked);
+      }
+    }
+  }
+  bool taken = false;
+  std::string why;
+  if (answer && refusal.empty()) {
+    try {
+      if (o.bytes > 0) rendezvous_.pull(d.src, o.addr, slot ? slot->spec_.buffer : parked->data.data(), o.bytes);
+      taken = true;
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+  }
+  if (answer && rendezvous_.acknowledge) rendezvous_.acknowledge(d.src, o.id, taken);
+  RecvHandle copyInto;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (slot) {
+      if (taken) {
+        slot->state_ = RecvSlot::State::Done;
+        slot->cv_.notify_all();
+        completed.push_back(slot);
+      } else {
+        failLocked(slot, RecvSlot::FailKind::Comm, why, completed);
+      }
+    } else if (parked) {
+      parked->complete = taken;
+      parked->failed = !taken;
+      if (parked->claimedBy) {
+        if (taken)
+          copyInto = parked->claimedBy;  // still Delivering: the copy below finishes it
+        else
+          failLocked(parked->claimedBy, RecvSlot::FailKind::Comm, why, completed);
+      }
+    }
+  }
+  if (copyInto) {
+    if (!parked->data.empty()) std::memcpy(copyInto->spec_.buffer, parked->data.data(), parked->data.size());
+    std::lock_guard<std::mutex> lock(mutex_);
+    copyInto->state_ = RecvSlot::State::Done;
+    copyInto->cv_.notify_all();
+    completed.push_back(copyInto);
+  }
+  runCallbacks(completed);
+}
+
 void Mailbox::endDelivery(Delivery& d, bool ok) {
+  if (d.offer) return endOffer(d, ok);
   std::vector<RecvHandle> completed;
   RecvHandle copyInto;
   {

@@ -72,6 +72,21 @@ class RecvSlot {
 
 using RecvHandle = std::shared_ptr<RecvSlot>;
 
+// Rendezvous for large P2P messages between processes that can read each
+// other's memory (header.h: Offer). An offer is pulled as soon as it arrives,
+// whether or not a receive is posted: into the posted receive's buffer, or
+// into a parked copy that a later receive takes, exactly as an eager message
+// would be parked. So a send completes without waiting for the receiver's
+// program to post anything, and send-before-receive patterns cannot
+// deadlock. Both hooks run on the delivering thread (the transport's reader
+// of that peer): `pull` copies (and throws on failure), `acknowledge` must
+// only enqueue the answer, never send from the reader (two readers each
+// blocked in a send to the other would deadlock).
+struct RendezvousHooks {
+  std::function<void(int src, uint64_t addr, void* dst, size_t bytes)> pull;
+  std::function<void(int src, uint64_t id, bool taken)> acknowledge;
+};
+
 class Mailbox {
  public:
   explicit Mailbox(int rank) : rank_(rank) {}
@@ -88,6 +103,10 @@ class Mailbox {
   // Blocks (without deadline) until no delivery into the slot is in flight.
   void waitQuiescent(const RecvHandle& slot);
 
+  // Set before any peer may send offers (the transport's peers are told by
+  // the backend's own choice to offer, made under the same condition).
+  void setRendezvous(RendezvousHooks hooks);
+
   // Delivery side, used by a transport's receive path.
   struct Delivery {
     bool accepted = false;  // false: read the payload and drop it
@@ -95,6 +114,12 @@ class Mailbox {
     RecvHandle slot;
     struct Unexpected* parked = nullptr;
     std::shared_ptr<struct Unexpected> parkedRef;
+    // Offers: the Offer lands here; the payload is pulled in endDelivery.
+    int src = -1;
+    Header header;
+    std::shared_ptr<Offer> offer;
+    std::shared_ptr<struct Unexpected> pendingOffer;  // no receive matched at begin: parked at end
+    std::string refusal;                              // matched a receive that disagrees: answer "refused"
   };
   Delivery beginDelivery(int src, const Header& h);
   void endDelivery(Delivery& d, bool ok);
@@ -113,6 +138,10 @@ class Mailbox {
  private:
   using Key = std::tuple<uint8_t, int, uint64_t, uint64_t>;  // kind, src, seq, tag
   std::string checkMatch(const RecvSpec& spec, int src, const Header& h, bool compareBytes = true) const;
+  // The posted receive a message from src matches (the earliest posted of the
+  // exact-source and any-source ones), removed from the posted lists; or null.
+  RecvHandle takePostedLocked(int src, const Header& h);
+  void endOffer(Delivery& d, bool ok);
   void failLocked(const RecvHandle& slot, RecvSlot::FailKind kind, const std::string& why,
                   std::vector<RecvHandle>& completed);
   static void runCallbacks(std::vector<RecvHandle>& completed);
@@ -125,6 +154,7 @@ class Mailbox {
   std::map<Key, std::deque<RecvHandle>> posted_;
   std::map<uint64_t, std::deque<RecvHandle>> postedAny_;  // P2P any-source, by tag
   std::map<Key, std::deque<std::shared_ptr<Unexpected>>> unexpected_;
+  RendezvousHooks rendezvous_;  // set once, before traffic
 };
 
 struct Unexpected {

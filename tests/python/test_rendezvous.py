@@ -1,4 +1,4 @@
-"""gather / scatter by rendezvous: large pieces read straight from the holder's memory.
+"""gather / scatter / send-recv by rendezvous: large payloads read straight from the holder's memory.
 
 Ranks of one host move pieces of at least AGENTCOMM_RENDEZVOUS_BYTES (default
 1 MiB) by sending only their address and letting the other rank read them
@@ -9,6 +9,12 @@ counts differ per rank. Results are checked against closed forms; counts that
 disagree across the threshold (or on both sides of it) are a mismatch error on
 every rank, not a hang. One more world uses the default threshold with 8 MB
 pieces (the huge-page path of the holder's buffer).
+
+send/recv: a large send offers its address; the receiver pulls the payload as
+soon as the offer arrives, into the posted receive or a parked copy, so a send
+completes without the receiver's program posting anything: blocking sends
+before receives (both ranks, or before a barrier) must not deadlock, and the
+sender may reuse its tensor once the send completed.
 """
 
 from __future__ import annotations
@@ -102,6 +108,81 @@ def _cases(rank: int, world: int) -> dict:
             problems.append(f"gather, {what}: {msg or 'slow'} ({time.monotonic() - start:.1f}s)")
     dist.barrier()
     return {"cases": cases, "failures": failures, "problems": problems}
+
+
+def _p2p(rank: int, world: int) -> dict:
+    dist.init_process_group("agentcomm", timeout=timedelta(seconds=60))
+    failures: list[str] = []
+    cases = 0
+
+    def check(what: str, got: torch.Tensor, want: torch.Tensor) -> None:
+        nonlocal cases
+        cases += 1
+        if not torch.equal(got, want):
+            failures.append(f"rank {rank}: {what}")
+
+    right, left = (rank + 1) % world, (rank - 1) % world
+    # A ring of isend/irecv, both sides of the threshold, a few dtypes.
+    for dtype in (torch.float32, torch.bfloat16, torch.int8):
+        for n in (0, 1, 1000, 1001, 5000, 300_001):
+            x = make_input(rank, n, dtype, salt=30)
+            y = torch.full((n,), -1, dtype=dtype)
+            for w in [dist.irecv(y, left, tag=n % 1000), dist.isend(x, right, tag=n % 1000)]:
+                w.wait()
+            check(f"ring {dtype} n={n}", y, make_input(left, n, dtype, salt=30))
+    big = 50_000  # 200 KB: by rendezvous here
+    # Blocking sends before anyone receives: every rank sends right, then receives from the left.
+    x = make_input(rank, big, torch.float32, salt=31)
+    dist.send(x, right, tag=1)
+    y = torch.empty(big)
+    dist.recv(y, left, tag=1)
+    check("blocking send before recv, all ranks", y, make_input(left, big, torch.float32, salt=31))
+    # A send completed before the receiver posted (it is past a barrier): the sender reuses its tensor.
+    if rank == 0:
+        x = make_input(0, big, torch.float32, salt=32)
+        dist.send(x, 1, tag=2)
+        x.fill_(-7)
+    dist.barrier()
+    if rank == 1:
+        y = torch.empty(big)
+        dist.recv(y, 0, tag=2)
+        check("recv after the send completed", y, make_input(0, big, torch.float32, salt=32))
+    # Any source, into a strided destination, several in flight with two tags.
+    if rank == 0:
+        got = {}
+        for _ in range(2 * (world - 1)):
+            base = torch.zeros(2 * big)
+            src = dist.recv(base[::2], tag=3)
+            got.setdefault(src, []).append(base)
+        for src, bases in got.items():
+            for i, base in enumerate(bases):
+                check(f"any source from {src} #{i}", base[::2], make_input(src, big, torch.float32, salt=33 + i))
+                check(f"any source gaps {src} #{i}", base[1::2], torch.zeros(big))
+    else:
+        works = [dist.isend(make_input(rank, big, torch.float32, salt=33 + i), 0, tag=3) for i in range(2)]
+        for w in works:
+            w.wait()
+    # Sizes that disagree (both by rendezvous): the receive names the mismatch, the send is refused.
+    problems = []
+    g = dist.new_group(backend="agentcomm", timeout=timedelta(seconds=20))
+    if rank in (0, 1):
+        start = time.monotonic()
+        if rank == 0:
+            msg = expect_raise(lambda: dist.send(torch.ones(2000), 1, group=g, tag=4), "refused")
+        else:
+            msg = expect_raise(lambda: dist.recv(torch.ones(1500), 0, group=g, tag=4), "mismatch")
+        if msg or time.monotonic() - start > 10:
+            problems.append(f"p2p size mismatch: {msg or 'slow'}")
+    dist.barrier()
+    return {"cases": cases, "failures": failures, "problems": problems}
+
+
+def test_send_recv_eager_and_rendezvous() -> None:
+    results = run_world(_p2p, 3, timeout=300, env={"AGENTCOMM_RENDEZVOUS_BYTES": str(THRESHOLD)})
+    for r in results:
+        assert r["cases"] >= 18
+        assert not r["failures"], "\n".join(r["failures"][:20])
+        assert not r["problems"], "\n".join(r["problems"])
 
 
 def test_gather_scatter_eager_and_rendezvous() -> None:
