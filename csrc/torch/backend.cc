@@ -40,6 +40,19 @@ constexpr size_t kPipelineMinBytes = size_t{8} << 20;
 
 c10::SourceLocation here(const char* func) { return c10::SourceLocation{func, __FILE__, __LINE__}; }
 
+// The header of a point-to-point frame: a payload, a rendezvous offer, or an answer to one.
+transport::Header p2pHeader(DataType dt, uint64_t tag, uint64_t count, uint64_t nbytes, uint8_t op = 0) {
+  transport::Header h;
+  h.kind = static_cast<uint8_t>(transport::MsgKind::P2P);
+  h.collective = static_cast<uint8_t>(transport::CollectiveKind::Send);
+  h.dtype = static_cast<uint8_t>(dt);
+  h.op = op;
+  h.tag = tag;
+  h.count = count;
+  h.nbytes = nbytes;
+  return h;
+}
+
 std::exception_ptr toTorchError(const std::exception& e) {
   if (dynamic_cast<const InvalidArgument*>(&e) != nullptr)
     return std::make_exception_ptr(c10::ValueError(here(__func__), e.what()));
@@ -362,15 +375,9 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
     hooks.acknowledge = [this](int src, uint64_t id, bool taken) {
       answers_.push(Job{nullptr,
                         [this, src, id, taken](Deadline d) {
-                          transport::Header h;
-                          h.kind = static_cast<uint8_t>(transport::MsgKind::P2P);
-                          h.collective = static_cast<uint8_t>(CollectiveKind::Send);
-                          h.dtype = static_cast<uint8_t>(DataType::UInt8);
-                          h.tag = transport::kOfferAckTag | id;
-                          h.count = 1;
-                          h.nbytes = sizeof(uint64_t);
                           const uint64_t word = taken ? 1 : 0;
-                          transport_->send(src, h, &word, d);
+                          transport_->send(
+                              src, p2pHeader(DataType::UInt8, transport::kOfferAckTag | id, 1, sizeof word), &word, d);
                         },
                         timeout_});
     };
@@ -1332,14 +1339,8 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::send(std::vector<at::Tensor>& tenso
   Job job{work,
           [=, this](Deadline d) {
             if (stage) stage->copyIn();
-            transport::Header h;
-            h.kind = static_cast<uint8_t>(transport::MsgKind::P2P);
-            h.collective = static_cast<uint8_t>(CollectiveKind::Send);
-            h.dtype = static_cast<uint8_t>(v.dt);
-            h.tag = static_cast<uint32_t>(tag);
-            h.count = v.count;
-            h.nbytes = buf.nbytes();
-            transport_->send(dstRank, h, buf.data_ptr(), d);
+            transport_->send(dstRank, p2pHeader(v.dt, static_cast<uint32_t>(tag), v.count, buf.nbytes()),
+                             buf.data_ptr(), d);
             if (stage) stage->copyOut();
           },
           timeout_};
@@ -1375,15 +1376,8 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::send(std::vector<at::Tensor>& tenso
     transport_->post(std::move(answer));  // before the offer can be answered
     const transport::Offer offer{reinterpret_cast<uint64_t>(buf.data_ptr()), static_cast<uint64_t>(bytes), id};
     job.run = [=, this](Deadline d) {
-      transport::Header h;
-      h.kind = static_cast<uint8_t>(transport::MsgKind::P2P);
-      h.collective = static_cast<uint8_t>(CollectiveKind::Send);
-      h.dtype = static_cast<uint8_t>(v.dt);
-      h.op = transport::kP2POffer;
-      h.tag = static_cast<uint32_t>(tag);
-      h.count = v.count;
-      h.nbytes = sizeof offer;
-      transport_->send(dstRank, h, &offer, d);
+      transport_->send(dstRank, p2pHeader(v.dt, static_cast<uint32_t>(tag), v.count, sizeof offer, transport::kP2POffer),
+                       &offer, d);
     };
     job.deferred = true;
     sends_.push(std::move(job));

@@ -57,6 +57,31 @@ void Mailbox::runCallbacks(std::vector<RecvHandle>& completed) {
   }
 }
 
+void Mailbox::finishLocked(const RecvHandle& slot, bool ok, const std::string& why,
+                           std::vector<RecvHandle>& completed) {
+  if (!ok) return failLocked(slot, RecvSlot::FailKind::Comm, why, completed);
+  slot->state_ = RecvSlot::State::Done;
+  slot->cv_.notify_all();
+  completed.push_back(slot);
+}
+
+RecvHandle Mailbox::settleParkedLocked(Unexpected& m, bool ok, const std::string& why,
+                                       std::vector<RecvHandle>& completed) {
+  m.complete = ok;
+  m.failed = !ok;
+  if (!m.claimedBy) return nullptr;
+  if (ok) return m.claimedBy;  // still Delivering: copyParked finishes it
+  failLocked(m.claimedBy, RecvSlot::FailKind::Comm, why, completed);
+  return nullptr;
+}
+
+void Mailbox::copyParked(const RecvHandle& slot, const Unexpected& m, std::vector<RecvHandle>& completed) {
+  // The payload is complete and nobody else references the slot's buffer.
+  if (!m.data.empty()) std::memcpy(slot->spec_.buffer, m.data.data(), m.data.size());
+  std::lock_guard<std::mutex> lock(mutex_);
+  finishLocked(slot, true, {}, completed);
+}
+
 RecvHandle Mailbox::post(RecvSpec spec) {
   RecvHandle slot(new RecvSlot(std::move(spec)));
   std::vector<RecvHandle> completed;
@@ -127,16 +152,7 @@ RecvHandle Mailbox::post(RecvSpec spec) {
       }
     }
   }
-  if (ready) {
-    // The payload is complete and nobody else references the slot's buffer yet.
-    if (!ready->data.empty()) std::memcpy(slot->spec_.buffer, ready->data.data(), ready->data.size());
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      slot->state_ = RecvSlot::State::Done;
-      slot->cv_.notify_all();
-    }
-    completed.push_back(slot);
-  }
+  if (ready) copyParked(slot, *ready, completed);
   runCallbacks(completed);
   return slot;
 }
@@ -288,32 +304,12 @@ void Mailbox::endOffer(Delivery& d, bool ok) {
   RecvHandle copyInto;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (slot) {
-      if (taken) {
-        slot->state_ = RecvSlot::State::Done;
-        slot->cv_.notify_all();
-        completed.push_back(slot);
-      } else {
-        failLocked(slot, RecvSlot::FailKind::Comm, why, completed);
-      }
-    } else if (parked) {
-      parked->complete = taken;
-      parked->failed = !taken;
-      if (parked->claimedBy) {
-        if (taken)
-          copyInto = parked->claimedBy;  // still Delivering: the copy below finishes it
-        else
-          failLocked(parked->claimedBy, RecvSlot::FailKind::Comm, why, completed);
-      }
-    }
+    if (slot)
+      finishLocked(slot, taken, why, completed);
+    else if (parked)
+      copyInto = settleParkedLocked(*parked, taken, why, completed);
   }
-  if (copyInto) {
-    if (!parked->data.empty()) std::memcpy(copyInto->spec_.buffer, parked->data.data(), parked->data.size());
-    std::lock_guard<std::mutex> lock(mutex_);
-    copyInto->state_ = RecvSlot::State::Done;
-    copyInto->cv_.notify_all();
-    completed.push_back(copyInto);
-  }
+  if (copyInto) copyParked(copyInto, *parked, completed);
   runCallbacks(completed);
 }
 
@@ -323,35 +319,13 @@ void Mailbox::endDelivery(Delivery& d, bool ok) {
   RecvHandle copyInto;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (d.slot) {
-      if (ok) {
-        d.slot->state_ = RecvSlot::State::Done;
-        d.slot->cv_.notify_all();
-        completed.push_back(d.slot);
-      } else {
-        failLocked(d.slot, RecvSlot::FailKind::Comm,
-                   abortReason_.value_or("agentcomm: connection failed while receiving"), completed);
-      }
-    } else if (d.parked != nullptr) {
-      d.parked->complete = ok;
-      d.parked->failed = !ok;
-      if (d.parked->claimedBy) {
-        if (ok) {
-          copyInto = d.parked->claimedBy;  // still Delivering: the copy below finishes it
-        } else {
-          failLocked(d.parked->claimedBy, RecvSlot::FailKind::Comm,
-                     abortReason_.value_or("agentcomm: connection failed while receiving"), completed);
-        }
-      }
-    }
+    const std::string why = ok ? std::string() : abortReason_.value_or("agentcomm: connection failed while receiving");
+    if (d.slot)
+      finishLocked(d.slot, ok, why, completed);
+    else if (d.parked != nullptr)
+      copyInto = settleParkedLocked(*d.parked, ok, why, completed);
   }
-  if (copyInto) {
-    if (!d.parked->data.empty()) std::memcpy(copyInto->spec_.buffer, d.parked->data.data(), d.parked->data.size());
-    std::lock_guard<std::mutex> lock(mutex_);
-    copyInto->state_ = RecvSlot::State::Done;
-    copyInto->cv_.notify_all();
-    completed.push_back(copyInto);
-  }
+  if (copyInto) copyParked(copyInto, *d.parked, completed);
   runCallbacks(completed);
 }
 

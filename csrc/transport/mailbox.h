@@ -145,6 +145,14 @@ class Mailbox {
   void failLocked(const RecvHandle& slot, RecvSlot::FailKind kind, const std::string& why,
                   std::vector<RecvHandle>& completed);
   static void runCallbacks(std::vector<RecvHandle>& completed);
+  // Under the lock: a delivery into `slot` ended (Done, or Failed with `why`).
+  void finishLocked(const RecvHandle& slot, bool ok, const std::string& why, std::vector<RecvHandle>& completed);
+  // Under the lock: a parked message's payload is complete (ok) or lost; returns
+  // the receive that claimed it meanwhile and now needs copyParked, if any.
+  RecvHandle settleParkedLocked(struct Unexpected& m, bool ok, const std::string& why,
+                                std::vector<RecvHandle>& completed);
+  // Without the lock: copies a complete parked payload into the receive that took it and finishes it.
+  void copyParked(const RecvHandle& slot, const struct Unexpected& m, std::vector<RecvHandle>& completed);
 
   const int rank_;
   std::mutex mutex_;

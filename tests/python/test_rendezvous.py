@@ -162,17 +162,30 @@ def _p2p(rank: int, world: int) -> dict:
         works = [dist.isend(make_input(rank, big, torch.float32, salt=33 + i), 0, tag=3) for i in range(2)]
         for w in works:
             w.wait()
-    # Sizes that disagree (both by rendezvous): the receive names the mismatch, the send is refused.
+    # Sizes that disagree (both by rendezvous). The receive was posted first: it names the
+    # mismatch and the send is refused. The send came first: it was taken (parked, as an
+    # eager message would be) and only the receive fails.
     problems = []
     g = dist.new_group(backend="agentcomm", timeout=timedelta(seconds=20))
-    if rank in (0, 1):
-        start = time.monotonic()
-        if rank == 0:
-            msg = expect_raise(lambda: dist.send(torch.ones(2000), 1, group=g, tag=4), "refused")
-        else:
-            msg = expect_raise(lambda: dist.recv(torch.ones(1500), 0, group=g, tag=4), "mismatch")
-        if msg or time.monotonic() - start > 10:
-            problems.append(f"p2p size mismatch: {msg or 'slow'}")
+    start = time.monotonic()
+    if rank == 1:
+        w = dist.irecv(torch.ones(1500), 0, group=g, tag=4)
+    dist.barrier()
+    if rank == 0:
+        msg = expect_raise(lambda: dist.send(torch.ones(2000), 1, group=g, tag=4), "refused")
+    elif rank == 1:
+        msg = expect_raise(w.wait, "mismatch")
+    else:
+        msg = ""
+    if msg or time.monotonic() - start > 10:
+        problems.append(f"p2p size mismatch, receive first: {msg or 'slow'}")
+    if rank == 0:
+        dist.send(torch.ones(3000), 1, group=g, tag=5)
+    dist.barrier()
+    if rank == 1:
+        msg = expect_raise(lambda: dist.recv(torch.ones(2500), 0, group=g, tag=5), "mismatch")
+        if msg:
+            problems.append(f"p2p size mismatch, send first: {msg}")
     dist.barrier()
     return {"cases": cases, "failures": failures, "problems": problems}
 
