@@ -367,10 +367,11 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
     hooks.pull = [this](int src, uint64_t addr, void* dst, size_t bytes) {
       std::unique_lock<std::mutex> lock(rendezvousMu_);
       rendezvousCv_.wait(lock, [&] { return rendezvousSettled_; });
-      AC_CHECK(offersP2P_, CommError, "agentcomm: rank ", src, " offered a message by rendezvous, which rank ",
+      const int index = rendezvousIndex_.empty() ? -1 : rendezvousIndex_[static_cast<size_t>(src)];
+      AC_CHECK(index >= 0, CommError, "agentcomm: rank ", src, " offered a message by rendezvous, which rank ",
                rank_, " cannot read (no cross-memory attach to it)");
       lock.unlock();
-      shm_->readPeer(src, addr, dst, bytes);
+      shm_->readPeer(index, addr, dst, bytes);
     };
     hooks.acknowledge = [this](int src, uint64_t id, bool taken) {
       answers_.push(Job{nullptr,
@@ -383,12 +384,17 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
     };
     transport_->mailbox().setRendezvous(std::move(hooks));
   }
-  auto settleRendezvous = [this] {
+  auto settleRendezvous = [this](const std::vector<int>& members) {
     std::lock_guard<std::mutex> lock(rendezvousMu_);
-    offersP2P_ = wholeGroupShm_ && shm_->cma();
+    if (shm_ && shm_->cma()) {
+      rendezvousIndex_.assign(static_cast<size_t>(size_), -1);
+      for (size_t i = 0; i < members.size(); ++i)
+        if (members[i] != rank_) rendezvousIndex_[static_cast<size_t>(members[i])] = static_cast<int>(i);
+    }
     rendezvousSettled_ = true;
     rendezvousCv_.notify_all();
   };
+  std::vector<int> localMembers;
   try {
     // Shared memory among the ranks of each host; a hierarchy when the group
     // spans hosts and some host runs several ranks.
@@ -397,6 +403,7 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
     shmOpts.timeout = timeout;
     shmOpts.keyPrefix = opts.keyPrefix;
     const std::vector<int> members = hosts.membersOf(rank);
+    localMembers = members;
     shm_ = transport::ShmDomain::create(adapter, rank, members, shmOpts,
                                         [t = transport_.get()](int peer) -> std::optional<std::string> {
                                           if (auto why = t->mailbox().abortReason()) return why;
@@ -414,10 +421,10 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
         if (leaders[i] == rank) topo_->leaderIndex = static_cast<int>(i);
     }
   } catch (const Error& e) {
-    settleRendezvous();
+    settleRendezvous({});
     C10_THROW_ERROR(DistBackendError, e.what());
   }
-  settleRendezvous();
+  settleRendezvous(localMembers);
   const std::string shmName = shm_ ? (shm_->cma() ? "shm+cma" : "shm") : "";
   transportName_ = wholeGroupShm_ ? shmName + "/tcp"
                    : topo_        ? strCat("hierarchical(", shmName.empty() ? "tcp" : shmName, ")/tcp")
@@ -1344,11 +1351,13 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::send(std::vector<at::Tensor>& tenso
             if (stage) stage->copyOut();
           },
           timeout_};
-  // A large host send to a rank of this host goes by rendezvous: an Offer
+  // A large host send to a rank of this host (of this group, or of its
+  // host's part in a group over several hosts) goes by rendezvous: an Offer
   // (address, size) instead of the payload; the receiver pulls it with one
   // process_vm_readv as soon as the offer arrives (posted receive or not) and
   // answers; the work completes with that answer (the tensor is read until then).
-  if (!stage && offersP2P_ && static_cast<size_t>(buf.nbytes()) >= algorithms::rendezvousMinBytes()) {
+  if (!stage && !rendezvousIndex_.empty() && rendezvousIndex_[static_cast<size_t>(dstRank)] >= 0 &&
+      static_cast<size_t>(buf.nbytes()) >= algorithms::rendezvousMinBytes()) {
     const uint64_t id = nextOfferId_.fetch_add(1);
     auto word = std::make_shared<uint64_t>(0);
     transport::RecvSpec answer;

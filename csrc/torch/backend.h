@@ -261,7 +261,9 @@ class AgentBackend : public c10d::Backend {
   std::mutex rendezvousMu_;
   std::condition_variable rendezvousCv_;
   bool rendezvousSettled_ = false;  // the constructor decided on shm_ (or failed)
-  bool offersP2P_ = false;          // large sends to this group's ranks go by rendezvous
+  // Per group rank: its index in shm_ when large sends between us go by
+  // rendezvous (same host, cross-memory attach), else -1. Fixed once settled.
+  std::vector<int> rendezvousIndex_;
   std::once_flag shutdownOnce_;
   std::once_flag cudaOnce_;
   std::unique_ptr<CudaContext> cuda_;

@@ -60,6 +60,15 @@ assert float(b.min()) == float(b.max()) == 3.0
 outs = [torch.empty(3) for _ in range(4)]
 dist.all_gather(outs, torch.full((3,), float(rank)))
 assert [float(o[0]) for o in outs] == [0.0, 1.0, 2.0, 3.0]
+# send/recv of 1.2 MB: by rendezvous to the rank on this host, over TCP to the other host;
+# blocking sends first, then the receives (must not deadlock either way).
+big = 300_000
+for peer in (rank ^ 1, (rank + 2) % 4):
+    x = torch.arange(big, dtype=torch.float32) + 10 * rank
+    y = torch.empty(big)
+    dist.send(x, peer)
+    dist.recv(y, peer)
+    assert torch.equal(y, torch.arange(big, dtype=torch.float32) + 10 * peer), (rank, peer)
 dist.barrier()
 dist.destroy_process_group()
 print("ok", rank, name)

@@ -32,16 +32,21 @@ from test_errors import expect_raise
 THRESHOLD = 4000  # bytes: 1000 float32 elements go eagerly, 1001 by rendezvous
 
 
+class Tally:
+    """Counts checks and keeps the failed ones (a rank reports them all at once)."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank, self.cases, self.failures = rank, 0, []
+
+    def __call__(self, what: str, got: torch.Tensor, want: torch.Tensor) -> None:
+        self.cases += 1
+        if not torch.equal(got, want):
+            self.failures.append(f"rank {self.rank}: {what}")
+
+
 def _cases(rank: int, world: int) -> dict:
     dist.init_process_group("agentcomm", timeout=timedelta(seconds=60))
-    failures: list[str] = []
-    cases = 0
-
-    def check(what: str, got: torch.Tensor, want: torch.Tensor) -> None:
-        nonlocal cases
-        cases += 1
-        if not torch.equal(got, want):
-            failures.append(f"rank {rank}: {what}")
+    check = Tally(rank)
 
     # Equal counts, every root, sizes on both sides of the threshold, a few dtypes.
     for dtype in (torch.float32, torch.int8, torch.float64):
@@ -107,19 +112,12 @@ def _cases(rank: int, world: int) -> dict:
         if msg or time.monotonic() - start > 10:
             problems.append(f"gather, {what}: {msg or 'slow'} ({time.monotonic() - start:.1f}s)")
     dist.barrier()
-    return {"cases": cases, "failures": failures, "problems": problems}
+    return {"cases": check.cases, "failures": check.failures, "problems": problems}
 
 
 def _p2p(rank: int, world: int) -> dict:
     dist.init_process_group("agentcomm", timeout=timedelta(seconds=60))
-    failures: list[str] = []
-    cases = 0
-
-    def check(what: str, got: torch.Tensor, want: torch.Tensor) -> None:
-        nonlocal cases
-        cases += 1
-        if not torch.equal(got, want):
-            failures.append(f"rank {rank}: {what}")
+    check = Tally(rank)
 
     right, left = (rank + 1) % world, (rank - 1) % world
     # A ring of isend/irecv, both sides of the threshold, a few dtypes.
@@ -187,7 +185,7 @@ def _p2p(rank: int, world: int) -> dict:
         if msg:
             problems.append(f"p2p size mismatch, send first: {msg}")
     dist.barrier()
-    return {"cases": cases, "failures": failures, "problems": problems}
+    return {"cases": check.cases, "failures": check.failures, "problems": problems}
 
 
 def test_send_recv_eager_and_rendezvous() -> None:
