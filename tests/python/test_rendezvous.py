@@ -188,6 +188,54 @@ def _p2p(rank: int, world: int) -> dict:
     return {"cases": check.cases, "failures": check.failures, "problems": problems}
 
 
+def _p2p_shuffle(rank: int, world: int) -> list[str]:
+    """Many messages per pair, eager and offered, two tags, receives posted before and after
+    the sends in a shuffled order: each (source, tag) stream must arrive in order."""
+    import random
+
+    dist.init_process_group("agentcomm", timeout=timedelta(seconds=60))
+    plan = random.Random(7)  # the same plan on every rank
+    sizes = [0, 10, 999, 1001, 5000, 70_000]
+    msgs = {(s, d): [(plan.choice((0, 1)), plan.choice(sizes)) for _ in range(12)]
+            for s in range(world) for d in range(world) if s != d}
+
+    def payload(src: int, dst: int, i: int, n: int) -> torch.Tensor:
+        return torch.arange(n, dtype=torch.float32) + 1000 * i + 100_000 * src + 10 * dst
+
+    incoming = [(src, i, tag, n) for (src, dst), lst in msgs.items() if dst == rank for i, (tag, n) in enumerate(lst)]
+    # Each (source, tag) stream: a random head posted before the sends, the tail after.
+    order = random.Random(rank)
+    early, late = [], []
+    for key in sorted({(m[0], m[2]) for m in incoming}):
+        stream = sorted((m for m in incoming if (m[0], m[2]) == key), key=lambda m: m[1])
+        cut = order.randint(0, len(stream))
+        early += stream[:cut]
+        late += stream[cut:]
+    bufs, works = {}, []
+
+    def post(batch) -> None:
+        # Per (source, tag) the receives must be posted in message order.
+        for src, i, tag, n in sorted(batch, key=lambda m: (m[0], m[2], m[1])):
+            bufs[(src, i)] = torch.full((n,), -1.0)
+            works.append(dist.irecv(bufs[(src, i)], src, tag=tag))
+
+    post(early)
+    sends = [dist.isend(payload(rank, dst, i, n), dst, tag=tag)
+             for (src, dst), lst in msgs.items() if src == rank for i, (tag, n) in enumerate(lst)]
+    post(late)
+    for w in works + sends:
+        w.wait()
+    bad = [f"rank {rank}: message {i} from {src} (tag {tag}, {n})" for src, i, tag, n in incoming
+           if not torch.equal(bufs[(src, i)], payload(src, rank, i, n))]
+    dist.barrier()
+    return bad
+
+
+def test_send_recv_streams_keep_their_order() -> None:
+    for bad in run_world(_p2p_shuffle, 3, timeout=300, env={"AGENTCOMM_RENDEZVOUS_BYTES": str(THRESHOLD)}):
+        assert not bad, "\n".join(bad[:20])
+
+
 def test_send_recv_eager_and_rendezvous() -> None:
     results = run_world(_p2p, 3, timeout=300, env={"AGENTCOMM_RENDEZVOUS_BYTES": str(THRESHOLD)})
     for r in results:
