@@ -2,7 +2,8 @@
 // root posting all its receives before anyone can send; over shared memory
 // (collectives_shm.cc) when AGENTCOMM_ALGO forces it.
 //
-// Large pieces between ranks of one host go by rendezvous instead of through
+// Large pieces between ranks of one host (the whole group, or the same-host
+// ranks of a group over several hosts) go by rendezvous instead of through
 // TCP: the rank holding the data sends only its address (a Rendezvous
 // message), the other one reads the piece straight from that rank's memory
 // with one process_vm_readv copy and acknowledges. Invariant: the holder's
@@ -12,11 +13,14 @@
 // not, one side expects a descriptor where the other sends data (or the
 // converse) and the receive fails on the message size, or the descriptor's
 // size differs from the reader's count: a mismatch either way, never a hang.
+#include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "algorithms/algorithms.h"
 #include "algorithms/shm_common.h"
+#include "algorithms/topology.h"
 #include "algorithms/ring_schedule.h"
 #include "core/error.h"
 #include "transport/shm/shm_domain.h"
@@ -33,14 +37,27 @@ struct Rendezvous {
   uint64_t bytes;
 };
 
-bool byRendezvous(const Context& ctx, size_t bytes) {
-  return bytes > 0 && bytes >= rendezvousMinBytes() && ctx.shm != nullptr && ctx.members == nullptr &&
-         ctx.shm->cma();
+// Where `peer` is in a shared-memory domain with cross-memory attach that this
+// rank shares with it: the whole group's, or this host's part of a group over
+// several hosts. The domain and the peer's index in it, or {null, -1}.
+std::pair<transport::ShmDomain*, int> sameHost(const Context& ctx, int peer) {
+  if (ctx.members != nullptr) return {nullptr, -1};
+  if (ctx.shm != nullptr) return {ctx.shm->cma() ? ctx.shm : nullptr, peer};
+  if (ctx.topo == nullptr || ctx.topo->local == nullptr || !ctx.topo->local->cma()) return {nullptr, -1};
+  const auto& local = ctx.topo->localRanks;
+  const auto it = std::find(local.begin(), local.end(), peer);
+  if (it == local.end()) return {nullptr, -1};
+  return {ctx.topo->local, static_cast<int>(it - local.begin())};
+}
+
+// Every rank decides from what it knows itself (its peer's place, the piece's size).
+bool byRendezvous(const Context& ctx, int peer, size_t bytes) {
+  return bytes > 0 && bytes >= rendezvousMinBytes() && sameHost(ctx, peer).first != nullptr;
 }
 
 // The holder's side: publish `bytes` at `data` to `peer` (already posted: the ack).
 void offer(Context& ctx, int peer, uint64_t tag, const void* data, size_t bytes, Rendezvous& d) {
-  if (bytes >= kCmaMinBytes) ctx.shm->preferHugePages(data, bytes);
+  if (bytes >= kCmaMinBytes) sameHost(ctx, peer).first->preferHugePages(data, bytes);
   d = Rendezvous{addrOf(data), bytes};
   ctx.send(peer, tag, &d, sizeof d);
 }
@@ -49,7 +66,8 @@ void offer(Context& ctx, int peer, uint64_t tag, const void* data, size_t bytes,
 void take(Context& ctx, int peer, const Rendezvous& d, void* dst, size_t bytes, const char* op) {
   AC_CHECK(d.bytes == bytes, MismatchError, "agentcomm: collective mismatch in ", op, " (sequence number ", ctx.seq,
            "): rank ", ctx.rank(), " expects ", bytes, " bytes from rank ", peer, ", which has ", d.bytes);
-  ctx.shm->readPeer(peer, d.addr, dst, bytes);
+  const auto [domain, index] = sameHost(ctx, peer);
+  domain->readPeer(index, d.addr, dst, bytes);
   const uint64_t done = 1;
   ctx.send(peer, makeTag(kPhaseRendezvousAck, 0, 0), &done, sizeof done);
 }
@@ -69,7 +87,7 @@ void gather(Context& ctx, const GatherOptions& opts) {
     if (Path p = choosePath(ctx, "gather", kCmaMinBytes); p != Path::Tcp) return gatherShm(ctx, opts, p);
   const uint64_t tag = makeTag(kPhaseGather, 0, 0);
   if (r != opts.root) {
-    if (!byRendezvous(ctx, opts.count * es)) return ctx.send(opts.root, tag, opts.input, opts.count * es);
+    if (!byRendezvous(ctx, opts.root, opts.count * es)) return ctx.send(opts.root, tag, opts.input, opts.count * es);
     uint64_t ack = 0;
     Rendezvous d{};
     auto h = ctx.postRecv(opts.root, makeTag(kPhaseRendezvousAck, 0, 0), &ack, sizeof ack);
@@ -84,7 +102,7 @@ void gather(Context& ctx, const GatherOptions& opts) {
   for (int p = 0; p < n; ++p) {
     if (p == r) continue;
     const size_t bytes = opts.counts[p] * es;
-    handles[p] = byRendezvous(ctx, bytes) ? ctx.postRecv(p, tag, &offers[p], sizeof(Rendezvous))
+    handles[p] = byRendezvous(ctx, p, bytes) ? ctx.postRecv(p, tag, &offers[p], sizeof(Rendezvous))
                                           : ctx.postRecv(p, tag, opts.outputs[p], bytes);
   }
   AC_CHECK(opts.counts[r] == opts.count, InvalidArgument, "gather: the root's output for itself has ",
@@ -93,7 +111,7 @@ void gather(Context& ctx, const GatherOptions& opts) {
   for (int k = 1; k < n; ++k) {  // in the order the scatter sends in: rank r+1 first
     const int p = (r + k) % n;
     ctx.wait(handles[p]);
-    if (byRendezvous(ctx, opts.counts[p] * es)) take(ctx, p, offers[p], opts.outputs[p], opts.counts[p] * es, "gather");
+    if (byRendezvous(ctx, p, opts.counts[p] * es)) take(ctx, p, offers[p], opts.outputs[p], opts.counts[p] * es, "gather");
   }
 }
 
@@ -105,7 +123,8 @@ void scatter(Context& ctx, const ScatterOptions& opts) {
     if (Path p = choosePath(ctx, "scatter", kCmaMinBytes); p != Path::Tcp) return scatterShm(ctx, opts, p);
   const uint64_t tag = makeTag(kPhaseScatter, 0, 0);
   if (r != opts.root) {
-    if (!byRendezvous(ctx, opts.count * es)) return ctx.wait(ctx.postRecv(opts.root, tag, opts.output, opts.count * es));
+    if (!byRendezvous(ctx, opts.root, opts.count * es))
+      return ctx.wait(ctx.postRecv(opts.root, tag, opts.output, opts.count * es));
     Rendezvous d{};
     ctx.wait(ctx.postRecv(opts.root, tag, &d, sizeof d));
     take(ctx, opts.root, d, opts.output, opts.count * es, "scatter");
@@ -122,13 +141,13 @@ void scatter(Context& ctx, const ScatterOptions& opts) {
   std::vector<uint64_t> ackWords(static_cast<size_t>(n));
   for (int k = 1; k < n; ++k) {
     const int p = (r + k) % n;
-    if (!byRendezvous(ctx, opts.counts[p] * es)) continue;
+    if (!byRendezvous(ctx, p, opts.counts[p] * es)) continue;
     acks.push_back(ctx.postRecv(p, makeTag(kPhaseRendezvousAck, 0, 0), &ackWords[p], sizeof(uint64_t)));
     offer(ctx, p, tag, opts.inputs[p], opts.counts[p] * es, offers[p]);
   }
   for (int k = 1; k < n; ++k) {
     const int p = (r + k) % n;
-    if (!byRendezvous(ctx, opts.counts[p] * es)) ctx.send(p, tag, opts.inputs[p], opts.counts[p] * es);
+    if (!byRendezvous(ctx, p, opts.counts[p] * es)) ctx.send(p, tag, opts.inputs[p], opts.counts[p] * es);
   }
   if (opts.count > 0 && opts.output != opts.inputs[r]) std::memmove(opts.output, opts.inputs[r], opts.count * es);
   for (auto& h : acks) ctx.wait(h);  // every reader is done with our inputs

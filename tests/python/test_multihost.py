@@ -60,9 +60,20 @@ assert float(b.min()) == float(b.max()) == 3.0
 outs = [torch.empty(3) for _ in range(4)]
 dist.all_gather(outs, torch.full((3,), float(rank)))
 assert [float(o[0]) for o in outs] == [0.0, 1.0, 2.0, 3.0]
+# gather / scatter of 1.2 MB pieces: by rendezvous with the same-host rank, TCP across hosts.
+big = 300_000
+for root in (0, 3):
+    parts = [torch.arange(big, dtype=torch.float32) + 10 * j for j in range(4)] if rank == root else None
+    out = torch.empty(big)
+    dist.scatter(out, parts, src=root)
+    assert torch.equal(out, torch.arange(big, dtype=torch.float32) + 10 * rank), ("scatter", root, rank)
+    got = [torch.empty(big) for _ in range(4)] if rank == root else None
+    dist.gather(torch.arange(big, dtype=torch.float32) - rank, got, dst=root)
+    if rank == root:
+        for j in range(4):
+            assert torch.equal(got[j], torch.arange(big, dtype=torch.float32) - j), ("gather", root, j)
 # send/recv of 1.2 MB: by rendezvous to the rank on this host, over TCP to the other host;
 # blocking sends first, then the receives (must not deadlock either way).
-big = 300_000
 for peer in (rank ^ 1, (rank + 2) % 4):
     x = torch.arange(big, dtype=torch.float32) + 10 * rank
     y = torch.empty(big)
