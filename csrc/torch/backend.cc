@@ -298,19 +298,19 @@ void AgentBackend::Lane::start(std::function<void(Job&)> exec) {
   });
 }
 
-bool AgentBackend::Lane::runInlineIfIdle(Job& job) {
+bool AgentBackend::Lane::runInlineIfIdle(const std::function<bool()>& fn) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_ || busy_ || !queue_.empty()) return false;
     busy_ = true;
   }
-  exec_(job);
+  const bool done = fn();
   {
     std::lock_guard<std::mutex> lock(mu_);
     busy_ = false;
   }
   cv_.notify_all();  // jobs pushed meanwhile waited for us
-  return true;
+  return done;
 }
 
 void AgentBackend::Lane::push(Job job) {
@@ -1393,10 +1393,23 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::send(std::vector<at::Tensor>& tenso
     return work;
   }
   // A small host send goes out from the calling thread when the lane is idle
-  // (one thread hand-off less; the socket takes it without waiting for the
-  // peer, whose reader drains it). It completes before the caller can attach
-  // a callback.
-  if (stage || static_cast<size_t>(buf.nbytes()) > kInlineMaxBytes || !sends_.runInlineIfIdle(job))
+  // and no other thread is sending to that peer (one thread hand-off less;
+  // the socket takes it without waiting for the peer, whose reader drains
+  // it; it never queues behind a large message). It completes before the
+  // caller can attach a callback.
+  const auto inlineSend = [&] {
+    bool sent = false;
+    Job probe{work,
+              [&](Deadline d) {
+                sent = transport_->trySend(dstRank, p2pHeader(v.dt, static_cast<uint32_t>(tag), v.count, buf.nbytes()),
+                                           buf.data_ptr(), d);
+              },
+              timeout_};
+    std::exception_ptr eptr = execute(probe);
+    if (eptr || sent) work->complete(eptr);
+    return eptr || sent;
+  };
+  if (stage || static_cast<size_t>(buf.nbytes()) > kInlineMaxBytes || !sends_.runInlineIfIdle(inlineSend))
     sends_.push(std::move(job));
   return work;
 }

@@ -168,10 +168,10 @@ class AgentBackend : public c10d::Backend {
    public:
     void start(std::function<void(Job&)> exec);
     void push(Job job);
-    // Runs the job on the calling thread when nothing is queued or running
-    // (order is kept: the lane's thread waits for it); false, and the job
-    // untouched, otherwise.
-    bool runInlineIfIdle(Job& job);
+    // Runs fn on the calling thread when nothing is queued or running (order
+    // is kept: the lane's thread waits for it). True if fn ran and returned
+    // true (it did the job); false otherwise (queue the job instead).
+    bool runInlineIfIdle(const std::function<bool()>& fn);
     // Joins the thread; jobs still queued run first (drain) or fail.
     void stop(bool drain);
 

@@ -29,6 +29,13 @@ class Transport {
   // Sends h (h.nbytes payload bytes from data) to dst != rank(). Returns once
   // `data` may be reused. Throws CommError (aborted, peer lost) or TimeoutError.
   virtual void send(int dst, const Header& h, const void* data, Deadline deadline) = 0;
+  // send(), but only if no other thread is sending to dst at this moment (a
+  // small message must not queue behind a large one on the caller's thread);
+  // false, and nothing sent, otherwise. Transports without the notion say false.
+  virtual bool trySend(int dst, const Header& h, const void* data, Deadline deadline) {
+    (void)dst, (void)h, (void)data, (void)deadline;
+    return false;
+  }
 
   // Sticky failure: fails every pending and future receive with `reason`,
   // tells the peers (best effort) and stops progress. Idempotent.

@@ -394,6 +394,11 @@ void TcpTransport::writeFrame(int dst, const Header& h, const void* data, Deadli
     abort(msg);
     throw TimeoutError(msg);
   }
+  writeLocked(dst, h, data, deadline, bestEffort);
+}
+
+void TcpTransport::writeLocked(int dst, const Header& h, const void* data, Deadline deadline, bool bestEffort) {
+  Peer& peer = *peers_[dst];
   std::lock_guard<std::timed_mutex> lock(peer.sendMutex, std::adopt_lock);
   Header copy = h;
   iovec iov[2] = {{&copy, sizeof(copy)}, {const_cast<void*>(data), static_cast<size_t>(h.nbytes)}};
@@ -420,6 +425,14 @@ void TcpTransport::send(int dst, const Header& h, const void* data, Deadline dea
   AC_CHECK(dst >= 0 && dst < size_ && dst != rank_, InvalidArgument, "tcp send: bad destination ", dst);
   if (aborted_.load()) throw CommError(mailbox_.abortReason().value_or("agentcomm: communicator aborted"));
   writeFrame(dst, h, data, deadline, false);
+}
+
+bool TcpTransport::trySend(int dst, const Header& h, const void* data, Deadline deadline) {
+  AC_CHECK(dst >= 0 && dst < size_ && dst != rank_, InvalidArgument, "tcp send: bad destination ", dst);
+  if (aborted_.load()) throw CommError(mailbox_.abortReason().value_or("agentcomm: communicator aborted"));
+  if (!peers_[dst]->sendMutex.try_lock()) return false;
+  writeLocked(dst, h, data, deadline, false);
+  return true;
 }
 
 void TcpTransport::abort(const std::string& reason) {

@@ -41,6 +41,7 @@ class TcpTransport : public Transport {
   const char* name() const override { return "tcp"; }
   Mailbox& mailbox() override { return mailbox_; }
   void send(int dst, const Header& h, const void* data, Deadline deadline) override;
+  bool trySend(int dst, const Header& h, const void* data, Deadline deadline) override;
   void abort(const std::string& reason) override;
 
  private:
@@ -52,6 +53,8 @@ class TcpTransport : public Transport {
 
   void readerLoop(int src);
   void writeFrame(int dst, const Header& h, const void* data, Deadline deadline, bool bestEffort);
+  // writeFrame with dst's send mutex already held (released on return).
+  void writeLocked(int dst, const Header& h, const void* data, Deadline deadline, bool bestEffort);
 
   Mailbox mailbox_;
   std::vector<std::unique_ptr<Peer>> peers_;
