@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "algorithms/algorithms.h"
+#include "algorithms/rendezvous.h"
 #include "algorithms/shm_common.h"
 #include "algorithms/ring_schedule.h"
 #include "core/error.h"
@@ -28,21 +29,42 @@ void allToAll(Context& ctx, const AllToAllOptions& opts) {
   // count (ranks would pick different algorithms): CMA whenever it exists
   // (one copy, no rounds), otherwise the slots.
   if (Path p = choosePath(ctx, "all_to_all", kCmaMinBytes); p != Path::Tcp) return allToAllShm(ctx, opts, p);
+  // TCP (a group over several hosts, or shared memory off): large blocks
+  // between ranks of one host go by rendezvous (rendezvous.h), the rest as
+  // messages. All offers go out before anyone waits, so nobody waits on a
+  // peer that waits on it.
   auto* out = static_cast<uint8_t*>(opts.output);
   auto* in = static_cast<const uint8_t*>(opts.input);
-  std::vector<RecvHandle> handles;
+  const uint64_t tag = makeTag(kPhaseAllToAll, 0, 0);
+  std::vector<RecvHandle> handles(static_cast<size_t>(n)), acks;
+  std::vector<Rendezvous> offersIn(static_cast<size_t>(n)), offersOut(static_cast<size_t>(n));
+  std::vector<uint64_t> ackWords(static_cast<size_t>(n));
   for (int k = 1; k < n; ++k) {
     const int p = (r - k + n) % n;
-    handles.push_back(ctx.postRecv(p, makeTag(kPhaseAllToAll, 0, 0), out + opts.outOffsets[p] * es,
-                                   opts.outCounts[p] * es));
+    const size_t bytes = opts.outCounts[p] * es;
+    handles[p] = byRendezvous(ctx, p, bytes) ? ctx.postRecv(p, tag, &offersIn[p], sizeof(Rendezvous))
+                                             : ctx.postRecv(p, tag, out + opts.outOffsets[p] * es, bytes);
+  }
+  for (int k = 1; k < n; ++k) {
+    const int p = (r + k) % n;
+    const size_t bytes = opts.inCounts[p] * es;
+    if (!byRendezvous(ctx, p, bytes)) continue;
+    acks.push_back(ctx.postRecv(p, rendezvousAckTag(), &ackWords[p], sizeof(uint64_t)));
+    offer(ctx, p, tag, in + opts.inOffsets[p] * es, bytes, offersOut[p]);
   }
   if (opts.inCounts[r] > 0)
     std::memmove(out + opts.outOffsets[r] * es, in + opts.inOffsets[r] * es, opts.inCounts[r] * es);
   for (int k = 1; k < n; ++k) {
     const int p = (r + k) % n;
-    ctx.send(p, makeTag(kPhaseAllToAll, 0, 0), in + opts.inOffsets[p] * es, opts.inCounts[p] * es);
+    if (!byRendezvous(ctx, p, opts.inCounts[p] * es)) ctx.send(p, tag, in + opts.inOffsets[p] * es, opts.inCounts[p] * es);
   }
-  for (auto& h : handles) ctx.wait(h);
+  for (int k = 1; k < n; ++k) {
+    const int p = (r - k + n) % n;
+    ctx.wait(handles[p]);
+    const size_t bytes = opts.outCounts[p] * es;
+    if (byRendezvous(ctx, p, bytes)) take(ctx, p, offersIn[p], out + opts.outOffsets[p] * es, bytes, "all_to_all");
+  }
+  for (auto& h : acks) ctx.wait(h);  // every reader is done with our input
 }
 
 }  // namespace agentcomm::algorithms

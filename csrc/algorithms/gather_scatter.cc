@@ -2,75 +2,21 @@
 // root posting all its receives before anyone can send; over shared memory
 // (collectives_shm.cc) when AGENTCOMM_ALGO forces it.
 //
-// Large pieces between ranks of one host (the whole group, or the same-host
-// ranks of a group over several hosts) go by rendezvous instead of through
-// TCP: the rank holding the data sends only its address (a Rendezvous
-// message), the other one reads the piece straight from that rank's memory
-// with one process_vm_readv copy and acknowledges. Invariant: the holder's
-// buffer is not touched by anyone and stays valid until the ack arrived, so
-// the holder waits for it before returning. Each side decides from the piece
-// size it knows itself, so both agree whenever their counts do; when they do
-// not, one side expects a descriptor where the other sends data (or the
-// converse) and the receive fails on the message size, or the descriptor's
-// size differs from the reader's count: a mismatch either way, never a hang.
-#include <algorithm>
+// Large pieces between ranks of one host go by rendezvous (rendezvous.h).
 #include <cstring>
-#include <utility>
 #include <vector>
 
 #include "algorithms/algorithms.h"
-#include "algorithms/shm_common.h"
-#include "algorithms/topology.h"
+#include "algorithms/rendezvous.h"
 #include "algorithms/ring_schedule.h"
+#include "algorithms/shm_common.h"
 #include "core/error.h"
-#include "transport/shm/shm_domain.h"
 
 namespace agentcomm::algorithms {
 
 namespace {
 constexpr uint64_t kPhaseGather = 6;
 constexpr uint64_t kPhaseScatter = 7;
-constexpr uint64_t kPhaseRendezvousAck = 11;
-
-struct Rendezvous {
-  uint64_t addr;
-  uint64_t bytes;
-};
-
-// Where `peer` is in a shared-memory domain with cross-memory attach that this
-// rank shares with it: the whole group's, or this host's part of a group over
-// several hosts. The domain and the peer's index in it, or {null, -1}.
-std::pair<transport::ShmDomain*, int> sameHost(const Context& ctx, int peer) {
-  if (ctx.members != nullptr) return {nullptr, -1};
-  if (ctx.shm != nullptr) return {ctx.shm->cma() ? ctx.shm : nullptr, peer};
-  if (ctx.topo == nullptr || ctx.topo->local == nullptr || !ctx.topo->local->cma()) return {nullptr, -1};
-  const auto& local = ctx.topo->localRanks;
-  const auto it = std::find(local.begin(), local.end(), peer);
-  if (it == local.end()) return {nullptr, -1};
-  return {ctx.topo->local, static_cast<int>(it - local.begin())};
-}
-
-// Every rank decides from what it knows itself (its peer's place, the piece's size).
-bool byRendezvous(const Context& ctx, int peer, size_t bytes) {
-  return bytes > 0 && bytes >= rendezvousMinBytes() && sameHost(ctx, peer).first != nullptr;
-}
-
-// The holder's side: publish `bytes` at `data` to `peer` (already posted: the ack).
-void offer(Context& ctx, int peer, uint64_t tag, const void* data, size_t bytes, Rendezvous& d) {
-  if (bytes >= kCmaMinBytes) sameHost(ctx, peer).first->preferHugePages(data, bytes);
-  d = Rendezvous{addrOf(data), bytes};
-  ctx.send(peer, tag, &d, sizeof d);
-}
-
-// The reader's side: copy the offered piece into dst, then release the holder.
-void take(Context& ctx, int peer, const Rendezvous& d, void* dst, size_t bytes, const char* op) {
-  AC_CHECK(d.bytes == bytes, MismatchError, "agentcomm: collective mismatch in ", op, " (sequence number ", ctx.seq,
-           "): rank ", ctx.rank(), " expects ", bytes, " bytes from rank ", peer, ", which has ", d.bytes);
-  const auto [domain, index] = sameHost(ctx, peer);
-  domain->readPeer(index, d.addr, dst, bytes);
-  const uint64_t done = 1;
-  ctx.send(peer, makeTag(kPhaseRendezvousAck, 0, 0), &done, sizeof done);
-}
 }  // namespace
 
 void gather(Context& ctx, const GatherOptions& opts) {
@@ -90,7 +36,7 @@ void gather(Context& ctx, const GatherOptions& opts) {
     if (!byRendezvous(ctx, opts.root, opts.count * es)) return ctx.send(opts.root, tag, opts.input, opts.count * es);
     uint64_t ack = 0;
     Rendezvous d{};
-    auto h = ctx.postRecv(opts.root, makeTag(kPhaseRendezvousAck, 0, 0), &ack, sizeof ack);
+    auto h = ctx.postRecv(opts.root, rendezvousAckTag(), &ack, sizeof ack);
     offer(ctx, opts.root, tag, opts.input, opts.count * es, d);
     ctx.wait(h);  // the root has read our input
     return;
@@ -142,7 +88,7 @@ void scatter(Context& ctx, const ScatterOptions& opts) {
   for (int k = 1; k < n; ++k) {
     const int p = (r + k) % n;
     if (!byRendezvous(ctx, p, opts.counts[p] * es)) continue;
-    acks.push_back(ctx.postRecv(p, makeTag(kPhaseRendezvousAck, 0, 0), &ackWords[p], sizeof(uint64_t)));
+    acks.push_back(ctx.postRecv(p, rendezvousAckTag(), &ackWords[p], sizeof(uint64_t)));
     offer(ctx, p, tag, opts.inputs[p], opts.counts[p] * es, offers[p]);
   }
   for (int k = 1; k < n; ++k) {

@@ -72,6 +72,12 @@ for root in (0, 3):
     if rank == root:
         for j in range(4):
             assert torch.equal(got[j], torch.arange(big, dtype=torch.float32) - j), ("gather", root, j)
+# all_to_all of 1.2 MB blocks (TCP path in a group over several hosts): rendezvous on this host.
+ins = [torch.arange(big, dtype=torch.float32) + 100 * rank + j for j in range(4)]
+outs = [torch.empty(big) for _ in range(4)]
+dist.all_to_all(outs, ins)
+for j in range(4):
+    assert torch.equal(outs[j], torch.arange(big, dtype=torch.float32) + 100 * j + rank), ("all_to_all", rank, j)
 # send/recv of 1.2 MB: by rendezvous to the rank on this host, over TCP to the other host;
 # blocking sends first, then the receives (must not deadlock either way).
 for peer in (rank ^ 1, (rank + 2) % 4):

@@ -1,4 +1,4 @@
-"""gather / scatter / send-recv by rendezvous: large payloads read straight from the holder's memory.
+"""gather / scatter / all_to_all / send-recv by rendezvous: large payloads read from the holder's memory.
 
 Ranks of one host move pieces of at least AGENTCOMM_RENDEZVOUS_BYTES (default
 1 MiB) by sending only their address and letting the other rank read them
@@ -77,6 +77,14 @@ def _cases(rank: int, world: int) -> dict:
         out = torch.zeros(sizes[rank])
         dist.scatter(out, scatter_list=slist, src=root)
         check(f"uneven scatter root={root}", out, make_input(rank, sizes[rank], torch.float32, salt=8))
+    # all_to_all over TCP (forced for this world): blocks on both sides of the threshold, uneven.
+    for n in (0, 7, 1001, 3000):
+        ins = [make_input(rank, n + 500 * j * (rank + 1) % 3000, torch.float32, salt=60 + j) for j in range(world)]
+        outs = [torch.full((n + 500 * rank * (j + 1) % 3000,), -1.0) for j in range(world)]
+        dist.all_to_all(outs, ins)
+        for j in range(world):
+            check(f"all_to_all n={n} from {j}", outs[j],
+                  make_input(j, n + 500 * rank * (j + 1) % 3000, torch.float32, salt=60 + rank))
     # A non-contiguous output and an input that is a view into the root's list.
     base = torch.zeros(2 * 3000)
     out = base[::2]
@@ -245,7 +253,8 @@ def test_send_recv_eager_and_rendezvous() -> None:
 
 
 def test_gather_scatter_eager_and_rendezvous() -> None:
-    results = run_world(_cases, 3, timeout=300, env={"AGENTCOMM_RENDEZVOUS_BYTES": str(THRESHOLD)})
+    env = {"AGENTCOMM_RENDEZVOUS_BYTES": str(THRESHOLD), "AGENTCOMM_ALGO": "all_to_all:tcp"}
+    results = run_world(_cases, 3, timeout=300, env=env)
     for r in results:
         assert r["cases"] > 100
         assert not r["failures"], "\n".join(r["failures"][:20])
