@@ -3,6 +3,7 @@
 // memory, which exercises the same syscall path as between processes).
 // Slots are tiny so that every size runs many rounds and both parities.
 #include <dirent.h>
+#include <unistd.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -55,11 +56,13 @@ std::vector<int> allRanks(int n) {
   return v;
 }
 
+// This process's segments only (CTest runs other test processes beside this one).
 int countShmEntries() {
+  const std::string mine = "agentcomm-" + std::to_string(::getpid()) + "-";
   int found = 0;
   if (DIR* d = ::opendir("/dev/shm")) {
     while (dirent* e = ::readdir(d))
-      if (std::strncmp(e->d_name, "agentcomm-", 10) == 0) ++found;
+      if (std::strncmp(e->d_name, mine.c_str(), mine.size()) == 0) ++found;
     ::closedir(d);
   }
   return found;

@@ -137,7 +137,9 @@ std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int globalRank, const
     d->slotBytes_ = slot;
     std::random_device rd;
     std::ostringstream n;
-    n << "/agentcomm-" << std::hex;
+    // The creator's pid in the name: whose a leftover segment was (there are
+    // none in normal operation: the name is unlinked once every rank attached).
+    n << "/agentcomm-" << ::getpid() << "-" << std::hex;
     for (int i = 0; i < 4; ++i) n << static_cast<uint32_t>(rd());
     name = n.str();
     fd = ::shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
