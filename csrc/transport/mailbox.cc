@@ -283,9 +283,10 @@ void Mailbox::endOffer(Delivery& d, bool ok) {
           slot = nullptr;
         }
       } else {
+        // Visible to post() from here, but incomplete: a receive only claims
+        // it, and nobody reads its data before it is settled below.
         parked = d.pendingOffer;
         parked->header = h;
-        parked->data.resize(o.bytes);
         unexpected_[Key{h.kind, d.src, 0, h.tag}].push_back(parked);
       }
     }
@@ -294,6 +295,7 @@ void Mailbox::endOffer(Delivery& d, bool ok) {
   std::string why;
   if (answer && refusal.empty()) {
     try {
+      if (parked) parked->data.resize(o.bytes);  // outside the lock: it may be large
       if (o.bytes > 0) rendezvous_.pull(d.src, o.addr, slot ? slot->spec_.buffer : parked->data.data(), o.bytes);
       taken = true;
     } catch (const std::exception& e) {
