@@ -66,11 +66,11 @@ class _Args:
     synchronizes the device when one of them is a foreign CUDA array.
     """
 
-    def __init__(self, op: str, first: Array, name: str) -> None:
+    def __init__(self, op: str, first: Array, name: str, writes: bool = False) -> None:
         self.op = op
         self._export = _exporter(first)
         self._sync: Optional[torch.device] = None
-        self.first = self.take(first, name)
+        self.first = self.take(first, name, writes)
 
     def take(self, x: Array, name: str, writes: bool = False) -> torch.Tensor:
         if isinstance(x, torch.Tensor):
@@ -158,12 +158,12 @@ def pack(
     arrays = list(arrays)
     if not arrays and out is None:
         raise ValueError("agentcomm.kernels.pack: no arrays and no out")
-    args = _Args("pack", arrays[0] if arrays else out, "arrays[0]" if arrays else "out")
+    args = _Args("pack", arrays[0] if arrays else out, "arrays[0]" if arrays else "out", writes=not arrays)
     ts = [args.take(x, f"arrays[{i}]") for i, x in enumerate(arrays)]
     if out is None:
         flat = torch.empty(sum(t.numel() for t in ts), dtype=ts[0].dtype, device=ts[0].device)
     else:
-        flat = args.writes(out, "out")
+        flat = args.writes(out, "out") if arrays else args.first
     _C.pack_into(ts, flat, divide_by, multiply_by)
     args.finish()
     return args.give(flat) if out is None else out
@@ -227,10 +227,7 @@ def topk(
         >>> kernels.topk(g, 1, error_feedback=True)[0].tolist(), g.tolist()
         ([1], [1.0, 0.0, 3.0])
     """
-    args = _Args("topk", data, "data")
-    writes = add is not None or error_feedback
-    if writes:
-        args.writes(data, "data")
+    args = _Args("topk", data, "data", writes=add is not None or error_feedback)
     ta = None if add is None else args.take(add, "add")
     idx, val = _C.topk(args.first, k, add=ta, error_feedback=error_feedback, sampled=sampled, seed=seed)
     args.finish()
@@ -267,9 +264,7 @@ def randomk(
         >>> bool((x[idx] == val).all())
         True
     """
-    args = _Args("randomk", data, "data")
-    if add is not None or error_feedback:
-        args.writes(data, "data")
+    args = _Args("randomk", data, "data", writes=add is not None or error_feedback)
     ta = None if add is None else args.take(add, "add")
     val = _C.randomk(args.first, k, seed, add=ta, error_feedback=error_feedback)
     idx = _C.randomk_indices(seed, args.first.numel(), k).to(device=val.device, dtype=torch.int32)
@@ -312,9 +307,7 @@ def quantize(
         >>> bool(np.abs(y - x).max() <= scales.max() / 127)
         True
     """
-    args = _Args("quantize", data, "data")
-    if add is not None or error_feedback:
-        args.writes(data, "data")
+    args = _Args("quantize", data, "data", writes=add is not None or error_feedback)
     ta = None if add is None else args.take(add, "add")
     codes, scales = _C.quantize(args.first, bits, block, seed, add=ta, error_feedback=error_feedback)
     args.finish()
