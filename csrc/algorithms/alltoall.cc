@@ -49,8 +49,7 @@ void allToAll(Context& ctx, const AllToAllOptions& opts) {
     const int p = (r + k) % n;
     const size_t bytes = opts.inCounts[p] * es;
     if (!byRendezvous(ctx, p, bytes)) continue;
-    acks.push_back(ctx.postRecv(p, rendezvousAckTag(), &ackWords[p], sizeof(uint64_t)));
-    offer(ctx, p, tag, in + opts.inOffsets[p] * es, bytes, offersOut[p]);
+    acks.push_back(offer(ctx, p, tag, in + opts.inOffsets[p] * es, bytes, offersOut[p], ackWords[p]));
   }
   if (opts.inCounts[r] > 0)
     std::memmove(out + opts.outOffsets[r] * es, in + opts.inOffsets[r] * es, opts.inCounts[r] * es);

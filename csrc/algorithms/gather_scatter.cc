@@ -36,9 +36,7 @@ void gather(Context& ctx, const GatherOptions& opts) {
     if (!byRendezvous(ctx, opts.root, opts.count * es)) return ctx.send(opts.root, tag, opts.input, opts.count * es);
     uint64_t ack = 0;
     Rendezvous d{};
-    auto h = ctx.postRecv(opts.root, rendezvousAckTag(), &ack, sizeof ack);
-    offer(ctx, opts.root, tag, opts.input, opts.count * es, d);
-    ctx.wait(h);  // the root has read our input
+    ctx.wait(offer(ctx, opts.root, tag, opts.input, opts.count * es, d, ack));  // the root has read our input
     return;
   }
   AC_CHECK(static_cast<int>(opts.outputs.size()) == n && static_cast<int>(opts.counts.size()) == n, InvalidArgument,
@@ -88,8 +86,7 @@ void scatter(Context& ctx, const ScatterOptions& opts) {
   for (int k = 1; k < n; ++k) {
     const int p = (r + k) % n;
     if (!byRendezvous(ctx, p, opts.counts[p] * es)) continue;
-    acks.push_back(ctx.postRecv(p, rendezvousAckTag(), &ackWords[p], sizeof(uint64_t)));
-    offer(ctx, p, tag, opts.inputs[p], opts.counts[p] * es, offers[p]);
+    acks.push_back(offer(ctx, p, tag, opts.inputs[p], opts.counts[p] * es, offers[p], ackWords[p]));
   }
   for (int k = 1; k < n; ++k) {
     const int p = (r + k) % n;

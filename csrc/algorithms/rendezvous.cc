@@ -30,10 +30,12 @@ bool byRendezvous(const Context& ctx, int peer, size_t bytes) {
   return bytes > 0 && bytes >= rendezvousMinBytes() && sameHost(ctx, peer).first != nullptr;
 }
 
-void offer(Context& ctx, int peer, uint64_t tag, const void* data, size_t bytes, Rendezvous& d) {
+RecvHandle offer(Context& ctx, int peer, uint64_t tag, const void* data, size_t bytes, Rendezvous& d, uint64_t& ack) {
+  RecvHandle h = ctx.postRecv(peer, rendezvousAckTag(), &ack, sizeof ack);  // before the reader can answer
   if (bytes >= kCmaMinBytes) sameHost(ctx, peer).first->preferHugePages(data, bytes);
   d = Rendezvous{addrOf(data), bytes};
   ctx.send(peer, tag, &d, sizeof d);
+  return h;
 }
 
 void take(Context& ctx, int peer, const Rendezvous& d, void* dst, size_t bytes, const char* op) {

@@ -38,9 +38,11 @@ std::pair<transport::ShmDomain*, int> sameHost(const Context& ctx, int peer);
 // (every rank decides from what it knows itself: the peer's place, the size).
 bool byRendezvous(const Context& ctx, int peer, size_t bytes);
 
-// The holder's side: publishes `bytes` at `data` to `peer` through `d` (which
-// must stay alive until the send returns; post the ack's receive first).
-void offer(Context& ctx, int peer, uint64_t tag, const void* data, size_t bytes, Rendezvous& d);
+// The holder's side: posts the receive of `peer`'s acknowledgement into
+// `ack`, then publishes `bytes` at `data` to `peer` through `d`. Returns the
+// acknowledgement's handle: `data` stays untouched until it was waited for;
+// `d` and `ack` outlive that wait.
+RecvHandle offer(Context& ctx, int peer, uint64_t tag, const void* data, size_t bytes, Rendezvous& d, uint64_t& ack);
 
 // The reader's side: checks the offer against the `bytes` expected, copies it
 // into dst, then releases the holder. `op` names the collective in errors.
