@@ -4,7 +4,7 @@
 // and the copy's is read + write, so the two ratios compare like with like.
 // Timed with CUDA events: median of `reps` runs after warm-up, inputs random.
 //
-//   build/core/agentcomm_cuda_bench [count=67108864] [reps=20]
+//   build/core/agentcomm_cuda_bench [count=67108864] [reps=20] [topk|quant]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -69,7 +69,9 @@ double timeMs(const std::function<void()>& fn, int reps) {
 int main(int argc, char** argv) {
   const size_t n = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : (size_t{1} << 26);
   const int reps = argc > 2 ? std::atoi(argv[2]) : 20;
-  const bool onlyTopk = argc > 3 && std::string(argv[3]) == "topk";  // for a profiler run
+  // For a profiler run: "topk" times only top-k, "quant" only the quantize rows.
+  const std::string only = argc > 3 ? argv[3] : "";
+  const bool onlyTopk = only == "topk", onlyQuant = only == "quant";
   std::string why;
   if (!kc::available(&why)) {
     std::printf("no CUDA device: %s\n", why.c_str());
@@ -99,6 +101,7 @@ int main(int argc, char** argv) {
     std::printf("%-34s %9.3f %10.1f %7.0f%%\n", name, ms, gbs, 100.0 * gbs / copyGBs);
   };
   row("D2D copy (read+write)", copyMs, 2.0 * bytes);
+  if (!onlyQuant) {
   row("reduce f32 sum", timeMs([&] { kc::reduce(c, a, b, n, DataType::Float32, ReduceOp::Sum, FinalScale::none(), nullptr); }, reps),
       3.0 * bytes);
   row("reduce f32 sum, AVG/4 fused",
@@ -131,6 +134,7 @@ int main(int argc, char** argv) {
   }
   row("castFromFloat bf16", timeMs([&] { kc::castFromFloat(a, c, n, DataType::BFloat16, 0.25f, nullptr); }, reps),
       6.0 * n);
+  }
   for (int bits : {8, 4, 1}) {
     const double codeBytes = static_cast<double>(kernels::quantCodeBytes(n, bits, block));
     char name[64];
@@ -151,6 +155,7 @@ int main(int argc, char** argv) {
   row("quantize 8-bit, block 2048",
       timeMs([&] { kc::quantize(a, nullptr, n, 8, 2048, 7, codes, scales, false, nullptr); }, reps),
       bytes + static_cast<double>(kernels::quantCodeBytes(n, 8, 2048)));
+  if (onlyQuant) return 0;
   }
 topk:
   // Top-k 1% of 25M (issue 6: >= 3x torch.topk, timed by the Python side).

@@ -223,6 +223,34 @@ TEST(Quantize, ErrorFeedbackConservesMassAndExactLevels) {
   for (size_t i = 0; i < g.size(); ++i) ASSERT_EQ(dec[i], grid[i] * 1.5f);
 }
 
+// The 1-bit scale is the mean |x| summed in one fixed order (the CUDA twin's
+// warp computes the same bits): 32 running sums over j = 32i + t, combined
+// pairwise (t += t + 16, then + 8, ...), then the tail j >= m / 32 * 32.
+TEST(Quantize, OneBitMeanIsSummedInTheTreeOrder) {
+  for (size_t block : {size_t{8}, size_t{40}, size_t{256}, size_t{2048}}) {
+    const size_t n = 3 * block - 5;
+    // Magnitudes over many binades, so another order gives other bits.
+    auto x = gaussData(n, 21);
+    for (size_t i = 0; i < n; ++i) x[i] *= std::ldexp(1.0f, static_cast<int>(i % 23) - 11);
+    std::vector<uint8_t> codes(quantCodeBytes(n, 1, block));
+    std::vector<float> scales(quantBlocks(n, block));
+    auto work = x;
+    quantize(work.data(), nullptr, n, 1, block, 0, codes.data(), scales.data(), false);
+    for (size_t b = 0; b < scales.size(); ++b) {
+      const float* v = x.data() + b * block;
+      const size_t m = std::min(block, n - b * block);
+      float part[32] = {};
+      for (size_t i = 0; i < m / 32; ++i)
+        for (size_t t = 0; t < 32; ++t) part[t] += std::fabs(v[32 * i + t]);
+      for (size_t w = 16; w > 0; w /= 2)
+        for (size_t t = 0; t < w; ++t) part[t] += part[t + w];
+      float sum = part[0];
+      for (size_t j = m / 32 * 32; j < m; ++j) sum += std::fabs(v[j]);
+      ASSERT_EQ(scales[b], sum / static_cast<float>(m)) << "block=" << block << " b=" << b;
+    }
+  }
+}
+
 TEST(Quantize, TinyZeroAndNonFiniteBlocks) {
   // Blocks of zeros, of subnormals (L / max overflows), and with an inf.
   const size_t block = 16, n = 48;

@@ -247,15 +247,19 @@ AC_CLONES uint32_t addAndMaxKey(float* x, const float* add, size_t m) {
 }
 
 AC_CLONES float addAndAbsSum(float* x, const float* add, size_t m) {
-  // Eight partial sums so the loop vectorizes without reassociation flags.
-  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  // 32 running sums over j = 32i + t (vectorizes without reassociation
+  // flags), added in a fixed pairwise tree, then the tail in order. The CUDA
+  // twin computes the same: each lane of a warp one running sum, the tree by
+  // xor-shuffles (a + b == b + a exactly, so every lane ends with this sum).
+  float part[32] = {};
   size_t j = 0;
   if (add)
     for (size_t t = 0; t < m; ++t) x[t] += add[t];
-  for (; j + 8 <= m; j += 8)
-    for (int t = 0; t < 8; ++t) part[t] += std::fabs(x[j + t]);
-  float sum = 0;
-  for (int t = 0; t < 8; ++t) sum += part[t];
+  for (; j + 32 <= m; j += 32)
+    for (int t = 0; t < 32; ++t) part[t] += std::fabs(x[j + t]);
+  for (int w = 16; w > 0; w /= 2)
+    for (int t = 0; t < w; ++t) part[t] += part[t + w];
+  float sum = part[0];
   for (; j < m; ++j) sum += std::fabs(x[j]);
   return sum;
 }

@@ -1,6 +1,6 @@
 // CUDA compression kernels: block quantization with error feedback fused
-// (one warp per quantization block, data held in registers: one read, one
-// write), top-k by radix selection, DGC's sampled top-k, random-k. Contracts
+// (a warp per quantization block of up to 256, a thread block per one of up
+// to 2048; data held in registers: one read, one write), top-k by radix selection, DGC's sampled top-k, random-k. Contracts
 // and bit-exact arithmetic: the CPU twins in kernels/cpu/compress.cc (read
 // that file's comments for the why).
 //
@@ -88,166 +88,253 @@ void sortKeys(const K* in, K* out, size_t n, bool descending, cudaStream_t st, i
 
 // ---- quantization -------------------------------------------------------------
 
-// Blocks of up to 256 * R elements: one warp per quantization block, each
-// lane holding R chunks of 8 consecutive elements in registers, so the data
-// is read once and written once (with error feedback or a fused add).
-// The 1-bit mean is summed in the CPU's order (8 running sums over
-// j = 8i + t, then the tail) from a per-warp shared-memory copy of |x|.
-// `vec`: data/add 16-byte and codes 8-byte aligned (whole chunks vectorized).
-template <int R>
-__global__ void quantizeWarpKernel(float* data, const float* add, size_t n, int bits, size_t block, uint32_t s32,
-                                   uint8_t* codes, float* scales, bool ef, bool vec) {
-  extern __shared__ float absShared[];  // bits == 1: `block` floats per warp
-  const unsigned full = 0xffffffffu;
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const size_t warps = static_cast<size_t>(gridDim.x) * (blockDim.x >> 5);
-  float* absx = absShared + static_cast<size_t>(warp) * block;
-  const size_t nb = (n + block - 1) / block;
-  const size_t blockBytes = blockCodeBytes(block, bits);
-  const float L = bits == 8 ? 127.0f : 7.0f;
-  for (size_t blk = static_cast<size_t>(blockIdx.x) * (blockDim.x >> 5) + warp; blk < nb; blk += warps) {
-    const size_t b0 = blk * block;
-    const unsigned m = static_cast<unsigned>(n - b0 < block ? n - b0 : block);  // <= 2048
-    const unsigned nChunks = (m + 7) / 8;
-    float* x = data + b0;
-    uint8_t* out = codes + blk * blockBytes;
-    float v[R][8];
-    unsigned mx = 0;
+// u in [0, 1) from 16 bits of a pair's hash: the CPU's float(h16) * 2^-16,
+// built from the bits (1 + h16 * 2^-16, minus 1: both exact) instead of an
+// int-to-float conversion, which runs at an eighth of the FP32 rate.
+__device__ __forceinline__ float uniformLow(uint32_t h) { return __uint_as_float(0x3f800000u | ((h & 0xffffu) << 7)) - 1.0f; }
+__device__ __forceinline__ float uniformHigh(uint32_t h) { return __uint_as_float(0x3f800000u | ((h >> 16) << 7)) - 1.0f; }
+
+// The CPU's q = clamp(floor(v * inv + u), -L, L), with one float-to-int
+// conversion that rounds down (-fmad=false: the multiply and the add are
+// rounded separately, as on the CPU). With error feedback v -= q * step.
+template <int Bits>
+__device__ __forceinline__ int roundStochastic(float& v, float inv, float step, float u, bool ef) {
+  constexpr int L = Bits == 8 ? 127 : 7;
+  const int q = min(max(__float2int_rd(v * inv + u), -L), L);
+  if (ef) v -= static_cast<float>(q) * step;
+  return q;
+}
+
+// One chunk (8 consecutive elements of a block; padding past the block's end
+// is 0): its codes, stored whole when `whole` (vector stores where `vec`).
+// Padding encodes as q = 0 (floor(0 + u) = 0), which is what the 4-bit
+// format's padding nibble must hold, so only stores look at `valid`.
+template <int Bits>
+__device__ __forceinline__ void encodeChunk(float (&v)[8], unsigned c, unsigned valid, uint32_t pair0, uint32_t s32,
+                                            float s, float inv, float step, bool zeroCodes, bool zeroData, bool ef,
+                                            bool vec, uint8_t* out) {
+  if constexpr (Bits == 1) {
+    unsigned byte = 0;
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const unsigned c = lane + 32u * r;
-      if (c >= nChunks) continue;
-      if (vec && 8 * c + 8 <= m) {
-        const float4* x4 = reinterpret_cast<const float4*>(x + 8 * c);
-        float4 lo = x4[0], hi = x4[1];
-        if (add) {
-          const float4* a4 = reinterpret_cast<const float4*>(add + b0 + 8 * c);
-          const float4 alo = a4[0], ahi = a4[1];
-          lo = make_float4(lo.x + alo.x, lo.y + alo.y, lo.z + alo.z, lo.w + alo.w);
-          hi = make_float4(hi.x + ahi.x, hi.y + ahi.y, hi.z + ahi.z, hi.w + ahi.w);
-        }
-        v[r][0] = lo.x, v[r][1] = lo.y, v[r][2] = lo.z, v[r][3] = lo.w;
-        v[r][4] = hi.x, v[r][5] = hi.y, v[r][6] = hi.z, v[r][7] = hi.w;
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const unsigned j = 8 * c + e;
-          v[r][e] = j < m ? (add ? x[j] + add[b0 + j] : x[j]) : 0.0f;
-        }
-      }
-#pragma unroll
-      for (int e = 0; e < 8; ++e) mx = max(mx, magnitudeKey(v[r][e]));  // padding is 0: never the max
+    for (int e = 0; e < 8; ++e) {
+      byte |= static_cast<unsigned>(v[e] >= 0.0f) << e;
+      if (ef) v[e] -= v[e] >= 0.0f ? s : -s;
     }
-    float s = 0.0f;
-    bool zeroCodes = false, zeroData = false;
-    if (bits == 1) {
+    out[c] = static_cast<uint8_t>(byte & ((1u << valid) - 1u));  // a partial byte's missing bits are 0
+  } else {
+    int q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (!zeroCodes) {
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const unsigned c = lane + 32u * r;
-        if (c < nChunks)
-          for (int e = 0; e < 8; ++e)
-            if (8 * c + e < m) absx[8 * c + e] = fabsf(v[r][e]);
+      for (int p = 0; p < 4; ++p) {
+        const uint32_t h = hash::pairBits(pair0 + 4 * c + p, s32);
+        q[2 * p] = roundStochastic<Bits>(v[2 * p], inv, step, uniformLow(h), ef);
+        q[2 * p + 1] = roundStochastic<Bits>(v[2 * p + 1], inv, step, uniformHigh(h), ef);
       }
-      __syncwarp();
-      float part = 0.0f;
-      if (lane < 8)
-        for (unsigned i = 0; i < m / 8; ++i) part += absx[8 * i + lane];
-      float sum = 0.0f;
-      for (int t = 0; t < 8; ++t) sum += __shfl_sync(full, part, t);
-      for (unsigned j = m / 8 * 8; j < m; ++j) sum += absx[j];
-      s = sum / static_cast<float>(m);
-      if (lane == 0) scales[blk] = s;
-      __syncwarp();  // absx is rewritten by the next block
+    } else if (zeroData) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = 0.0f;
+    }
+    const bool whole = valid == 8;
+    if constexpr (Bits == 8) {
+      uint32_t w[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        w[h] = (q[4 * h] & 0xff) | (q[4 * h + 1] & 0xff) << 8 | (q[4 * h + 2] & 0xff) << 16 |
+               static_cast<uint32_t>(q[4 * h + 3] & 0xff) << 24;
+      if (vec && whole) {
+        *reinterpret_cast<uint2*>(out + 8 * c) = make_uint2(w[0], w[1]);
+      } else {
+        for (unsigned e = 0; e < valid; ++e) out[8 * c + e] = static_cast<uint8_t>(w[e / 4] >> (8 * (e % 4)));
+      }
     } else {
-      const float amax = __uint_as_float(__reduce_max_sync(full, mx));
-      if (!isfinite(amax) || !isfinite(L / amax)) {
-        // NaN / inf: the scale decodes the block as NaN and the residual restarts.
-        // Zeros or tiny values (L / amax overflows): scale 0, the residual keeps them.
-        zeroCodes = true;
-        zeroData = ef && !isfinite(amax);
-        if (lane == 0) scales[blk] = isfinite(amax) ? 0.0f : amax;
+      uint32_t w = 0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) w |= static_cast<uint32_t>(q[e] + 8) << (4 * e);
+      if (vec && whole) {
+        *reinterpret_cast<uint32_t*>(out + 4 * c) = w;
       } else {
-        s = amax;
-        if (lane == 0) scales[blk] = amax;
-      }
-    }
-    const float inv = L / s, step = s / L;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const unsigned c = lane + 32u * r;
-      if (c >= nChunks) continue;
-      const bool whole = 8 * c + 8 <= m;
-      uint8_t q8[8];
-      if (bits == 1) {
-        unsigned byte = 0;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          if (8 * c + e >= m) break;
-          byte |= static_cast<unsigned>(v[r][e] >= 0.0f) << e;
-          if (ef) v[r][e] -= v[r][e] >= 0.0f ? s : -s;
-        }
-        out[c] = static_cast<uint8_t>(byte);
-      } else {
-        int q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        if (!zeroCodes) {
-#pragma unroll
-          for (int p = 0; p < 4; ++p) {
-            const uint32_t h = hash::pairBits(static_cast<uint32_t>(b0 / 2) + 4 * c + p, s32);
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const int t = 2 * p + e;
-              if (8 * c + t >= m) break;
-              const float u = static_cast<float>(e ? (h >> 16) : (h & 0xffffu)) * (1.0f / 65536.0f);
-              float rr = floorf(v[r][t] * inv + u);
-              rr = rr > L ? L : rr;
-              rr = rr < -L ? -L : rr;
-              q[t] = static_cast<int>(rr);
-              if (ef) v[r][t] -= rr * step;
-            }
-          }
-        } else if (zeroData) {
-#pragma unroll
-          for (int e = 0; e < 8; ++e) v[r][e] = 0.0f;
-        }
-        if (bits == 8) {
-#pragma unroll
-          for (int e = 0; e < 8; ++e) q8[e] = static_cast<uint8_t>(static_cast<int8_t>(q[e]));
-          if (vec && whole)
-            *reinterpret_cast<uint2*>(out + 8 * c) = *reinterpret_cast<const uint2*>(q8);
-          else
-            for (int e = 0; e < 8 && 8 * c + e < m; ++e) out[8 * c + e] = q8[e];
-        } else {
-#pragma unroll
-          for (int p = 0; p < 4; ++p) {
-            const unsigned hi = 8 * c + 2 * p + 1 < m ? static_cast<unsigned>(q[2 * p + 1] + 8) : 8u;
-            q8[p] = static_cast<uint8_t>(static_cast<unsigned>(q[2 * p] + 8) | (hi << 4));
-          }
-          if (vec && whole)
-            *reinterpret_cast<uint32_t*>(out + 4 * c) = *reinterpret_cast<const uint32_t*>(q8);
-          else
-            for (int p = 0; p < 4 && 8 * c + 2 * p < m; ++p) out[4 * c + p] = q8[p];
-        }
-      }
-      if (add || ef) {
-        if (vec && whole) {
-          float4* x4 = reinterpret_cast<float4*>(x + 8 * c);
-          x4[0] = make_float4(v[r][0], v[r][1], v[r][2], v[r][3]);
-          x4[1] = make_float4(v[r][4], v[r][5], v[r][6], v[r][7]);
-        } else {
-          for (int e = 0; e < 8 && 8 * c + e < m; ++e) x[8 * c + e] = v[r][e];
-        }
+        for (unsigned p = 0; 2 * p < valid; ++p) out[4 * c + p] = static_cast<uint8_t>(w >> (8 * p));
       }
     }
   }
 }
 
-// Blocks larger than the warp kernel holds: one thread block per quantization
-// block, the data re-read from cache between the max and the encoding.
+// Loads chunk c of a block (elements 8c..8c+7 of x, plus add where given;
+// padding past the block's end m is 0).
+__device__ __forceinline__ void loadChunk(float (&v)[8], const float* x, const float* a, unsigned c, unsigned m,
+                                          bool vec) {
+  if (vec && 8 * c + 8 <= m) {
+    const float4* x4 = reinterpret_cast<const float4*>(x + 8 * c);
+    float4 lo = x4[0], hi = x4[1];
+    if (a) {
+      const float4* a4 = reinterpret_cast<const float4*>(a + 8 * c);
+      const float4 alo = a4[0], ahi = a4[1];
+      lo = make_float4(lo.x + alo.x, lo.y + alo.y, lo.z + alo.z, lo.w + alo.w);
+      hi = make_float4(hi.x + ahi.x, hi.y + ahi.y, hi.z + ahi.z, hi.w + ahi.w);
+    }
+    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
+    v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const unsigned j = 8 * c + e;
+      v[e] = j < m ? (a ? x[j] + a[j] : x[j]) : 0.0f;
+    }
+  }
+}
+
+// The codes of chunk c (encodeChunk) and, with error feedback or a fused
+// add, the chunk written back.
+template <int Bits>
+__device__ __forceinline__ void finishChunk(float (&v)[8], float* x, unsigned c, unsigned m, uint32_t pair0,
+                                            uint32_t s32, float s, float inv, float step, bool zeroCodes,
+                                            bool zeroData, bool ef, bool writeBack, bool vec, uint8_t* out) {
+  const unsigned valid = m - 8 * c < 8 ? m - 8 * c : 8;
+  encodeChunk<Bits>(v, c, valid, pair0, s32, s, inv, step, zeroCodes, zeroData, ef, vec, out);
+  if (!writeBack) return;
+  if (vec && valid == 8) {
+    float4* x4 = reinterpret_cast<float4*>(x + 8 * c);
+    x4[0] = make_float4(v[0], v[1], v[2], v[3]);
+    x4[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+    for (unsigned e = 0; e < valid; ++e) x[8 * c + e] = v[e];
+  }
+}
+
+// A block's scale from its max magnitude key (8/4-bit): NaN / inf make the
+// scale decode the block as NaN and restart the residual; zeros or tiny
+// values (L / amax overflows) get scale 0 and the residual keeps them.
+struct BlockScale {
+  float stored, s, inv, step;
+  bool zeroCodes, zeroData;
+};
+template <int Bits>
+__device__ __forceinline__ BlockScale scaleFromMax(unsigned maxKey, bool ef) {
+  constexpr float L = Bits == 8 ? 127.0f : 7.0f;
+  const float amax = __uint_as_float(maxKey);
+  if (!isfinite(amax) || !isfinite(L / amax))
+    return {isfinite(amax) ? 0.0f : amax, 0.0f, 0.0f, 0.0f, true, ef && !isfinite(amax)};
+  return {amax, amax, L / amax, amax / L, false, false};
+}
+
+// The 1-bit mean |x| of a block in the CPU's order (see addAndAbsSum), by one
+// warp from a shared-memory copy of |x|: lane t's running sum over j = 32i + t,
+// the tree by xor-shuffles (every lane ends with the same sum), the tail.
+__device__ __forceinline__ float meanAbs(const float* absx, unsigned m, unsigned lane) {
+  float part = 0.0f;
+  for (unsigned i = 0; i < m / 32; ++i) part += absx[32 * i + lane];
+#pragma unroll
+  for (int w = 16; w > 0; w /= 2) part += __shfl_xor_sync(0xffffffffu, part, w);
+  for (unsigned j = m / 32 * 32; j < m; ++j) part += absx[j];
+  return part / static_cast<float>(m);
+}
+
+__device__ __forceinline__ void storeAbs(float* absx, unsigned c, const float (&v)[8]) {
+  // The whole chunk, padding (0) included: it lies inside the block's floats.
+  float4* a4 = reinterpret_cast<float4*>(absx + 8 * c);
+  a4[0] = make_float4(fabsf(v[0]), fabsf(v[1]), fabsf(v[2]), fabsf(v[3]));
+  a4[1] = make_float4(fabsf(v[4]), fabsf(v[5]), fabsf(v[6]), fabsf(v[7]));
+}
+
+// Blocks of up to 256 elements: one warp per quantization block, each lane
+// one chunk of 8 consecutive elements in registers, so the data is read once
+// and (with error feedback or a fused add) written once. Bits is a template
+// parameter so each width carries only its own code (the registers decide
+// the occupancy). `vec`: data/add 16-byte and codes 8-byte aligned.
+template <int Bits>
+__global__ void __launch_bounds__(128, 12) quantizeWarpKernel(float* data, const float* add, size_t n, size_t block, uint32_t s32,
+                                   uint8_t* codes, float* scales, bool ef, bool vec) {
+  extern __shared__ float4 absShared[];  // Bits == 1: `block` floats per warp
+  const unsigned lane = threadIdx.x & 31;
+  const unsigned warp = threadIdx.x >> 5;
+  const size_t warps = static_cast<size_t>(gridDim.x) * (blockDim.x >> 5);
+  float* absx = reinterpret_cast<float*>(absShared) + static_cast<size_t>(warp) * block;
+  const size_t nb = (n + block - 1) / block;
+  const size_t blockBytes = blockCodeBytes(block, Bits);
+  for (size_t blk = static_cast<size_t>(blockIdx.x) * (blockDim.x >> 5) + warp; blk < nb; blk += warps) {
+    const size_t b0 = blk * block;
+    const unsigned m = static_cast<unsigned>(n - b0 < block ? n - b0 : block);  // <= 256
+    const bool mine = lane < (m + 7) / 8;
+    float* x = data + b0;
+    float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (mine) loadChunk(v, x, add ? add + b0 : nullptr, lane, m, vec);
+    BlockScale sc{};
+    if constexpr (Bits == 1) {
+      if (mine) storeAbs(absx, lane, v);
+      __syncwarp();
+      sc.s = meanAbs(absx, m, lane);
+      sc.stored = sc.s;
+      __syncwarp();  // absx is rewritten by the next block
+    } else {
+      unsigned mx = 0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) mx = max(mx, magnitudeKey(v[e]));  // padding is 0: never the max
+      sc = scaleFromMax<Bits>(__reduce_max_sync(0xffffffffu, mx), ef);
+    }
+    if (lane == 0) scales[blk] = sc.stored;
+    if (mine)
+      finishChunk<Bits>(v, x, lane, m, static_cast<uint32_t>(b0 / 2), s32, sc.s, sc.inv, sc.step, sc.zeroCodes,
+                        sc.zeroData, ef, add || ef, vec, codes + blk * blockBytes);
+  }
+}
+
+// Blocks of 257..2048 elements: one thread block per quantization block,
+// warp w's lanes holding chunks 32w + lane in registers (read once, written
+// once, ~40 registers: holding a 2048 block in one warp took 127 and ran at
+// 48-67% of the copy rate). The max goes through shared memory (an exact
+// max in any order); the 1-bit mean is warp 0's, in the CPU's order.
+constexpr unsigned kMaxSegments = 8;  // 2048 / 256
+template <int Bits>
+__global__ void quantizeSegmentsKernel(float* data, const float* add, size_t n, size_t block, uint32_t s32,
+                                       uint8_t* codes, float* scales, bool ef, bool vec) {
+  __shared__ float4 absShared[Bits == 1 ? 2048 / 4 : 1];
+  __shared__ unsigned warpMax[kMaxSegments];
+  __shared__ float meanShared;
+  float* absx = reinterpret_cast<float*>(absShared);
+  const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const unsigned c = threadIdx.x;  // this thread's chunk
+  const size_t nb = (n + block - 1) / block;
+  const size_t blockBytes = blockCodeBytes(block, Bits);
+  for (size_t blk = blockIdx.x; blk < nb; blk += gridDim.x) {
+    const size_t b0 = blk * block;
+    const unsigned m = static_cast<unsigned>(n - b0 < block ? n - b0 : block);  // <= 2048
+    const bool mine = c < (m + 7) / 8;
+    float* x = data + b0;
+    float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (mine) loadChunk(v, x, add ? add + b0 : nullptr, c, m, vec);
+    BlockScale sc{};
+    if constexpr (Bits == 1) {
+      if (mine) storeAbs(absx, c, v);
+      __syncthreads();
+      if (warp == 0) {
+        const float mean = meanAbs(absx, m, lane);
+        if (lane == 0) meanShared = mean;
+      }
+      __syncthreads();
+      sc.s = sc.stored = meanShared;
+    } else {
+      unsigned mx = 0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) mx = max(mx, magnitudeKey(v[e]));
+      mx = __reduce_max_sync(0xffffffffu, mx);
+      if (lane == 0) warpMax[warp] = mx;
+      __syncthreads();
+      for (unsigned w = 0; w < (blockDim.x >> 5); ++w) mx = max(mx, warpMax[w]);
+      sc = scaleFromMax<Bits>(mx, ef);
+    }
+    if (threadIdx.x == 0) scales[blk] = sc.stored;
+    if (mine)
+      finishChunk<Bits>(v, x, c, m, static_cast<uint32_t>(b0 / 2), s32, sc.s, sc.inv, sc.step, sc.zeroCodes,
+                        sc.zeroData, ef, add || ef, vec, codes + blk * blockBytes);
+    __syncthreads();  // shared memory is rewritten by the next block
+  }
+}
+
+// Blocks larger than 2048: one thread block per quantization block, the data
+// re-read from cache between the max and the encoding.
 __global__ void quantizeKernel(float* data, const float* add, size_t n, int bits, size_t block, uint32_t s32,
                                uint8_t* codes, float* scales, bool ef) {
   __shared__ unsigned maxKey;
-  __shared__ float part[8];
   __shared__ float shared;
   const size_t nb = (n + block - 1) / block;
   const float L = bits == 8 ? 127.0f : 7.0f;
@@ -261,19 +348,17 @@ __global__ void quantizeKernel(float* data, const float* add, size_t n, int bits
     if (threadIdx.x == 0) maxKey = 0;
     __syncthreads();
     if (bits == 1) {
-      // mean |x| summed in the CPU's order: 8 running sums over j = 8i + t, then the tail.
-      if (threadIdx.x < 8) {
+      // mean |x| summed in the CPU's order (addAndAbsSum): 32 running sums
+      // over j = 32i + t, a pairwise tree, then the tail.
+      if (threadIdx.x < 32) {
         float p = 0.0f;
-        for (size_t i = 0; i < m / 8; ++i) p += fabsf(x[8 * i + threadIdx.x]);
-        part[threadIdx.x] = p;
-      }
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        float sum = 0.0f;
-        for (int t = 0; t < 8; ++t) sum += part[t];
-        for (size_t j = m / 8 * 8; j < m; ++j) sum += fabsf(x[j]);
-        shared = sum / static_cast<float>(m);
-        scales[blk] = shared;
+        for (size_t i = 0; i < m / 32; ++i) p += fabsf(x[32 * i + threadIdx.x]);
+        for (int w = 16; w > 0; w /= 2) p += __shfl_xor_sync(0xffffffffu, p, w);
+        for (size_t j = m / 32 * 32; j < m; ++j) p += fabsf(x[j]);
+        if (threadIdx.x == 0) {
+          shared = p / static_cast<float>(m);
+          scales[blk] = shared;
+        }
       }
       __syncthreads();
       const float s = shared;
@@ -858,24 +943,30 @@ void quantize(float* data, const float* add, size_t n, int bits, size_t block, u
   const size_t nb = quantBlocks(n, block);
   cudaStream_t st = asStream(stream);
   const bool vec = aligned(data, 16) && aligned(add, 16) && aligned(codes, 8);
-  constexpr int kWarps = 4;
-  const unsigned grid = static_cast<unsigned>(std::min<size_t>((nb + kWarps - 1) / kWarps, 65535));
-  const size_t shared = bits == 1 ? kWarps * block * sizeof(float) : 0;
-  auto launch = [&](auto kernel) {
-    kernel<<<grid, 32 * kWarps, shared, st>>>(data, add, n, bits, block, seed32(seed), codes, scales, errorFeedback,
-                                               vec);
+  auto pick = [&](auto kernel, unsigned blocks, unsigned threads, size_t shared) {
+    kernel<<<blocks, threads, shared, st>>>(data, add, n, block, seed32(seed), codes, scales, errorFeedback, vec);
   };
-  if (block <= 256)
-    launch(quantizeWarpKernel<1>);
-  else if (block <= 512)
-    launch(quantizeWarpKernel<2>);
-  else if (block <= 1024)
-    launch(quantizeWarpKernel<4>);
-  else if (block <= 2048)
-    launch(quantizeWarpKernel<8>);
-  else
+  auto launch = [&](auto warpKernel, auto segmentsKernel) {
+    if (block <= 256) {
+      constexpr unsigned kWarps = 4;  // quantization blocks per thread block
+      pick(warpKernel, static_cast<unsigned>(std::min<size_t>((nb + kWarps - 1) / kWarps, 65535)), 32 * kWarps,
+           bits == 1 ? kWarps * block * sizeof(float) : 0);
+    } else {
+      pick(segmentsKernel, static_cast<unsigned>(std::min<size_t>(nb, 65535)),
+           32 * static_cast<unsigned>((block + 255) / 256), 0);
+    }
+  };
+  if (block <= 2048) {
+    if (bits == 8)
+      launch(quantizeWarpKernel<8>, quantizeSegmentsKernel<8>);
+    else if (bits == 4)
+      launch(quantizeWarpKernel<4>, quantizeSegmentsKernel<4>);
+    else
+      launch(quantizeWarpKernel<1>, quantizeSegmentsKernel<1>);
+  } else {
     quantizeKernel<<<static_cast<unsigned>(std::min<size_t>(nb, 65535)), kThreads, 0, st>>>(
         data, add, n, bits, block, seed32(seed), codes, scales, errorFeedback);
+  }
   AC_CUDA_LAUNCHED();
 }
 

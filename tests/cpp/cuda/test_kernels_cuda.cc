@@ -199,28 +199,43 @@ TEST(CudaKernels, PackUnpackAndCastsEqualCpu) {
 
 TEST(CudaKernels, QuantizeDequantizeEqualCpu) {
   REQUIRE_DEVICE();
+  // Every kernel shape: blocks of 1, 2, 4 and 8 chunks per lane (8..2048),
+  // block sizes with a tail past 32i (24, 40: the 1-bit mean's tail), the
+  // thread-block kernel (4096); partial last blocks and chunks; inputs at a
+  // 4-byte offset (no vector accesses).
   for (int bits : {8, 4, 1}) {
-    for (size_t n : {size_t{1}, size_t{257}, size_t{100003}}) {
-      for (int ef = 0; ef < 2; ++ef) {
-        const size_t block = 256;
-        auto data = randomFloats(n, 30, 0.1f);
-        const auto grad = randomFloats(n, 31);
-        std::vector<uint8_t> codes(kernels::quantCodeBytes(n, bits, block));
-        std::vector<float> scales(kernels::quantBlocks(n, block));
-        auto cpuData = data;
-        kernels::quantize(cpuData.data(), ef ? grad.data() : nullptr, n, bits, block, 77, codes.data(), scales.data(),
-                          ef);
-        Dev<float> dd(data), dg(grad), ds(scales.size());
-        Dev<uint8_t> dc(codes.size());
-        kc::quantize(dd.get(), ef ? dg.get() : nullptr, n, bits, block, 77, dc.get(), ds.get(), ef, nullptr);
-        ASSERT_EQ(dc.download(), codes) << "bits=" << bits << " n=" << n << " ef=" << ef;
-        ASSERT_EQ(ds.download(), scales);
-        ASSERT_EQ(dd.download(), cpuData);
-        std::vector<float> out = randomFloats(n, 32), cpuOut = out;
-        kernels::dequantize(codes.data(), scales.data(), n, bits, block, 0.5f, true, cpuOut.data());
-        Dev<float> dout(out);
-        kc::dequantize(dc.get(), ds.get(), n, bits, block, 0.5f, true, dout.get(), nullptr);
-        ASSERT_EQ(dout.download(), cpuOut);
+    for (size_t block : {size_t{8}, size_t{24}, size_t{40}, size_t{256}, size_t{512}, size_t{1024}, size_t{2048},
+                         size_t{4096}}) {
+      for (size_t n : {size_t{1}, size_t{257}, size_t{100003}}) {
+        for (int ef = 0; ef < 2; ++ef) {
+          for (size_t off : {size_t{0}, size_t{1}}) {
+            auto data = randomFloats(n + off, 30, 0.1f);
+            const auto grad = randomFloats(n + off, 31);
+            std::vector<uint8_t> codes(kernels::quantCodeBytes(n, bits, block));
+            std::vector<float> scales(kernels::quantBlocks(n, block));
+            auto cpuData = data;
+            kernels::quantize(cpuData.data() + off, ef ? grad.data() + off : nullptr, n, bits, block, 77, codes.data(),
+                              scales.data(), ef);
+            Dev<float> dd(data), dg(grad), ds(scales.size());
+            Dev<uint8_t> dc(codes.size() + off);
+            kc::quantize(dd.get() + off, ef ? dg.get() + off : nullptr, n, bits, block, 77, dc.get() + off, ds.get(), ef,
+                         nullptr);
+            auto gotCodes = dc.download();
+            gotCodes.erase(gotCodes.begin(), gotCodes.begin() + static_cast<std::ptrdiff_t>(off));
+            const std::string where = "bits=" + std::to_string(bits) + " block=" + std::to_string(block) +
+                                      " n=" + std::to_string(n) + " ef=" + std::to_string(ef) + " off=" +
+                                      std::to_string(off);
+            ASSERT_EQ(gotCodes, codes) << where;
+            ASSERT_EQ(ds.download(), scales) << where;
+            ASSERT_EQ(dd.download(), cpuData) << where;
+            if (off) continue;
+            std::vector<float> out = randomFloats(n, 32), cpuOut = out;
+            kernels::dequantize(codes.data(), scales.data(), n, bits, block, 0.5f, true, cpuOut.data());
+            Dev<float> dout(out);
+            kc::dequantize(dc.get(), ds.get(), n, bits, block, 0.5f, true, dout.get(), nullptr);
+            ASSERT_EQ(dout.download(), cpuOut) << where;
+          }
+        }
       }
     }
   }
