@@ -83,7 +83,7 @@ __global__ void reduceKernel(T* out, const T* a, const T* b, size_t n, Scale s) 
   for (size_t i = nv * V + first; i < n; i += stride) out[i] = store<T>(s.apply(Op::apply(load(a[i]), load(b[i]))));
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+__host__ __device__ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 template <typename T, typename Op>
 void launchReduce(void* dst, const void* a, const void* b, size_t n, Scale s, cudaStream_t st) {
@@ -257,13 +257,33 @@ struct Chunk {
 };
 constexpr size_t kChunkElems = 16384;
 
+// A thread block per chunk. Chunks whose source and destination are both
+// 16-byte aligned (every chunk of tensors whose sizes keep the packed offsets
+// aligned) move 16-byte vectors: one element per thread per load left each
+// thread a single 4-byte load in flight (packing 64 tensors ran at 44-56% of
+// the copy rate). Others go element by element.
 template <typename T>
 __global__ void multiTensorKernel(const Chunk* chunks, size_t nChunks, Scale s) {
+  constexpr int V = 16 / sizeof(T);
   for (size_t c = blockIdx.x; c < nChunks; c += gridDim.x) {
     const Chunk ch = chunks[c];
     const T* in = static_cast<const T*>(ch.src);
     T* out = static_cast<T*>(ch.dst);
-    for (size_t i = threadIdx.x; i < ch.count; i += blockDim.x) out[i] = store<T>(s.apply(load(in[i])));
+    size_t done = 0;
+    if (aligned16(in) && aligned16(out)) {
+      const size_t nv = ch.count / V;
+      const auto* iv = reinterpret_cast<const Vec<T, V>*>(in);
+      auto* ov = reinterpret_cast<Vec<T, V>*>(out);
+      for (size_t i = threadIdx.x; i < nv; i += blockDim.x) {
+        const Vec<T, V> x = iv[i];
+        Vec<T, V> r;
+#pragma unroll
+        for (int t = 0; t < V; ++t) r.v[t] = store<T>(s.apply(load(x.v[t])));
+        ov[i] = r;
+      }
+      done = nv * V;
+    }
+    for (size_t i = done + threadIdx.x; i < ch.count; i += blockDim.x) out[i] = store<T>(s.apply(load(in[i])));
   }
 }
 

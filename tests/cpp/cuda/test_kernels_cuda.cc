@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -152,35 +153,58 @@ TEST(CudaKernels, ReducePeersEqualsCpuChain) {
   }
 }
 
+// Bytes of `count` random values of dt (float32/64, or float16/bfloat16 from floats).
+std::vector<uint8_t> randomOfType(DataType dt, size_t count, uint32_t seed) {
+  const auto f = randomFloats(count, seed, 3.0f);
+  std::vector<uint8_t> out(count * elementSize(dt));
+  for (size_t i = 0; i < count; ++i) {
+    if (dt == DataType::Float32) {
+      std::memcpy(out.data() + 4 * i, &f[i], 4);
+    } else if (dt == DataType::Float64) {
+      const double d = f[i];
+      std::memcpy(out.data() + 8 * i, &d, 8);
+    } else {
+      const uint16_t h = dt == DataType::Float16 ? floatToHalf(f[i]) : floatToBf16(f[i]);
+      std::memcpy(out.data() + 2 * i, &h, 2);
+    }
+  }
+  return out;
+}
+
 TEST(CudaKernels, PackUnpackAndCastsEqualCpu) {
   REQUIRE_DEVICE();
-  const std::vector<size_t> counts = {5, 0, 40000, 17};
-  std::vector<std::vector<float>> host;
-  std::vector<std::unique_ptr<Dev<float>>> dev;
-  std::vector<const void*> hp, dp;
-  size_t total = 0;
-  for (size_t i = 0; i < counts.size(); ++i) {
-    host.push_back(randomFloats(counts[i], 10 + static_cast<uint32_t>(i)));
-    dev.push_back(std::make_unique<Dev<float>>(host.back()));
-    hp.push_back(host.back().data());
-    dp.push_back(dev.back()->get());
-    total += counts[i];
+  // Counts that leave packed offsets misaligned (5: later tensors start at
+  // 20 bytes) and counts that keep every chunk 16-byte aligned (vector path),
+  // both with partial last chunks (kernels::cuda chunks 16384 elements).
+  for (const std::vector<size_t>& counts :
+       {std::vector<size_t>{5, 0, 40000, 17}, std::vector<size_t>{16, 40960, 24, 3, 64}}) {
+    for (DataType dt : {DataType::Float32, DataType::Float64, DataType::Float16, DataType::BFloat16}) {
+      const size_t es = elementSize(dt);
+      std::vector<std::vector<uint8_t>> host;
+      std::vector<std::unique_ptr<Dev<uint8_t>>> dev;
+      std::vector<const void*> hp, dp;
+      size_t total = 0;
+      for (size_t i = 0; i < counts.size(); ++i) {
+        host.push_back(randomOfType(dt, counts[i], 10 + static_cast<uint32_t>(i)));
+        dev.push_back(std::make_unique<Dev<uint8_t>>(host.back()));
+        hp.push_back(host.back().data());
+        dp.push_back(dev.back()->get());
+        total += counts[i];
+      }
+      const std::string where = std::string(dataTypeName(dt)) + " counts[1]=" + std::to_string(counts[1]);
+      std::vector<uint8_t> want(total * es);
+      kernels::packScaled(hp.data(), counts.data(), counts.size(), want.data(), dt, FinalScale::divide(3));
+      Dev<uint8_t> packed(total * es);
+      kc::packScaled(dp.data(), counts.data(), counts.size(), packed.get(), dt, FinalScale::divide(3), nullptr);
+      ASSERT_EQ(packed.download(), want) << where;
+      std::vector<void*> outs, houts;
+      for (auto& d : dev) outs.push_back(d->get());
+      for (auto& h : host) houts.push_back(h.data());
+      kc::unpackScaled(packed.get(), outs.data(), counts.data(), counts.size(), dt, FinalScale::multiply(3), nullptr);
+      kernels::unpackScaled(want.data(), houts.data(), counts.data(), counts.size(), dt, FinalScale::multiply(3));
+      for (size_t i = 0; i < counts.size(); ++i) ASSERT_EQ(dev[i]->download(), host[i]) << where << " tensor " << i;
+    }
   }
-  std::vector<float> want(total);
-  kernels::packScaled(hp.data(), counts.data(), counts.size(), want.data(), DataType::Float32, FinalScale::divide(4));
-  Dev<float> packed(total);
-  kc::packScaled(dp.data(), counts.data(), counts.size(), packed.get(), DataType::Float32, FinalScale::divide(4),
-                 nullptr);
-  ASSERT_EQ(packed.download(), want);
-  std::vector<void*> outs;
-  for (auto& d : dev) outs.push_back(d->get());
-  kc::unpackScaled(packed.get(), outs.data(), counts.data(), counts.size(), DataType::Float32,
-                   FinalScale::multiply(4), nullptr);
-  std::vector<void*> houts;
-  for (auto& h : host) houts.push_back(h.data());
-  kernels::unpackScaled(want.data(), houts.data(), counts.data(), counts.size(), DataType::Float32,
-                        FinalScale::multiply(4));
-  for (size_t i = 0; i < counts.size(); ++i) ASSERT_EQ(dev[i]->download(), host[i]) << i;
 
   const auto x = randomFloats(10007, 20, 1000.0f);
   for (DataType dt : {DataType::Float16, DataType::BFloat16}) {
