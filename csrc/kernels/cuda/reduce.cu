@@ -249,55 +249,85 @@ __global__ void scaleKernel(T* out, const T* in, size_t n, Scale s) {
     out[i] = store<T>(s.apply(load(in[i])));
 }
 
-// One entry per chunk of one tensor: the multi-tensor kernels' work list.
-struct Chunk {
-  const void* src;
-  void* dst;
-  size_t count;
-};
+// The multi-tensor kernels' work list, passed by value as the kernel's
+// argument (apex's multi_tensor_apply does the same): up to kListTensors
+// tensors per launch, each cut into chunks of kChunkElems, a thread block per
+// chunk. (A per-chunk table in device memory cost an allocation and a
+// pageable upload per call, ~0.1 ms for 64 tensors.) Fits the 4 KiB a kernel
+// argument may take on every architecture.
+constexpr int kListTensors = 96;
 constexpr size_t kChunkElems = 16384;
+struct TensorList {
+  const void* src[kListTensors];
+  void* dst[kListTensors];
+  size_t count[kListTensors];
+  size_t firstChunk[kListTensors + 1];  // prefix sums of the tensors' chunk counts
+  int n;
+};
+static_assert(sizeof(TensorList) <= 4096, "kernel arguments are limited to 4 KiB");
 
-// A thread block per chunk. Chunks whose source and destination are both
-// 16-byte aligned (every chunk of tensors whose sizes keep the packed offsets
-// aligned) move 16-byte vectors: one element per thread per load left each
-// thread a single 4-byte load in flight (packing 64 tensors ran at 44-56% of
-// the copy rate). Others go element by element.
+// Chunks whose source and destination are both 16-byte aligned (every chunk
+// of tensors whose sizes keep the packed offsets aligned) move 16-byte
+// vectors: one element per thread per load left each thread a single 4-byte
+// load in flight. Others go element by element.
 template <typename T>
-__global__ void multiTensorKernel(const Chunk* chunks, size_t nChunks, Scale s) {
+__global__ void multiTensorKernel(TensorList list, Scale s) {
   constexpr int V = 16 / sizeof(T);
-  for (size_t c = blockIdx.x; c < nChunks; c += gridDim.x) {
-    const Chunk ch = chunks[c];
-    const T* in = static_cast<const T*>(ch.src);
-    T* out = static_cast<T*>(ch.dst);
+  const size_t chunks = list.firstChunk[list.n];
+  for (size_t c = blockIdx.x; c < chunks; c += gridDim.x) {
+    int t = 0;  // the tensor holding chunk c: the last t with firstChunk[t] <= c
+    for (int step = kListTensors / 2 + 1; step > 0; step /= 2)
+      while (t + step < list.n && list.firstChunk[t + step] <= c) t += step;
+    const size_t begin = (c - list.firstChunk[t]) * kChunkElems;
+    const size_t count = list.count[t] - begin < kChunkElems ? list.count[t] - begin : kChunkElems;
+    const T* in = static_cast<const T*>(list.src[t]) + begin;
+    T* out = static_cast<T*>(list.dst[t]) + begin;
     size_t done = 0;
     if (aligned16(in) && aligned16(out)) {
-      const size_t nv = ch.count / V;
+      const size_t nv = count / V;
       const auto* iv = reinterpret_cast<const Vec<T, V>*>(in);
       auto* ov = reinterpret_cast<Vec<T, V>*>(out);
       for (size_t i = threadIdx.x; i < nv; i += blockDim.x) {
         const Vec<T, V> x = iv[i];
         Vec<T, V> r;
 #pragma unroll
-        for (int t = 0; t < V; ++t) r.v[t] = store<T>(s.apply(load(x.v[t])));
+        for (int e = 0; e < V; ++e) r.v[e] = store<T>(s.apply(load(x.v[e])));
         ov[i] = r;
       }
       done = nv * V;
     }
-    for (size_t i = done + threadIdx.x; i < ch.count; i += blockDim.x) out[i] = store<T>(s.apply(load(in[i])));
+    for (size_t i = done + threadIdx.x; i < count; i += blockDim.x) out[i] = store<T>(s.apply(load(in[i])));
   }
 }
 
+// Tensor i reads srcs[i] (or the packed source at its offset) and writes
+// dsts[i] (or the packed destination at its offset); empty tensors are
+// skipped; a launch per kListTensors tensors.
 template <typename T>
-void launchMulti(const std::vector<Chunk>& chunks, Scale s, cudaStream_t st) {
-  if (chunks.empty()) return;
-  Chunk* dev = nullptr;
-  const size_t bytes = chunks.size() * sizeof(Chunk);
-  AC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&dev), bytes, st));
-  // Pageable source: the call returns once the table was staged, so `chunks` may go.
-  AC_CUDA_CHECK(cudaMemcpyAsync(dev, chunks.data(), bytes, cudaMemcpyHostToDevice, st));
-  multiTensorKernel<T><<<gridFor(chunks.size() * kThreads), kThreads, 0, st>>>(dev, chunks.size(), s);
-  AC_CUDA_LAUNCHED();
-  AC_CUDA_CHECK(cudaFreeAsync(dev, st));
+void launchMulti(const void* const* srcs, void* const* dsts, const size_t* counts, size_t n, const void* packedSrc,
+                 void* packedDst, Scale s, cudaStream_t st) {
+  TensorList list{};
+  auto flush = [&] {
+    if (list.n == 0) return;
+    multiTensorKernel<T><<<gridFor(list.firstChunk[list.n] * kThreads), kThreads, 0, st>>>(list, s);
+    AC_CUDA_LAUNCHED();
+    list = TensorList{};
+  };
+  size_t offset = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const size_t count = counts[i];
+    const size_t at = offset;
+    offset += count;
+    if (count == 0) continue;
+    const int k = list.n;
+    list.src[k] = srcs ? srcs[i] : static_cast<const T*>(packedSrc) + at;
+    list.dst[k] = dsts ? dsts[i] : static_cast<T*>(packedDst) + at;
+    list.count[k] = count;
+    list.firstChunk[k + 1] = list.firstChunk[k] + (count + kChunkElems - 1) / kChunkElems;
+    list.n = k + 1;
+    if (list.n == kListTensors) flush();
+  }
+  flush();
 }
 
 template <typename F>
@@ -311,25 +341,6 @@ void dispatchFloat(DataType dt, const char* what, F&& f) {
   }
   throw InvalidArgument(strCat("CUDA ", what, ": dtype ", dataTypeName(dt),
                                " is not supported on the device (float32, float64, float16, bfloat16)"));
-}
-
-std::vector<Chunk> chunksOf(const void* const* srcs, void* const* dsts, const size_t* counts, size_t n,
-                            const void* packedSrc, void* packedDst, size_t es) {
-  std::vector<Chunk> out;
-  size_t offset = 0;
-  for (size_t i = 0; i < n; ++i) {
-    for (size_t c = 0; c < counts[i]; c += kChunkElems) {
-      const size_t len = counts[i] - c < kChunkElems ? counts[i] - c : kChunkElems;
-      const size_t at = (offset + c) * es;
-      Chunk ch;
-      ch.src = srcs ? static_cast<const uint8_t*>(srcs[i]) + c * es : static_cast<const uint8_t*>(packedSrc) + at;
-      ch.dst = dsts ? static_cast<uint8_t*>(dsts[i]) + c * es : static_cast<uint8_t*>(packedDst) + at;
-      ch.count = len;
-      out.push_back(ch);
-    }
-    offset += counts[i];
-  }
-  return out;
 }
 
 __global__ void toHalfKernel(const float* src, __half* dst, size_t n, float scale) {
@@ -418,7 +429,7 @@ void packScaled(const void* const* srcs, const size_t* counts, size_t n, void* d
                 Stream stream) {
   dispatchFloat(dt, "pack", [&](auto tag) {
     using T = decltype(tag);
-    launchMulti<T>(chunksOf(srcs, nullptr, counts, n, nullptr, dst, sizeof(T)), scaleOf(scale), asStream(stream));
+    launchMulti<T>(srcs, nullptr, counts, n, nullptr, dst, scaleOf(scale), asStream(stream));
   });
 }
 
@@ -426,7 +437,7 @@ void unpackScaled(const void* src, void* const* dsts, const size_t* counts, size
                   Stream stream) {
   dispatchFloat(dt, "unpack", [&](auto tag) {
     using T = decltype(tag);
-    launchMulti<T>(chunksOf(nullptr, dsts, counts, n, src, nullptr, sizeof(T)), scaleOf(scale), asStream(stream));
+    launchMulti<T>(nullptr, dsts, counts, n, src, nullptr, scaleOf(scale), asStream(stream));
   });
 }
 

@@ -176,8 +176,11 @@ TEST(CudaKernels, PackUnpackAndCastsEqualCpu) {
   // Counts that leave packed offsets misaligned (5: later tensors start at
   // 20 bytes) and counts that keep every chunk 16-byte aligned (vector path),
   // both with partial last chunks (kernels::cuda chunks 16384 elements).
+  // And 250 tensors (zeros among them): more than one launch's list.
+  std::vector<size_t> many;
+  for (size_t i = 0; i < 250; ++i) many.push_back(i % 9 == 0 ? 0 : (i * 37) % 50 + (i == 100 ? 20000 : 0));
   for (const std::vector<size_t>& counts :
-       {std::vector<size_t>{5, 0, 40000, 17}, std::vector<size_t>{16, 40960, 24, 3, 64}}) {
+       {std::vector<size_t>{5, 0, 40000, 17}, std::vector<size_t>{16, 40960, 24, 3, 64}, many}) {
     for (DataType dt : {DataType::Float32, DataType::Float64, DataType::Float16, DataType::BFloat16}) {
       const size_t es = elementSize(dt);
       std::vector<std::vector<uint8_t>> host;
