@@ -1,8 +1,9 @@
-// CUDA compression kernels: block quantization with error feedback fused
-// (a warp per quantization block of up to 256, a thread block per one of up
-// to 2048; data held in registers: one read, one write), top-k by radix selection, DGC's sampled top-k, random-k. Contracts
-// and bit-exact arithmetic: the CPU twins in kernels/cpu/compress.cc (read
-// that file's comments for the why).
+// CUDA compression kernels: block quantization with error feedback fused (a
+// warp per quantization block of up to 256, a thread block per one of up to
+// 2048; data held in registers: one read, one write), top-k by radix
+// selection, DGC's sampled top-k, random-k. Contracts and bit-exact
+// arithmetic: the CPU twins in kernels/cpu/compress.cc (read that file's
+// comments for the why).
 //
 // Top-k on the device, in (magnitude key, lower index first) order as on the
 // CPU, with no host round trip before the end: a 4096-bin histogram of the
@@ -91,8 +92,12 @@ void sortKeys(const K* in, K* out, size_t n, bool descending, cudaStream_t st, i
 // u in [0, 1) from 16 bits of a pair's hash: the CPU's float(h16) * 2^-16,
 // built from the bits (1 + h16 * 2^-16, minus 1: both exact) instead of an
 // int-to-float conversion, which runs at an eighth of the FP32 rate.
-__device__ __forceinline__ float uniformLow(uint32_t h) { return __uint_as_float(0x3f800000u | ((h & 0xffffu) << 7)) - 1.0f; }
-__device__ __forceinline__ float uniformHigh(uint32_t h) { return __uint_as_float(0x3f800000u | ((h >> 16) << 7)) - 1.0f; }
+__device__ __forceinline__ float uniformLow(uint32_t h) {
+  return __uint_as_float(0x3f800000u | ((h & 0xffffu) << 7)) - 1.0f;
+}
+__device__ __forceinline__ float uniformHigh(uint32_t h) {
+  return __uint_as_float(0x3f800000u | ((h >> 16) << 7)) - 1.0f;
+}
 
 // The CPU's q = clamp(floor(v * inv + u), -L, L), with one float-to-int
 // conversion that rounds down (-fmad=false: the multiply and the add are
@@ -239,11 +244,13 @@ __device__ __forceinline__ void storeAbs(float* absx, unsigned c, const float (&
 // Blocks of up to 256 elements: one warp per quantization block, each lane
 // one chunk of 8 consecutive elements in registers, so the data is read once
 // and (with error feedback or a fused add) written once. Bits is a template
-// parameter so each width carries only its own code (the registers decide
-// the occupancy). `vec`: data/add 16-byte and codes 8-byte aligned.
+// parameter so each width carries only its own code; the launch bounds hold
+// it to 40 registers (12 blocks of 4 warps per SM: occupancy is what hides
+// the load latency here). `vec`: data/add 16-byte and codes 8-byte aligned.
 template <int Bits>
-__global__ void __launch_bounds__(128, 12) quantizeWarpKernel(float* data, const float* add, size_t n, size_t block, uint32_t s32,
-                                   uint8_t* codes, float* scales, bool ef, bool vec) {
+__global__ void __launch_bounds__(128, 12)
+    quantizeWarpKernel(float* data, const float* add, size_t n, size_t block, uint32_t s32, uint8_t* codes,
+                       float* scales, bool ef, bool vec) {
   extern __shared__ float4 absShared[];  // Bits == 1: `block` floats per warp
   const unsigned lane = threadIdx.x & 31;
   const unsigned warp = threadIdx.x >> 5;
