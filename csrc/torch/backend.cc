@@ -903,7 +903,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce(std::vector<at::Tensor>& ten
     o.root = root;
     algorithms::reduce(ctx, o);
     if (rank_ == root) unstage(t, buf);
-  });
+  }, v.count * elementSize(v.dt) <= kInlineMaxBytes);
 }
 
 namespace {

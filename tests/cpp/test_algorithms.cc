@@ -137,20 +137,22 @@ TEST_P(WorldSize, ReduceToEveryRootLeavesOthersUntouched) {
     uint64_t seq = 0;
     for (int root = 0; root < n; ++root) {
       for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max, ReduceOp::Avg}) {
-        const size_t count = 37;
-        std::vector<float> buf(count);
-        for (size_t j = 0; j < count; ++j) buf[j] = input(t.rank(), j);
-        Context ctx = makeCtx(t, ++seq, CollectiveKind::Reduce, DataType::Float32, op, count);
-        ReduceOptions o;
-        o.data = buf.data();
-        o.count = count;
-        o.root = root;
-        reduce(ctx, o);
-        for (size_t j = 0; j < count; ++j) {
-          if (t.rank() == root) {
-            ASSERT_NEAR(buf[j], expectedReduce(op, n, j), 1e-5);
-          } else {
-            ASSERT_EQ(buf[j], input(t.rank(), j));
+        // 37: small, run as an all-reduce; 8200 (32.8 KB): the ring reduce-scatter to the root.
+        for (size_t count : {size_t{37}, size_t{8200}}) {
+          std::vector<float> buf(count);
+          for (size_t j = 0; j < count; ++j) buf[j] = input(t.rank(), j);
+          Context ctx = makeCtx(t, ++seq, CollectiveKind::Reduce, DataType::Float32, op, 0, 4096);
+          ReduceOptions o;
+          o.data = buf.data();
+          o.count = count;
+          o.root = root;
+          reduce(ctx, o);
+          for (size_t j = 0; j < count; ++j) {
+            if (t.rank() == root) {
+              ASSERT_NEAR(buf[j], expectedReduce(op, n, j), 1e-5) << "count " << count;
+            } else {
+              ASSERT_EQ(buf[j], input(t.rank(), j)) << "count " << count;
+            }
           }
         }
       }

@@ -238,19 +238,28 @@ TEST_P(ShmWorld, ReduceGatherScatterBothPaths) {
       for (int root = 0; root < n; ++root) {
         for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max}) {
           for (size_t count : kCounts) {
-            std::vector<float> buf(count);
-            for (size_t j = 0; j < count; ++j) buf[j] = input(r, j);
-            const auto before = buf;
-            Context ctx = rk.ctx(CollectiveKind::Reduce, DataType::Float32, op, count);
-            ReduceOptions o;
-            o.data = buf.data();
-            o.count = count;
-            o.root = root;
-            reduceShm(ctx, o, path);
-            if (r == root) {
-              for (size_t j = 0; j < count; ++j) ASSERT_NEAR(buf[j], expectedReduce(op, n, j), 1e-5) << j;
-            } else {
-              ASSERT_EQ(buf, before) << "a non-root's buffer is left alone";
+            // Through the path, and (once) through the entry point reduce(),
+            // which runs these small messages as an all-reduce (flat slots).
+            for (bool entry : {false, true}) {
+              if (entry && path != Path::ShmStaged) continue;
+              std::vector<float> buf(count);
+              for (size_t j = 0; j < count; ++j) buf[j] = input(r, j);
+              const auto before = buf;
+              Context ctx = rk.ctx(CollectiveKind::Reduce, DataType::Float32, op, count);
+              ReduceOptions o;
+              o.data = buf.data();
+              o.count = count;
+              o.root = root;
+              if (entry)
+                reduce(ctx, o);
+              else
+                reduceShm(ctx, o, path);
+              if (r == root) {
+                for (size_t j = 0; j < count; ++j)
+                  ASSERT_NEAR(buf[j], expectedReduce(op, n, j), 1e-5) << j << " entry " << entry;
+              } else {
+                ASSERT_EQ(buf, before) << "a non-root's buffer is left alone (entry " << entry << ")";
+              }
             }
           }
         }
