@@ -951,7 +951,8 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter(std::vector<at::Tens
                              auto ctx = makeContext(CollectiveKind::ReduceScatter, v.dt, rop, total, d);
                              runReduceScatter(ctx, blocks, obuf);
                              unstage(out, obuf);
-                           });
+                           },
+                           total * elementSize(v.dt) <= kInlineMaxBytes);
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::_reduce_scatter_base(at::Tensor& output, at::Tensor& input,
@@ -1173,7 +1174,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::gather(std::vector<std::vector<at::
     }
     algorithms::gather(ctx, o);
     for (size_t k = 0; k < outs.size(); ++k) unstage(originals[k], outs[k]);
-  });
+  }, static_cast<size_t>(in.nbytes()) * (rank_ == root ? size_ : 1) <= kInlineMaxBytes);
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::scatter(std::vector<at::Tensor>& outputs,
@@ -1203,7 +1204,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::scatter(std::vector<at::Tensor>& ou
     }
     algorithms::scatter(ctx, o);
     unstage(out, obuf);
-  });
+  }, static_cast<size_t>(obuf.nbytes()) * (rank_ == root ? size_ : 1) <= kInlineMaxBytes);
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall_base(at::Tensor& output, at::Tensor& input,
@@ -1316,7 +1317,8 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall(std::vector<at::Tensor>& o
                                const_cast<at::Tensor&>(t).copy_(out.narrow(0, pos, t.numel()).view(t.sizes()));
                                pos += t.numel();
                              }
-                           });
+                           },
+                           std::max(in.nbytes(), out.nbytes()) <= kInlineMaxBytes);
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::barrier(const c10d::BarrierOptions& opts) {
