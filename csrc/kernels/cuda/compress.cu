@@ -241,6 +241,28 @@ __device__ __forceinline__ void storeAbs(float* absx, unsigned c, const float (&
   a4[1] = make_float4(fabsf(v[4]), fabsf(v[5]), fabsf(v[6]), fabsf(v[7]));
 }
 
+// Quantization block blk as one thread sees it: where it starts, its length
+// and whether chunk c (this thread's) exists; the chunk is loaded into v
+// (zeros where it does not exist, padding 0).
+struct QuantBlock {
+  size_t b0;
+  unsigned m;
+  bool mine;
+  float* x;
+};
+__device__ __forceinline__ QuantBlock loadQuantBlock(float (&v)[8], float* data, const float* add, size_t n,
+                                                     size_t block, size_t blk, unsigned c, bool vec) {
+  QuantBlock q;
+  q.b0 = blk * block;
+  q.m = static_cast<unsigned>(n - q.b0 < block ? n - q.b0 : block);
+  q.mine = c < (q.m + 7) / 8;
+  q.x = data + q.b0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) v[e] = 0.0f;
+  if (q.mine) loadChunk(v, q.x, add ? add + q.b0 : nullptr, c, q.m, vec);
+  return q;
+}
+
 // Blocks of up to 256 elements: one warp per quantization block, each lane
 // one chunk of 8 consecutive elements in registers, so the data is read once
 // and (with error feedback or a fused add) written once. Bits is a template
@@ -259,12 +281,8 @@ __global__ void __launch_bounds__(128, 12)
   const size_t nb = (n + block - 1) / block;
   const size_t blockBytes = blockCodeBytes(block, Bits);
   for (size_t blk = static_cast<size_t>(blockIdx.x) * (blockDim.x >> 5) + warp; blk < nb; blk += warps) {
-    const size_t b0 = blk * block;
-    const unsigned m = static_cast<unsigned>(n - b0 < block ? n - b0 : block);  // <= 256
-    const bool mine = lane < (m + 7) / 8;
-    float* x = data + b0;
-    float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (mine) loadChunk(v, x, add ? add + b0 : nullptr, lane, m, vec);
+    float v[8];
+    const auto [b0, m, mine, x] = loadQuantBlock(v, data, add, n, block, blk, lane, vec);  // m <= 256
     BlockScale sc{};
     if constexpr (Bits == 1) {
       if (mine) storeAbs(absx, lane, v);
@@ -303,12 +321,8 @@ __global__ void quantizeSegmentsKernel(float* data, const float* add, size_t n, 
   const size_t nb = (n + block - 1) / block;
   const size_t blockBytes = blockCodeBytes(block, Bits);
   for (size_t blk = blockIdx.x; blk < nb; blk += gridDim.x) {
-    const size_t b0 = blk * block;
-    const unsigned m = static_cast<unsigned>(n - b0 < block ? n - b0 : block);  // <= 2048
-    const bool mine = c < (m + 7) / 8;
-    float* x = data + b0;
-    float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (mine) loadChunk(v, x, add ? add + b0 : nullptr, c, m, vec);
+    float v[8];
+    const auto [b0, m, mine, x] = loadQuantBlock(v, data, add, n, block, blk, c, vec);  // m <= 2048
     BlockScale sc{};
     if constexpr (Bits == 1) {
       if (mine) storeAbs(absx, c, v);
