@@ -37,17 +37,20 @@ void reduce(Context& ctx, const ReduceOptions& opts) {
   // TCP ring 1.9 ms vs slots 3.8 ms; 4 MiB 10.4 vs 2.3 ms; 64 MiB 210 vs 32-62
   // ms): the ring lets ranks run ahead, the slots sync every round.
   const bool forced = !forcedAlgo("reduce").empty();
+  // The buffer the all-reduce or the ring works in: the root's own, a copy
+  // on the others so their input stays untouched.
+  std::vector<uint8_t> scratch;
+  auto workBuffer = [&] {
+    auto* data = static_cast<uint8_t*>(opts.data);
+    if (isRoot) return data;
+    scratch.assign(data, data + opts.count * es);
+    return scratch.data();
+  };
   const size_t asAllReduceMax =
       ctx.shm != nullptr && ctx.topo == nullptr ? kReduceAsAllReduceShmMaxBytes : kReduceAsAllReduceTcpMaxBytes;
   if (!forced && n > 1 && opts.count * es <= asAllReduceMax) {
-    std::vector<uint8_t> scratch;  // a non-root's input stays untouched
-    void* data = opts.data;
-    if (!isRoot) {
-      scratch.assign(static_cast<const uint8_t*>(opts.data), static_cast<const uint8_t*>(opts.data) + opts.count * es);
-      data = scratch.data();
-    }
     AllReduceOptions ar;
-    ar.data = data;
+    ar.data = workBuffer();
     ar.count = opts.count;
     ar.premulFactor = opts.premulFactor;
     allReduce(ctx, ar);
@@ -55,12 +58,7 @@ void reduce(Context& ctx, const ReduceOptions& opts) {
   }
   if (forced || opts.count * es >= kShmReduceMinBytes)
     if (Path p = choosePath(ctx, "reduce", opts.count * es); p != Path::Tcp) return reduceShm(ctx, opts, p);
-  std::vector<uint8_t> scratch;
-  uint8_t* base = static_cast<uint8_t*>(opts.data);
-  if (!isRoot) {
-    scratch.assign(base, base + opts.count * es);
-    base = scratch.data();
-  }
+  uint8_t* base = workBuffer();
   detail::RingBlocks rb;
   std::vector<uint8_t*> blocks(n);
   for (int k = 0; k < n; ++k) {

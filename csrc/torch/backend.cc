@@ -1345,11 +1345,11 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::send(std::vector<at::Tensor>& tenso
   auto work = c10::make_intrusive<AgentWork>(rank_, c10d::OpType::SEND, "agentcomm:send",
                                              std::vector<at::Tensor>{stage ? stage->original(tensors[0]) : tensors[0]},
                                              timeout_, stage);
+  const transport::Header header = p2pHeader(v.dt, static_cast<uint32_t>(tag), v.count, buf.nbytes());
   Job job{work,
           [=, this](Deadline d) {
             if (stage) stage->copyIn();
-            transport_->send(dstRank, p2pHeader(v.dt, static_cast<uint32_t>(tag), v.count, buf.nbytes()),
-                             buf.data_ptr(), d);
+            transport_->send(dstRank, header, buf.data_ptr(), d);
             if (stage) stage->copyOut();
           },
           timeout_};
@@ -1403,8 +1403,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::send(std::vector<at::Tensor>& tenso
     bool sent = false;
     Job probe{work,
               [&](Deadline d) {
-                sent = transport_->trySend(dstRank, p2pHeader(v.dt, static_cast<uint32_t>(tag), v.count, buf.nbytes()),
-                                           buf.data_ptr(), d);
+                sent = transport_->trySend(dstRank, header, buf.data_ptr(), d);
               },
               timeout_};
     std::exception_ptr eptr = execute(probe);
