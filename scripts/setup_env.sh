@@ -29,6 +29,18 @@ if [ "${AGENTCOMM_TEST_DEPS:-0}" = "1" ]; then
 fi
 command -v ninja >/dev/null 2>&1 || pip install -q ninja
 
+if [ "${AGENTCOMM_BENCH_DEPS:-0}" = "1" ]; then
+  # The peer baseline of bench/latency_vs_mpi.py: OpenMPI (Debian) through mpi4py.
+  if ! dpkg -s openmpi-bin libopenmpi-dev >/dev/null 2>&1; then
+    echo "== installing OpenMPI (Debian openmpi-bin, libopenmpi-dev)"
+    SUDO=""
+    [ "$(id -u)" = "0" ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
+  fi
+  pip install -q "mpi4py==4.1.2"
+fi
+
 if [ "${AGENTCOMM_NEED_GTEST:-0}" = "1" ] && [ ! -f /usr/include/gtest/gtest.h ]; then
   echo "== installing GoogleTest (Debian libgtest-dev)"
   SUDO=""
