@@ -24,4 +24,9 @@ size_t envSize(const char* name, size_t fallback) {
   return static_cast<size_t>(x);
 }
 
+const char* envText(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr || *v == 0 ? nullptr : v;
+}
+
 }  // namespace agentcomm

@@ -11,6 +11,7 @@
 #include <Python.h>
 
 #include <ATen/Functions.h>
+#include <ATen/Parallel.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/util/Exception.h>
 
@@ -19,6 +20,7 @@
 
 #include "algorithms/algorithms.h"
 #include "algorithms/shm_common.h"
+#include "core/cpu_budget.h"
 #include "core/error.h"
 #include "core/env.h"
 #include "core/logging.h"
@@ -35,6 +37,17 @@ namespace {
 constexpr const char* kVersion = "0.1.0";
 // Ops up to this size may run on the calling thread (see enqueueCollective).
 constexpr size_t kInlineMaxBytes = 64 * 1024;
+
+// Whether an op may run on the calling thread (enqueueCollective's mayInline):
+// a small one always, one of any size when its caller waits for it at once
+// (torch sets opts.asyncOp = false for async_op=False calls). Either way the
+// thread that would only wait does the work, which saves the two hand-offs
+// (to the worker, back from the completion pool) that each cost a wake-up on
+// a busy CPU; async ops keep the worker so that they overlap the caller's compute.
+template <typename Options>
+bool mayRunInline(size_t bytes, const Options& opts) {
+  return bytes <= kInlineMaxBytes || !opts.asyncOp;
+}
 // A staged all_reduce of a CUDA tensor at least this large pipelines its copies.
 constexpr size_t kPipelineMinBytes = size_t{8} << 20;
 
@@ -197,6 +210,28 @@ size_t envChunkBytes() {
     if (v > 0) return static_cast<size_t>(v);
   }
   return size_t{1} << 20;
+}
+
+// Once per process, on the first group with several ranks on this host: fewer
+// intra-op threads when the host's ranks would oversubscribe its CPUs
+// (core/cpu_budget.h says why). Runs on the thread that creates the group,
+// which is the one whose OpenMP team torch's ops use (the count is per thread).
+void applyIntraOpThreadBudget(int localRanks, bool lowestLocalRank) {
+  static std::once_flag once;
+  if (localRanks < 2) return;
+  std::call_once(once, [&] {
+    const int current = at::get_num_threads();
+    auto advice = adviseIntraOpThreads(localRanks, current, usableCpus(), userChoseThreads(), intraOpThreadsSetting());
+    if (!advice) return;
+    at::set_num_threads(advice->threads);
+    const std::string line = strCat("agentcomm: torch runs ", advice->threads, " intra-op thread(s) per rank instead of ",
+                                    current, ": ", advice->reason);
+    if (lowestLocalRank) {
+      AC_LOG(Warn, line);
+    } else {
+      AC_LOG(Info, line);
+    }
+  });
 }
 
 }  // namespace
@@ -425,6 +460,11 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
     C10_THROW_ERROR(DistBackendError, e.what());
   }
   settleRendezvous(localMembers);
+  try {
+    applyIntraOpThreadBudget(static_cast<int>(localMembers.size()), !localMembers.empty() && localMembers[0] == rank);
+  } catch (const Error& e) {
+    C10_THROW_ERROR(DistBackendError, e.what());
+  }
   const std::string shmName = shm_ ? (shm_->cma() ? "shm+cma" : "shm") : "";
   transportName_ = wholeGroupShm_ ? shmName + "/tcp"
                    : topo_        ? strCat("hierarchical(", shmName.empty() ? "tcp" : shmName, ")/tcp")
@@ -810,7 +850,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce(std::vector<at::Tensor>& 
                              algorithms::allReduce(ctx, o);
                              unstage(t, buf);
                            },
-                           v.count * elementSize(v.dt) <= kInlineMaxBytes);
+                           mayRunInline(v.count * elementSize(v.dt), opts));
 }
 
 // A large CUDA tensor reduced through host memory (across hosts, or with
@@ -903,7 +943,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce(std::vector<at::Tensor>& ten
     o.root = root;
     algorithms::reduce(ctx, o);
     if (rank_ == root) unstage(t, buf);
-  }, v.count * elementSize(v.dt) <= kInlineMaxBytes);
+  }, mayRunInline(v.count * elementSize(v.dt), opts));
 }
 
 namespace {
@@ -952,7 +992,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter(std::vector<at::Tens
                              runReduceScatter(ctx, blocks, obuf);
                              unstage(out, obuf);
                            },
-                           total * elementSize(v.dt) <= kInlineMaxBytes);
+                           mayRunInline(total * elementSize(v.dt), opts));
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::_reduce_scatter_base(at::Tensor& output, at::Tensor& input,
@@ -995,7 +1035,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter_tensor_coalesced(std
                                unstage(originals[i], outs[i]);
                              }
                            },
-                           ins.size() == 1 && ins[0].numel() * ins[0].element_size() <= int64_t{kInlineMaxBytes});
+                           !opts.asyncOp || (ins.size() == 1 && mayRunInline(ins[0].nbytes(), opts)));
 }
 
 // ---------------------------------------------------------------- data movement
@@ -1019,7 +1059,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::broadcast(std::vector<at::Tensor>& 
                              algorithms::broadcast(ctx, {buf.data_ptr(), v.count, root});
                              if (rank_ != root) unstage(t, buf);
                            },
-                           v.count * elementSize(v.dt) <= kInlineMaxBytes);
+                           mayRunInline(v.count * elementSize(v.dt), opts));
 }
 
 namespace {
@@ -1145,7 +1185,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allgather_into_tensor_coalesced(std
                                unstage(originals[i], outs[i].view(originals[i].sizes()));
                              }
                            },
-                           outs.size() == 1 && outs[0].numel() * outs[0].element_size() <= int64_t{kInlineMaxBytes});
+                           !opts.asyncOp || (outs.size() == 1 && mayRunInline(outs[0].nbytes(), opts)));
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::gather(std::vector<std::vector<at::Tensor>>& outputs,
@@ -1174,7 +1214,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::gather(std::vector<std::vector<at::
     }
     algorithms::gather(ctx, o);
     for (size_t k = 0; k < outs.size(); ++k) unstage(originals[k], outs[k]);
-  }, static_cast<size_t>(in.nbytes()) * (rank_ == root ? size_ : 1) <= kInlineMaxBytes);
+  }, mayRunInline(static_cast<size_t>(in.nbytes()) * (rank_ == root ? size_ : 1), opts));
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::scatter(std::vector<at::Tensor>& outputs,
@@ -1204,7 +1244,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::scatter(std::vector<at::Tensor>& ou
     }
     algorithms::scatter(ctx, o);
     unstage(out, obuf);
-  }, static_cast<size_t>(obuf.nbytes()) * (rank_ == root ? size_ : 1) <= kInlineMaxBytes);
+  }, mayRunInline(static_cast<size_t>(obuf.nbytes()) * (rank_ == root ? size_ : 1), opts));
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall_base(at::Tensor& output, at::Tensor& input,
@@ -1265,7 +1305,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall_base(at::Tensor& output, a
                              algorithms::allToAll(ctx, o);
                              unstage(original, out);
                            },
-                           in.numel() * in.element_size() <= int64_t{kInlineMaxBytes});
+                           mayRunInline(static_cast<size_t>(in.nbytes()), opts));
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall(std::vector<at::Tensor>& outputs, std::vector<at::Tensor>& inputs,
@@ -1318,7 +1358,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::alltoall(std::vector<at::Tensor>& o
                                pos += t.numel();
                              }
                            },
-                           std::max(in.nbytes(), out.nbytes()) <= kInlineMaxBytes);
+                           mayRunInline(std::max(in.nbytes(), out.nbytes()), opts));
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::barrier(const c10d::BarrierOptions& opts) {
