@@ -459,6 +459,53 @@ TEST(ShmErrors, AbsentPeerTimesOutAndAbortWakesWaiters) {
   });
 }
 
+TEST(ShmErrors, TimeoutNamesTheRankThatNeverArrived) {
+  // Ranks 0 and 1 both arrive (the shared arrival count is 2 of 3), rank 2
+  // never does: the error must name rank 2, not the rank that did arrive.
+  std::atomic<int> named{0};
+  std::atomic<int> done{0};
+  runShm(3, 4096, true, [&](Rank& rk) {
+    if (rk.t.rank() == 2) {
+      while (done.load() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      return;
+    }
+    struct Done {
+      std::atomic<int>& n;
+      ~Done() { ++n; }  // rank 2 leaves only after both, whatever happened
+    } leave{done};
+    Context ctx = rk.ctx(CollectiveKind::Barrier);
+    ctx.deadline = transport::Clock::now() + std::chrono::milliseconds(300);
+    try {
+      barrierShm(ctx);
+      ADD_FAILURE() << "the barrier passed without rank 2";
+    } catch (const Error& e) {  // TimeoutError, or the abort of the rank that timed out first (CommError)
+      if (std::string(e.what()).find("waiting for rank 2 ") != std::string::npos) ++named;
+      else ADD_FAILURE() << e.what();
+    }
+  });
+  EXPECT_EQ(named.load(), 2);
+}
+
+TEST(Shm, ManySyncPointsInARow) {
+  // The arrival count runs on for every sync point of every rank; 3 ranks x
+  // 20000 barriers, interleaved with all-reduces that check the data.
+  runShm(3, 4096, true, [&](Rank& rk) {
+    for (int i = 0; i < 20000; ++i) {
+      Context b = rk.ctx(CollectiveKind::Barrier);
+      barrierShm(b);
+      if (i % 1000 == 0) {
+        std::vector<float> buf(5, static_cast<float>(rk.t.rank() + i));
+        Context c = rk.ctx(CollectiveKind::AllReduce, DataType::Float32, ReduceOp::Sum, buf.size());
+        AllReduceOptions o;
+        o.data = buf.data();
+        o.count = buf.size();
+        allReduce(c, o);
+        for (float v : buf) ASSERT_EQ(v, static_cast<float>(3 * i + 3));
+      }
+    }
+  });
+}
+
 TEST(ShmErrors, PeerThatNeverAttachesLeavesNoSegment) {
   const int before = countShmEntries();
   transport::HashStore store;

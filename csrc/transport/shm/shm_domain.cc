@@ -19,6 +19,7 @@
 #include <random>
 #include <sstream>
 
+#include "core/cpu_budget.h"
 #include "core/dtype.h"
 #include "core/env.h"
 #include "core/error.h"
@@ -78,15 +79,18 @@ struct ShmDomain::Header {
   uint64_t slotBytes;
   std::atomic<uint32_t> aborted;  // 0, 1 while the reason is being written, 2 once it is readable
   char reason[500];
+  // Every rank adds 1 per sync point, so sync point k is complete once it
+  // reached k * size (mod 2^32). The futex word all waiters sleep on: the
+  // last rank to arrive wakes them all with one call.
+  alignas(64) std::atomic<uint32_t> arrivals;
+  std::atomic<uint32_t> sleepers;  // ranks blocked (or about to block) on arrivals
 };
 
 // Fixed part of a rank's control block; the parity-indexed descriptors and
 // words follow it (ctlStride_ bytes per rank in all).
 struct alignas(64) ShmDomain::RankCtl {
-  std::atomic<uint32_t> counter;  // written by the owner only; futex word
-  std::atomic<uint32_t> waiters;  // peers blocked (or about to block) on counter
+  std::atomic<uint32_t> counter;  // sync points this rank passed; written by the owner only (who is missing)
   int32_t pid;
-  uint32_t pad;
 };
 
 std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int globalRank, const std::vector<int>& members,
@@ -106,6 +110,7 @@ std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int globalRank, const
   d->collapse_ = envFlag("AGENTCOMM_SHM_COLLAPSE", true);
   d->spinFor_ = std::chrono::microseconds(envSize("AGENTCOMM_SHM_SPIN_US", kSpinUs));
   d->yieldFor_ = d->spinFor_ + std::chrono::microseconds(envSize("AGENTCOMM_SHM_YIELD_US", kYieldUs));
+  d->crowded_ = size > usableCpus();
   d->maxWords_ = 2 * static_cast<size_t>(size) + 8;
   d->ctlStride_ = roundUp(sizeof(RankCtl) + 2 * (sizeof(ShmOpDesc) + d->maxWords_ * sizeof(uint64_t)), 64);
   const size_t ctlOffset = roundUp(sizeof(Header), 64);
@@ -282,60 +287,69 @@ void ShmDomain::abort(const std::string& reason) {
     std::strncpy(h->reason, reason.c_str(), sizeof(h->reason) - 1);
     h->aborted.store(2, std::memory_order_release);
   }
-  for (int r = 0; r < size_; ++r) futexWakeAll(&ctl(r)->counter);
+  futexWakeAll(&h->arrivals);
 }
 
 void ShmDomain::waitPeers(uint32_t target, Deadline deadline, const char* what) {
   auto* h = reinterpret_cast<Header*>(base_);
-  for (int j = 0; j < size_; ++j) {
-    if (j == rank_) continue;
-    std::atomic<uint32_t>& c = ctl(j)->counter;
-    auto reached = [&](uint32_t v) { return static_cast<int32_t>(v - target) >= 0; };
-    if (reached(c.load(std::memory_order_acquire))) continue;
-    // Phase 1: spin (the peer is usually running on another core right now).
-    const auto start = std::chrono::steady_clock::now();
-    bool done = false;
-    while (!done && std::chrono::steady_clock::now() - start < spinFor_) {
-      for (int i = 0; i < 32 && !done; ++i) {
+  auto reached = [&] { return static_cast<int32_t>(h->arrivals.load(std::memory_order_acquire) - target) >= 0; };
+  if (reached()) return;
+  // Phase 1: spin, when the peers run on other CPUs right now (never when the
+  // host's ranks outnumber its CPUs: the peer we wait for needs this one).
+  const auto start = std::chrono::steady_clock::now();
+  if (!crowded_) {
+    while (std::chrono::steady_clock::now() - start < spinFor_) {
+      for (int i = 0; i < 32; ++i) {
         AC_CPU_RELAX();
-        done = reached(c.load(std::memory_order_acquire));
+        if (reached()) return;
       }
     }
-    // Phase 2: yield (oversubscribed: let the peer have this core).
-    while (!done && std::chrono::steady_clock::now() - start < yieldFor_) {
-      ::sched_yield();
-      done = reached(c.load(std::memory_order_acquire));
-    }
-    // Phase 3: block on the peer's counter.
-    while (!done) {
-      if (h->aborted.load(std::memory_order_acquire) == 2) {
-        throw CommError(strCat("agentcomm: aborted: ", h->reason));
-      }
+  }
+  // Phase 2: yield (a peer that shares this CPU runs instead of us).
+  while (std::chrono::steady_clock::now() - start < yieldFor_) {
+    ::sched_yield();
+    if (reached()) return;
+  }
+  // Phase 3: block until the last rank to arrive wakes everyone.
+  const uint32_t mine = counter_;
+  while (true) {
+    if (h->aborted.load(std::memory_order_acquire) == 2) throw CommError(strCat("agentcomm: aborted: ", h->reason));
+    int missing = -1;  // the first rank that has not arrived yet
+    for (int j = 0; j < size_; ++j) {
+      if (j == rank_ || static_cast<int32_t>(ctl(j)->counter.load(std::memory_order_acquire) - mine) >= 0) continue;
+      if (missing < 0) missing = j;
       if (abortProbe_) {
         if (auto why = abortProbe_(members_[j])) fail(*why, false);
       }
-      if (Clock::now() >= deadline) {
-        fail(strCat("agentcomm: Timed out ", what, " waiting for rank ", j, " (rank ", rank_, " of ", size_,
-                    ", shared memory); the peer may be dead, stuck, or calling a different collective"),
-             true);
-      }
-      ctl(j)->waiters.fetch_add(1, std::memory_order_seq_cst);
-      uint32_t v = c.load(std::memory_order_seq_cst);
-      if (!reached(v)) futexWait(&c, v, kBlockSliceNs);
-      ctl(j)->waiters.fetch_sub(1, std::memory_order_seq_cst);
-      done = reached(c.load(std::memory_order_acquire));
     }
+    if (Clock::now() >= deadline) {
+      fail(strCat("agentcomm: Timed out ", what, " waiting for rank ", missing < 0 ? 0 : missing, " (rank ", rank_,
+                  " of ", size_, ", shared memory); the peer may be dead, stuck, or calling a different collective"),
+           true);
+    }
+    // seq_cst increment, then seq_cst load of arrivals: pairs with the last
+    // arriver's increment-then-load of sleepers (see sync), so either we see
+    // its arrival or it sees us and wakes us.
+    h->sleepers.fetch_add(1, std::memory_order_seq_cst);
+    const uint32_t v = h->arrivals.load(std::memory_order_seq_cst);
+    if (static_cast<int32_t>(v - target) < 0) futexWait(&h->arrivals, v, kBlockSliceNs);
+    h->sleepers.fetch_sub(1, std::memory_order_seq_cst);
+    if (reached()) return;
   }
 }
 
 void ShmDomain::sync(Deadline deadline, const char* what) {
-  RankCtl* mine = ctl(rank_);
+  auto* h = reinterpret_cast<Header*>(base_);
   ++counter_;
-  // seq_cst store, then seq_cst load of waiters: pairs with the waiter's
-  // increment-then-load, so either it sees the new counter or we see it waiting.
-  mine->counter.store(counter_, std::memory_order_seq_cst);
-  if (mine->waiters.load(std::memory_order_seq_cst) != 0) futexWakeAll(&mine->counter);
-  waitPeers(counter_, deadline, what);
+  ctl(rank_)->counter.store(counter_, std::memory_order_release);
+  const uint32_t target = counter_ * static_cast<uint32_t>(size_);
+  // No rank can start sync point k+1 before all finished k, so the rank whose
+  // increment makes arrivals reach k * size is the last one of sync point k.
+  if (h->arrivals.fetch_add(1, std::memory_order_seq_cst) + 1 == target) {
+    if (h->sleepers.load(std::memory_order_seq_cst) != 0) futexWakeAll(&h->arrivals);
+    return;
+  }
+  waitPeers(target, deadline, what);
 }
 
 int ShmDomain::arrive(const ShmOpDesc& d, const uint64_t* w, size_t nwords, Deadline deadline, const char* what) {

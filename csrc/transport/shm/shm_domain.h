@@ -13,9 +13,12 @@
 //
 // Synchronisation model (the invariant every shm algorithm relies on):
 //   - Every rank passes through the same sequence of sync points. A sync
-//     point bumps this rank's counter and waits until every peer's counter has
-//     reached the same value. Waiting spins briefly, yields, then blocks on a
-//     futex, so 4 ranks on 2 cores do not starve each other.
+//     point bumps this rank's counter (who has arrived, for errors), adds 1 to
+//     the domain's shared arrival count, and waits until that count says every
+//     rank arrived. Waiting spins briefly (never when the host's ranks
+//     outnumber its CPUs), yields, then blocks on a futex on the arrival
+//     count; the last rank to arrive wakes all sleepers with one call, so a
+//     sync point costs each rank at most one sleep and one wake-up.
 //   - arrive() is the sync point that starts a "round". It first writes this
 //     rank's descriptor (+ published words, e.g. buffer addresses) into
 //     parity p = round % 2, then syncs, then checks that every peer's
@@ -139,6 +142,7 @@ class ShmDomain {
   bool collapse_ = true;
   std::chrono::microseconds spinFor_{1};    // AGENTCOMM_SHM_SPIN_US
   std::chrono::microseconds yieldFor_{21};   // spin + AGENTCOMM_SHM_YIELD_US
+  bool crowded_ = false;  // more ranks on this host than CPUs to run them: waits never spin
   uint32_t counter_ = 0;  // sync points passed by this rank (mirrors ctl(rank_)->counter)
   uint64_t round_ = 0;
   std::function<std::optional<std::string>(int)> abortProbe_;
