@@ -48,6 +48,7 @@ template <typename Options>
 bool mayRunInline(size_t bytes, const Options& opts) {
   return bytes <= kInlineMaxBytes || !opts.asyncOp;
 }
+
 // A staged all_reduce of a CUDA tensor at least this large pipelines its copies.
 constexpr size_t kPipelineMinBytes = size_t{8} << 20;
 
