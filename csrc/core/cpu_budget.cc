@@ -31,7 +31,8 @@ std::optional<ThreadAdvice> adviseIntraOpThreads(int localRanks, int currentThre
                              " CPUs, and OMP_NUM_THREADS is unset (torchrun would set it to 1); OpenMP's idle "
                              "threads spin for milliseconds and would take the CPUs the ranks need. Set "
                              "OMP_NUM_THREADS or ",
-                             kName, "=keep|N to choose yourself")};
+                             kName, "=keep|N to choose yourself (with keep, OMP_WAIT_POLICY=passive stops the "
+                             "spinning)")};
 }
 
 const char* intraOpThreadsSetting() { return envText("AGENTCOMM_INTRAOP_THREADS"); }
