@@ -213,6 +213,23 @@ size_t envChunkBytes() {
   return size_t{1} << 20;
 }
 
+// The prefix of every key this group's bootstrap puts in torch's store. Under
+// torchrun the store outlives a restart (TORCHELASTIC_USE_AGENT_STORE: the
+// agent's store, the same keys for every attempt), so a restarted rank could
+// read what the previous attempt published (a dead peer's address, an old job
+// token) before its peers overwrite it, and dial a closed port or wait for a
+// hello that never comes. The restart count, equal on every worker of an
+// attempt, gives each attempt its own keys.
+std::string storeKeyPrefix() {
+  const char* restart = envText("TORCHELASTIC_RESTART_COUNT");
+  if (restart == nullptr) return "agentcomm/";
+  char* end = nullptr;
+  const unsigned long long n = std::strtoull(restart, &end, 10);
+  AC_CHECK(end != restart && *end == 0, InvalidArgument, "TORCHELASTIC_RESTART_COUNT=", restart,
+           " is not a restart count (torchrun sets 0, 1, ...)");
+  return strCat("agentcomm/attempt", n, "/");
+}
+
 // Once per process, on the first group with several ranks on this host: fewer
 // intra-op threads when the host's ranks would oversubscribe its CPUs
 // (core/cpu_budget.h says why). Runs on the thread that creates the group,
@@ -389,6 +406,11 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
   StoreAdapter adapter(store);
   transport::TcpOptions opts;
   opts.timeout = timeout;
+  try {
+    opts.keyPrefix = storeKeyPrefix();
+  } catch (const Error& e) {
+    C10_THROW_ERROR(DistBackendError, e.what());
+  }
   try {
     transport_ = std::make_unique<transport::TcpTransport>(adapter, rank, size, opts);
   } catch (const TimeoutError& e) {

@@ -103,3 +103,43 @@ def test_agentcomm_debug_trace_logs_setup_and_ops() -> None:
     assert "[agentcomm pid" in proc.stderr and "rank 0]" in proc.stderr
     quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd="/tmp")
     assert "agentcomm" not in quiet.stderr, quiet.stderr[-2000:]  # WARN (default) says nothing when all is well
+
+
+ELASTIC_WORKER = '''
+import os, sys, time
+from datetime import timedelta
+import torch, torch.distributed as dist
+import agentcomm
+attempt = int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+rank = int(os.environ["RANK"])
+if attempt == 1 and rank == 0:
+    time.sleep(2.0)  # the others read the store first: the previous attempt's keys are still there
+dist.init_process_group("agentcomm", timeout=timedelta(seconds=30))
+t = torch.zeros(4)
+for step in range(10):
+    t += 1
+    dist.all_reduce(t)
+    if attempt == 0 and rank == 1 and step == 5:
+        os._exit(3)  # a worker dies mid-training: torchrun restarts every worker
+print(f"attempt {attempt} rank {rank} result {t[0].item():.0f}", flush=True)
+dist.destroy_process_group()
+'''
+
+
+def test_torchrun_restart_builds_a_fresh_group(tmp_path) -> None:
+    # torchrun keeps its store across restarts: a restarted worker must not read what the
+    # previous attempt published (it dialed a dead port, or waited for a hello forever).
+    script = tmp_path / "worker.py"
+    script.write_text(ELASTIC_WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--max-restarts=1",
+         "--rdzv-backend=static", f"--master-port={free_port()}", str(script)],
+        capture_output=True, text=True, timeout=240, env=env, cwd="/tmp")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # t starts at 0; each step adds 1 on both ranks and sums: t = 2t + 2, ten times.
+    want = 0
+    for _ in range(10):
+        want = 2 * (want + 1)
+    for rank in (0, 1):
+        assert f"attempt 1 rank {rank} result {want}" in proc.stdout, proc.stdout[-3000:]
