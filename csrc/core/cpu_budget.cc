@@ -11,8 +11,8 @@
 
 namespace agentcomm {
 
-std::optional<ThreadAdvice> adviseIntraOpThreads(int localRanks, int currentThreads, int usableCpus,
-                                                 bool userChoseThreads, const char* setting) {
+std::optional<ThreadAdvice> adviseIntraOpThreads(int localRanks, int currentThreads, int cpus,
+                                                 bool userChose, const char* setting) {
   constexpr const char* kName = "AGENTCOMM_INTRAOP_THREADS";
   if (setting != nullptr && strcasecmp(setting, "auto") != 0) {
     if (strcasecmp(setting, "keep") == 0) return std::nullopt;
@@ -23,11 +23,11 @@ std::optional<ThreadAdvice> adviseIntraOpThreads(int localRanks, int currentThre
     if (n == currentThreads) return std::nullopt;
     return ThreadAdvice{static_cast<int>(n), strCat(kName, "=", n)};
   }
-  if (userChoseThreads || localRanks < 2 || localRanks * currentThreads <= usableCpus) return std::nullopt;
-  const int threads = std::max(1, usableCpus / localRanks);
+  if (userChose || localRanks < 2 || localRanks * currentThreads <= cpus) return std::nullopt;
+  const int threads = std::max(1, cpus / localRanks);
   if (threads >= currentThreads) return std::nullopt;
   return ThreadAdvice{threads,
-                      strCat(localRanks, " ranks on this host x ", currentThreads, " intra-op threads > ", usableCpus,
+                      strCat(localRanks, " ranks on this host x ", currentThreads, " intra-op threads > ", cpus,
                              " CPUs, and OMP_NUM_THREADS is unset (torchrun would set it to 1); OpenMP's idle "
                              "threads spin for milliseconds and would take the CPUs the ranks need. Set "
                              "OMP_NUM_THREADS or ",

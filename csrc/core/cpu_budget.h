@@ -15,8 +15,8 @@
 //
 // The policy (AGENTCOMM_INTRAOP_THREADS):
 //   auto (default): when the user did not choose (OMP_NUM_THREADS unset) and
-//        localRanks x currentThreads > usableCpus, run max(1, usableCpus /
-//        localRanks) threads; otherwise keep the current count;
+//        localRanks x currentThreads > cpus (usableCpus()), run
+//        max(1, cpus / localRanks) threads; otherwise keep the current count;
 //   keep: never change the count;
 //   N (a positive number): run exactly N threads.
 // A bad value raises InvalidArgument naming the variable.
@@ -31,8 +31,8 @@ struct ThreadAdvice {
 };
 
 // The decision alone (no side effects): nullopt keeps the current count.
-std::optional<ThreadAdvice> adviseIntraOpThreads(int localRanks, int currentThreads, int usableCpus,
-                                                 bool userChoseThreads, const char* setting);
+std::optional<ThreadAdvice> adviseIntraOpThreads(int localRanks, int currentThreads, int cpus,
+                                                 bool userChose, const char* setting);
 
 // AGENTCOMM_INTRAOP_THREADS as read from the environment (nullptr when unset).
 const char* intraOpThreadsSetting();

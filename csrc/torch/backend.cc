@@ -1058,7 +1058,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::reduce_scatter_tensor_coalesced(std
                                unstage(originals[i], outs[i]);
                              }
                            },
-                           !opts.asyncOp || (ins.size() == 1 && mayRunInline(ins[0].nbytes(), opts)));
+                           mayRunInline(ins.size() == 1 ? ins[0].nbytes() : SIZE_MAX, opts));
 }
 
 // ---------------------------------------------------------------- data movement
@@ -1208,7 +1208,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allgather_into_tensor_coalesced(std
                                unstage(originals[i], outs[i].view(originals[i].sizes()));
                              }
                            },
-                           !opts.asyncOp || (outs.size() == 1 && mayRunInline(outs[0].nbytes(), opts)));
+                           mayRunInline(outs.size() == 1 ? outs[0].nbytes() : SIZE_MAX, opts));
 }
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::gather(std::vector<std::vector<at::Tensor>>& outputs,
