@@ -408,10 +408,6 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
   opts.timeout = timeout;
   try {
     opts.keyPrefix = storeKeyPrefix();
-  } catch (const Error& e) {
-    C10_THROW_ERROR(DistBackendError, e.what());
-  }
-  try {
     transport_ = std::make_unique<transport::TcpTransport>(adapter, rank, size, opts);
   } catch (const TimeoutError& e) {
     C10_THROW_ERROR(DistBackendError, e.what());
@@ -478,16 +474,12 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
       for (size_t i = 0; i < leaders.size(); ++i)
         if (leaders[i] == rank) topo_->leaderIndex = static_cast<int>(i);
     }
+    applyIntraOpThreadBudget(static_cast<int>(members.size()), members[0] == rank);
   } catch (const Error& e) {
     settleRendezvous({});
     C10_THROW_ERROR(DistBackendError, e.what());
   }
   settleRendezvous(localMembers);
-  try {
-    applyIntraOpThreadBudget(static_cast<int>(localMembers.size()), !localMembers.empty() && localMembers[0] == rank);
-  } catch (const Error& e) {
-    C10_THROW_ERROR(DistBackendError, e.what());
-  }
   const std::string shmName = shm_ ? (shm_->cma() ? "shm+cma" : "shm") : "";
   transportName_ = wholeGroupShm_ ? shmName + "/tcp"
                    : topo_        ? strCat("hierarchical(", shmName.empty() ? "tcp" : shmName, ")/tcp")
