@@ -107,6 +107,7 @@ void allReduce(Context& ctx, const AllReduceOptions& opts) {
       chooseAllReduceAlgo(opts.count * ctx.elemSize(), ctx.size(), ctx.shm, opts.algo, ctx.topo != nullptr);
   AC_LOG(Trace, "all_reduce seq ", ctx.seq, ": ", opts.count, " x ", dataTypeName(ctx.dtype), " op ",
          reduceOpName(ctx.op), " via ", allReduceAlgoName(algo));
+  noteAlgorithm(allReduceAlgoName(algo));
   switch (algo) {
     case AllReduceAlgo::Direct: return allReduceDirect(ctx, opts);
     case AllReduceAlgo::ShmFlat: return allReduceShmFlat(ctx, opts);

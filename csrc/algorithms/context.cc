@@ -54,4 +54,16 @@ void Context::wait(const RecvHandle& h) const {
                         ") waiting for rank ", h->spec().src));
 }
 
+namespace {
+thread_local const char* tlAlgorithm = "";
+}
+
+void noteAlgorithm(const char* name) { tlAlgorithm = name; }
+
+const char* takeAlgorithm() {
+  const char* name = tlAlgorithm;
+  tlAlgorithm = "";
+  return name;
+}
+
 }  // namespace agentcomm::algorithms

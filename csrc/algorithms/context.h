@@ -64,4 +64,10 @@ struct Context {
   void wait(const RecvHandle& h) const;
 };
 
+// The algorithm the last collective on this thread chose, for the flight
+// recorder: the dispatchers that choose (all_reduce, choosePath) note a static
+// name; takeAlgorithm returns it ("" if none) and clears it.
+void noteAlgorithm(const char* name);
+const char* takeAlgorithm();
+
 }  // namespace agentcomm::algorithms

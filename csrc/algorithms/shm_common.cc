@@ -11,13 +11,16 @@
 
 #include "core/error.h"
 #include "kernels/kernels.h"
+#include "transport/fault.h"
 
 namespace agentcomm::algorithms {
+
+using transport::takeCorruption;
 
 transport::ShmOpDesc shmDesc(const Context& ctx, ShmAlgo algo, uint64_t signature, int root) {
   transport::ShmOpDesc d;
   d.seq = ctx.seq;
-  d.signature = signature;
+  d.signature = takeCorruption() ? signature ^ 0x5a5a5a5aULL : signature;  // a corrupt fault (transport/fault.h)
   d.algo = static_cast<uint32_t>(algo);
   d.collective = static_cast<uint8_t>(ctx.collective);
   d.dtype = static_cast<uint8_t>(ctx.dtype);
@@ -54,7 +57,8 @@ size_t rendezvousMinBytes() {
   return v;
 }
 
-Path choosePath(const Context& ctx, const char* collective, size_t bytes) {
+namespace {
+Path pathFor(const Context& ctx, const char* collective, size_t bytes) {
   if (ctx.size() == 1) return Path::Tcp;  // nothing to exchange
   const std::string forced = forcedAlgo(collective);
   const transport::ShmDomain* shm = ctx.shm;
@@ -71,6 +75,13 @@ Path choosePath(const Context& ctx, const char* collective, size_t bytes) {
   AC_CHECK(staged || shm->cma(), InvalidArgument, "AGENTCOMM_ALGO=shm_cma: cross-memory attach is unavailable: ",
            shm->cmaUnavailableReason());
   return staged ? Path::ShmStaged : Path::ShmCma;
+}
+}  // namespace
+
+Path choosePath(const Context& ctx, const char* collective, size_t bytes) {
+  const Path p = pathFor(ctx, collective, bytes);
+  noteAlgorithm(p == Path::Tcp ? "tcp" : p == Path::ShmStaged ? "shm_staged" : "shm_cma");
+  return p;
 }
 
 void failMismatch(const Context& ctx, const char* collective, const std::string& detail) {

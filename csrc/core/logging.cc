@@ -31,6 +31,7 @@ LogLevel logLevel() {
 bool logEnabled(LogLevel level) { return static_cast<int>(level) <= static_cast<int>(logLevel()); }
 
 void setLogRank(int rank) { gRank.store(rank); }
+int logRank() { return gRank.load(); }
 
 void logLine(LogLevel level, const std::string& msg) {
   static const char* names[] = {"WARN", "INFO", "TRACE"};

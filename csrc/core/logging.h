@@ -12,6 +12,8 @@ enum class LogLevel : int { Warn = 0, Info = 1, Trace = 2 };
 LogLevel logLevel();
 bool logEnabled(LogLevel level);
 void setLogRank(int rank);
+// The rank set by setLogRank (the process's first group's rank), -1 before.
+int logRank();
 void logLine(LogLevel level, const std::string& msg);
 
 }  // namespace agentcomm

@@ -35,6 +35,8 @@ using transport::Deadline;
 namespace {
 
 constexpr const char* kVersion = "0.1.0";
+// The error of an op issued after its group failed (agentcomm.debug skips such records).
+constexpr const char* kUnusable = "agentcomm: the communicator is unusable after an earlier error: ";
 // Ops up to this size may run on the calling thread (see enqueueCollective).
 constexpr size_t kInlineMaxBytes = 64 * 1024;
 
@@ -259,13 +261,51 @@ void applyIntraOpThreadBudget(int localRanks, bool lowestLocalRank) {
 AgentWork::AgentWork(int rank, c10d::OpType type, const char* title, std::vector<at::Tensor> outputs,
                      std::chrono::milliseconds defaultWait, std::shared_ptr<CudaStage> cuda)
     : c10d::Work(rank, type, title),
+      title_(title),
       outputs_(std::move(outputs)),
       future_(c10::make_intrusive<c10::ivalue::Future>(c10::ListType::create(c10::TensorType::get()),
                                                        cuda ? cuda->devices() : std::vector<c10::Device>{})),
       defaultWait_(defaultWait),
       cuda_(std::move(cuda)) {}
 
+void AgentWork::record(const std::shared_ptr<FlightRecorder>& recorder, uint64_t seq, bool p2p, int peer) {
+  if (!recorder || recorder->capacity() == 0) return;
+  recorder_ = recorder;
+  std::string_view op = title_;
+  if (op.starts_with("agentcomm:")) op.remove_prefix(10);
+  const char* dtype = "";
+  uint64_t count = 0;
+  for (const auto& t : outputs_) {
+    if (!t.defined()) continue;
+    if (*dtype == 0) dtype = c10::toString(t.scalar_type());
+    count += static_cast<uint64_t>(t.numel());
+  }
+  recordId_ = recorder_->scheduled(seq, op.data(), p2p, peer, dtype, count);
+}
+
+void AgentWork::recordStarted() {
+  if (recorder_) recorder_->started(recordId_);
+}
+
+void AgentWork::recordEnded(const std::exception_ptr& eptr) {
+  if (!recorder_ || recordEnded_.exchange(true)) return;
+  std::string error;
+  if (eptr) {
+    try {
+      std::rethrow_exception(eptr);
+    } catch (const c10::Error& e) {
+      error = e.what_without_backtrace();
+    } catch (const std::exception& e) {
+      error = e.what();
+    } catch (...) {
+      error = "unknown error";
+    }
+  }
+  recorder_->ended(recordId_, algorithm_, error);
+}
+
 void AgentWork::complete(std::exception_ptr eptr) {
+  recordEnded(eptr);
   finish(eptr);
   // Future callbacks (DDP's, comm hooks') run here, on the completing thread.
   if (eptr) {
@@ -284,6 +324,7 @@ bool AgentWork::completeWithoutCallbacks(std::exception_ptr eptr) {
     futurePending_ = true;
     pendingError_ = eptr;
   }
+  recordEnded(eptr);
   finish(eptr);
   return true;
 }
@@ -408,6 +449,8 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
   opts.timeout = timeout;
   try {
     opts.keyPrefix = storeKeyPrefix();
+    recorder_ = makeFlightRecorder(FlightRecorder::capacityFromEnv(), groupName_, rank, size);
+    faults_ = transport::FaultPlan::fromEnv();
     transport_ = std::make_unique<transport::TcpTransport>(adapter, rank, size, opts);
   } catch (const TimeoutError& e) {
     C10_THROW_ERROR(DistBackendError, e.what());
@@ -438,6 +481,12 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
     };
     transport_->mailbox().setRendezvous(std::move(hooks));
   }
+  // The first failure of the group, whoever saw it (an op here, a peer's
+  // Abort frame on a reader, abort()): the flight recorder's dump when
+  // AGENTCOMM_TRACE_DIR names a directory.
+  transport_->mailbox().setAbortListener([this](const std::string& reason) {
+    if (dumpOnAbort_.load()) writeFlightRecords(reason);
+  });
   auto settleRendezvous = [this](const std::vector<int>& members) {
     std::lock_guard<std::mutex> lock(rendezvousMu_);
     if (shm_ && shm_->cma()) {
@@ -525,6 +574,7 @@ void AgentBackend::shutdown() {
 
 void AgentBackend::shutdownNoGil() {
   std::call_once(shutdownOnce_, [this] {
+    dumpOnAbort_.store(false);
     stopWorker();
     completionPool_.stop();
     sends_.stop(false);
@@ -539,7 +589,68 @@ void AgentBackend::shutdownNoGil() {
   });
 }
 
-void AgentBackend::abort() { abortComm("agentcomm: the process group was aborted by the user"); }
+void AgentBackend::abort() {
+  noteError(c10d::ErrorType::COMM_ERROR);
+  abortComm("agentcomm: the process group was aborted by the user");
+}
+
+void AgentBackend::injectFaults(uint64_t op, Deadline deadline) {
+  for (const transport::Fault& f : faults_.at(groupName_, rank_, op)) {
+    const std::string what = strCat("agentcomm: injected fault ", transport::faultKindName(f.kind), " at op ", op,
+                                    " of group '", groupName_, "' on rank ", rank_, " (AGENTCOMM_FAULT)");
+    AC_LOG(Warn, what);
+    switch (f.kind) {
+      case transport::Fault::Kind::Delay:
+        std::this_thread::sleep_for(std::chrono::milliseconds(f.ms));
+        break;
+      case transport::Fault::Kind::Corrupt:
+        transport::armCorruption();
+        break;
+      case transport::Fault::Kind::Drop:
+        // The op fails here; execute's abort then tells the shared-memory peers
+        // (over TCP they only see the connection end).
+        transport_->cut(what);
+        throw CommError(strCat(what, ": this rank's connections are gone"));
+      case transport::Fault::Kind::Stall:
+        // A hung rank: nothing happens here until the peers give up on it.
+        while (!transport_->mailbox().abortReason() && Clock::now() < deadline)
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        if (auto why = transport_->mailbox().abortReason())
+          throw CommError(strCat(kUnusable, *why));
+        throw TimeoutError(strCat(what, ": stalled past the op's deadline"));
+    }
+  }
+}
+
+void AgentBackend::writeFlightRecords(const std::string& reason) {
+  const char* dir = envText("AGENTCOMM_TRACE_DIR");
+  if (dir == nullptr) return;
+  std::lock_guard<std::mutex> lock(flightDumpMu_);
+  try {
+    const std::string path = FlightRecorder::writeAll(dir, reason, logRank());
+    if (!flightDumped_.exchange(true))
+      AC_LOG(Warn, "agentcomm: group '", groupName_, "' failed; its last operations are in ", path);
+  } catch (const std::exception& e) {
+    AC_LOG(Warn, "agentcomm: could not write the flight recorder's dump: ", e.what());
+  }
+}
+
+void AgentBackend::noteError(c10d::ErrorType type) {
+  int none = static_cast<int>(c10d::ErrorType::SUCCESS);
+  errorType_.compare_exchange_strong(none, static_cast<int>(type));
+}
+
+c10d::ErrorType AgentBackend::getError() {
+  if (!errorReason()) return c10d::ErrorType::SUCCESS;
+  // Nothing here noted a kind: the failure came from a peer (its Abort frame or its loss).
+  const int t = errorType_.load();
+  return t == static_cast<int>(c10d::ErrorType::SUCCESS) ? c10d::ErrorType::REMOTE_ERROR
+                                                         : static_cast<c10d::ErrorType>(t);
+}
+
+std::optional<std::string> AgentBackend::errorReason() {
+  return transport_ ? transport_->mailbox().abortReason() : std::nullopt;
+}
 
 void AgentBackend::abortComm(const std::string& reason) {
   if (transport_) transport_->abort(reason);
@@ -549,19 +660,42 @@ void AgentBackend::abortComm(const std::string& reason) {
 std::exception_ptr AgentBackend::execute(Job& job) {
   std::exception_ptr eptr;
   const auto start = Clock::now();
+  job.work->recordStarted();
+  algorithms::takeAlgorithm();  // nothing left from an op that failed before it noted its own
+  std::string reason;
+  c10d::ErrorType type = c10d::ErrorType::COMM_ERROR;
+  bool failedBefore = false;  // the group had failed before this op: nothing new to record or dump
   try {
-    if (auto why = transport_->mailbox().abortReason())
-      throw CommError(strCat("agentcomm: the communicator is unusable after an earlier error: ", *why));
+    if (auto why = transport_->mailbox().abortReason()) {
+      failedBefore = true;
+      throw CommError(strCat(kUnusable, *why));
+    }
+    if (!faults_.empty() && job.work->getSequencenumber() > 0) injectFaults(job.work->getSequencenumber(), start + job.timeout);
     job.run(start + job.timeout);
+    transport::takeCorruption();  // a corruption this op never sent must not leak into the next
+  } catch (const TimeoutError& e) {
+    type = c10d::ErrorType::TIMEOUT;
+    reason = e.what();
+    eptr = toTorchError(e);
   } catch (const Error& e) {
-    abortComm(e.what());
+    reason = e.what();
     eptr = toTorchError(e);
   } catch (const c10::Error& e) {
-    abortComm(e.what_without_backtrace());
+    reason = e.what_without_backtrace();
     eptr = std::current_exception();
   } catch (const std::exception& e) {
-    abortComm(e.what());
+    reason = e.what();
     eptr = toTorchError(e);
+  }
+  job.work->setAlgorithm(algorithms::takeAlgorithm());
+  if (eptr) {
+    // Recorded as failed before the abort, whose listener may dump the recorder.
+    job.work->recordEnded(eptr);
+    noteError(type);
+    abortComm(reason);
+    // The transport may have aborted (and dumped) before this op knew it had failed: once a
+    // dump exists, it is rewritten with this failure in it.
+    if (flightDumped_.load() && !failedBefore) writeFlightRecords(reason);
   }
   AC_LOG(Trace, "op #", job.work->getSequencenumber(), " ", c10d::opTypeToString(job.work->retrieveOpType()),
          eptr ? " failed" : " done", " in ",
@@ -771,6 +905,7 @@ c10::intrusive_ptr<AgentWork> AgentBackend::enqueueCollective(c10d::OpType type,
   }
   auto work = c10::make_intrusive<AgentWork>(rank_, type, title, std::move(outputs), timeout_, std::move(stage));
   work->setSequenceNumber(++opSeq_);
+  work->record(recorder_, work->getSequencenumber(), false, -1);
   const auto timeout = optTimeout == c10d::kUnsetTimeout ? timeout_ : optTimeout;
   if (mayInline && tlBackend != this) {
     std::unique_lock<std::mutex> lock(schedMu_);
@@ -1400,6 +1535,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::send(std::vector<at::Tensor>& tenso
   auto work = c10::make_intrusive<AgentWork>(rank_, c10d::OpType::SEND, "agentcomm:send",
                                              std::vector<at::Tensor>{stage ? stage->original(tensors[0]) : tensors[0]},
                                              timeout_, stage);
+  work->record(recorder_, 0, true, dstRank);
   const transport::Header header = p2pHeader(v.dt, static_cast<uint32_t>(tag), v.count, buf.nbytes());
   Job job{work,
           [=, this](Deadline d) {
@@ -1487,6 +1623,8 @@ c10::intrusive_ptr<AgentWork> AgentBackend::postRecv(std::vector<at::Tensor>& te
   auto work = c10::make_intrusive<AgentWork>(rank_, srcRank >= 0 ? c10d::OpType::RECV : c10d::OpType::RECVANYSOURCE,
                                              "agentcomm:recv",
                                              std::vector<at::Tensor>{stage ? stage->original(t) : t}, timeout_, stage);
+  work->record(recorder_, 0, true, srcRank);
+  work->recordStarted();  // posted: it waits for its message from now on
   transport::Transport* tp = transport_.get();
   work->onWaitTimeout = [tp](const std::string& why) { tp->abort(why); };
   transport::RecvSpec spec;

@@ -26,7 +26,9 @@
 #include "algorithms/compressed.h"
 #include "algorithms/context.h"
 #include "algorithms/topology.h"
+#include "core/flight_recorder.h"
 #include "torch/cuda_support.h"
+#include "transport/fault.h"
 #include "transport/mailbox.h"
 #include "transport/shm/shm_domain.h"
 #include "transport/transport.h"
@@ -57,8 +59,18 @@ class AgentWork : public c10d::Work {
   void setSequenceNumber(uint64_t s) { seq_ = s; }
   // Set for receives: waiting past the default timeout aborts the communicator.
   std::function<void(const std::string&)> onWaitTimeout;
+  // The flight recorder's entry of this op: scheduled now; started by
+  // recordStarted (the thread that runs it); ended by complete*, with the
+  // algorithm noted by the thread that ran it.
+  void record(const std::shared_ptr<FlightRecorder>& recorder, uint64_t seq, bool p2p, int peer);
+  void recordStarted();
+  void setAlgorithm(const char* name) { algorithm_ = name; }
+  // Once per op (later calls do nothing); complete* call it too.
+  void recordEnded(const std::exception_ptr& eptr);
 
  private:
+
+  const char* title_;  // static text, e.g. "agentcomm:all_reduce"
   std::vector<at::Tensor> outputs_;
   c10::intrusive_ptr<c10::ivalue::Future> future_;
   std::chrono::milliseconds defaultWait_;
@@ -69,6 +81,10 @@ class AgentWork : public c10d::Work {
   bool futureTaken_ = false;      // getFuture() was called
   bool futurePending_ = false;    // finished by completeWithoutCallbacks; the future not yet marked
   std::exception_ptr pendingError_;
+  std::shared_ptr<FlightRecorder> recorder_;
+  uint64_t recordId_ = 0;
+  std::atomic<bool> recordEnded_{false};
+  const char* algorithm_ = "";  // written by the running thread before complete*, read there
 };
 
 class AgentBackend : public c10d::Backend {
@@ -120,6 +136,18 @@ class AgentBackend : public c10d::Backend {
   void setSequenceNumberForGroup() override { opSeq_.store(0); }
   uint64_t getSequenceNumberForGroup() override { return opSeq_.load(); }
   void abort() override;
+  // SUCCESS until the group fails; then TIMEOUT (an op ran out of time here),
+  // COMM_ERROR (another failure of an op here, or abort()), or REMOTE_ERROR
+  // (nothing here failed first: a peer aborted or was lost).
+  c10d::ErrorType getError() override;
+  // The first failure's text once the group is unusable (torchft's errored()).
+  std::optional<std::string> errorReason();
+  // Records the kind of the group's first failure (later ones keep the first).
+  void noteError(c10d::ErrorType type);
+  // Runs the AGENTCOMM_FAULT faults of op `op` (transport/fault.h) on the thread that runs it.
+  void injectFaults(uint64_t op, transport::Deadline deadline);
+  // Writes every group's flight records to AGENTCOMM_TRACE_DIR, if set (never throws).
+  void writeFlightRecords(const std::string& reason);
   // Aborts the TCP transport and the shared-memory domain (sticky, tells peers).
   void abortComm(const std::string& reason);
   void shutdown() override;
@@ -267,6 +295,12 @@ class AgentBackend : public c10d::Backend {
   std::once_flag shutdownOnce_;
   std::once_flag cudaOnce_;
   std::unique_ptr<CudaContext> cuda_;
+  std::shared_ptr<FlightRecorder> recorder_;        // this group's last ops (core/flight_recorder.h)
+  transport::FaultPlan faults_;                     // AGENTCOMM_FAULT (transport/fault.h); empty: none
+  std::atomic<int> errorType_{0};                   // c10d::ErrorType of the first failure
+  std::atomic<bool> dumpOnAbort_{true};             // false once shutdown starts (its abort is no failure)
+  std::mutex flightDumpMu_;                         // one writer of the dump file at a time
+  std::atomic<bool> flightDumped_{false};           // this group wrote a dump (AGENTCOMM_TRACE_DIR)
 };
 
 // The staged CUDA side of the next op this thread enqueues on a backend

@@ -2,6 +2,7 @@
 // ProcessGroup can hold it) and a few introspection helpers.
 #include <torch/csrc/utils/pybind.h>
 
+#include "core/flight_recorder.h"
 #include "core/logging.h"
 #include "torch/backend.h"
 
@@ -22,6 +23,10 @@ PYBIND11_MODULE(_C, m) {
            py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("timeout_seconds"), py::arg("group_name") = "",
            py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("transport", &AgentBackend::transportName)
+      .def("error", &AgentBackend::errorReason,
+           "None while the group works; after a failure (a peer's, a timeout, abort()) the first failure's text")
+      .def("abort", &AgentBackend::abort, py::call_guard<py::gil_scoped_release>(),
+           "Fails every op of this group, blocked ones within milliseconds, from any thread; tells the peers")
       .def("sparse_all_reduce", &AgentBackend::sparseAllreduce, py::arg("tensor"), py::arg("residual") = py::none(),
            py::arg("k"), py::arg("method") = "topk", py::arg("seed") = 0, py::arg("scale") = 1.0,
            py::arg("stats") = py::none(), py::call_guard<py::gil_scoped_release>(),
@@ -35,6 +40,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_built", &agentcomm::torch_adapter::cudaBuilt,
         "Whether this build handles CUDA tensors (it was compiled against a torch with CUDA)");
   m.def("set_log_rank", &agentcomm::setLogRank);
+  m.def(
+      "flight_records", [](const std::string& reason) { return agentcomm::FlightRecorder::dumpAll(reason, agentcomm::logRank()); },
+      py::arg("reason") = "on demand", "Every live group's flight recorder as one JSON text (the dump's format)");
+  m.def(
+      "write_flight_records",
+      [](const std::string& dir, const std::string& reason) {
+        return agentcomm::FlightRecorder::writeAll(dir, reason, agentcomm::logRank());
+      },
+      py::arg("dir"), py::arg("reason") = "on demand", py::call_guard<py::gil_scoped_release>(),
+      "Writes flight_records to DIR/agentcomm_trace_rank<R>_pid<P>.json; returns the path");
   m.def("reduce_into", &agentcomm::torch_adapter::reduceInto, py::arg("out"), py::arg("a"), py::arg("b"),
         py::arg("op") = "sum", py::arg("simd") = "auto", py::call_guard<py::gil_scoped_release>(),
         "out = a (op) b with agentcomm's reduction kernel (CPU: simd auto, scalar, avx2, avx512; CUDA: current stream)");

@@ -356,12 +356,19 @@ void Mailbox::waitQuiescent(const RecvHandle& slot) {
   slot->cv_.wait(lock, [&] { return slot->state_ != RecvSlot::State::Delivering; });
 }
 
+void Mailbox::setAbortListener(std::function<void(const std::string&)> listener) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  abortListener_ = std::move(listener);
+}
+
 void Mailbox::abort(const std::string& reason) {
   std::vector<RecvHandle> completed;
+  std::function<void(const std::string&)> listener;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (abortReason_) return;
     abortReason_ = reason;
+    listener = abortListener_;
     for (auto& [key, q] : posted_)
       for (auto& s : q) failLocked(s, RecvSlot::FailKind::Comm, reason, completed);
     for (auto& [tag, q] : postedAny_)
@@ -371,6 +378,7 @@ void Mailbox::abort(const std::string& reason) {
     unexpected_.clear();
   }
   runCallbacks(completed);
+  if (listener) listener(reason);
 }
 
 void Mailbox::failPeer(int src, const std::string& reason) {

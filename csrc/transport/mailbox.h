@@ -126,6 +126,9 @@ class Mailbox {
 
   // Fails every posted and future receive with `reason` (first reason wins).
   void abort(const std::string& reason);
+  // Called once, with the first abort reason, on the aborting thread after the
+  // receives failed (no lock held). Set before traffic, like setRendezvous.
+  void setAbortListener(std::function<void(const std::string&)> listener);
   std::optional<std::string> abortReason();
 
   // A peer's connection is gone (it exited, crashed, or destroyed its group).
@@ -163,6 +166,7 @@ class Mailbox {
   std::map<uint64_t, std::deque<RecvHandle>> postedAny_;  // P2P any-source, by tag
   std::map<Key, std::deque<std::shared_ptr<Unexpected>>> unexpected_;
   RendezvousHooks rendezvous_;  // set once, before traffic
+  std::function<void(const std::string&)> abortListener_;  // set once, before traffic
 };
 
 struct Unexpected {

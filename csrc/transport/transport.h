@@ -40,6 +40,10 @@ class Transport {
   // Sticky failure: fails every pending and future receive with `reason`,
   // tells the peers (best effort) and stops progress. Idempotent.
   virtual void abort(const std::string& reason) = 0;
+  // Fault injection (fault.h, drop): loses every connection at once, as a
+  // network failure would: peers are not told why; this rank's own receives
+  // fail with `reason`. Default: abort.
+  virtual void cut(const std::string& reason) { abort(reason); }
 
   // Waits for a posted receive. On deadline: aborts with a timeout message
   // naming `what`, then throws TimeoutError.

@@ -22,6 +22,7 @@
 
 #include "core/error.h"
 #include "core/logging.h"
+#include "transport/fault.h"
 
 namespace agentcomm::transport {
 namespace {
@@ -401,6 +402,7 @@ void TcpTransport::writeLocked(int dst, const Header& h, const void* data, Deadl
   Peer& peer = *peers_[dst];
   std::lock_guard<std::timed_mutex> lock(peer.sendMutex, std::adopt_lock);
   Header copy = h;
+  if (h.kind == static_cast<uint8_t>(MsgKind::Collective) && takeCorruption()) copy.count ^= 0x5a5a5a5aULL;  // fault.h
   iovec iov[2] = {{&copy, sizeof(copy)}, {const_cast<void*>(data), static_cast<size_t>(h.nbytes)}};
   int err = writeAll(peer.fd, iov, h.nbytes > 0 ? 2 : 1, deadline);
   if (err == 0 || bestEffort) return;
@@ -433,6 +435,17 @@ bool TcpTransport::trySend(int dst, const Header& h, const void* data, Deadline 
   if (!peers_[dst]->sendMutex.try_lock()) return false;
   writeLocked(dst, h, data, deadline, false);
   return true;
+}
+
+void TcpTransport::cut(const std::string& reason) {
+  AC_LOG(Warn, reason, ": cutting every connection");
+  // No Abort frame (the peers' readers just see their connection end), but this
+  // rank's own waits fail with the reason rather than blaming each peer in turn.
+  aborted_.store(true);
+  mailbox_.abort(reason);
+  for (int r = 0; r < size_; ++r) {
+    if (r != rank_ && peers_[r]->fd >= 0) ::shutdown(peers_[r]->fd, SHUT_RDWR);
+  }
 }
 
 void TcpTransport::abort(const std::string& reason) {

@@ -43,6 +43,7 @@ class TcpTransport : public Transport {
   void send(int dst, const Header& h, const void* data, Deadline deadline) override;
   bool trySend(int dst, const Header& h, const void* data, Deadline deadline) override;
   void abort(const std::string& reason) override;
+  void cut(const std::string& reason) override;
 
  private:
   struct Peer {
