@@ -23,9 +23,11 @@ if ! python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '
 fi
 pip install -q numpy pytest pytest-timeout expecttest setuptools wheel
 if [ "${AGENTCOMM_TEST_DEPS:-0}" = "1" ]; then
-  # The benchmark's --plot, the microbenchmarks (bench/test_*.py), and scikit-learn's digits
-  # dataset for the averaging convergence test.
+  # The benchmark's --plot, the microbenchmarks (bench/test_*.py), scikit-learn's digits
+  # dataset for the averaging convergence test, and torchft.
   pip install -q matplotlib pytest-benchmark scikit-learn
+  # torchft (per-step fault tolerance) for tests/python/test_torchft.py; it leaves the pinned torch alone.
+  pip install -q "torchft==0.2.0"
 fi
 command -v ninja >/dev/null 2>&1 || pip install -q ninja
 

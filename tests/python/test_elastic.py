@@ -109,19 +109,33 @@ def leftover_workers(tmp_path) -> list[str]:
     return found
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run's final parameters, per worker count (the rendezvous does not change them)."""
+    cache: dict = {}
+
+    def get(nproc: int):
+        if nproc not in cache:
+            tmp = tmp_path_factory.mktemp(f"reference{nproc}")
+            ref, want = torchrun(tmp, "reference", nproc, "static", "none")
+            assert ref.returncode == 0 and want is not None, ref.stdout[-2000:] + ref.stderr[-3000:]
+            assert "attempt 1" not in ref.stdout
+            cache[nproc] = want
+        return cache[nproc]
+
+    return get
+
+
 @pytest.mark.parametrize("nproc,rdzv,death", [
     (2, "static", "exit"),
     (2, "c10d", "sigsegv"),
     (4, "c10d", "sigkill"),
     (4, "static", "sigsegv"),
 ])
-def test_restart_resumes_from_checkpoint_to_the_same_parameters(tmp_path, nproc, rdzv, death):
+def test_restart_resumes_from_checkpoint_to_the_same_parameters(tmp_path, reference, nproc, rdzv, death):
     import torch
 
-    ref, want = torchrun(tmp_path, "reference", nproc, rdzv, "none")
-    assert ref.returncode == 0 and want is not None, ref.stdout[-2000:] + ref.stderr[-3000:]
-    assert "attempt 1" not in ref.stdout
-
+    want = reference(nproc)
     run, got = torchrun(tmp_path, "killed", nproc, rdzv, death)
     log = run.stdout[-3000:] + run.stderr[-4000:]
     assert run.returncode == 0 and got is not None, log
