@@ -370,7 +370,10 @@ void TcpTransport::readerLoop(int src) {
     if (h.kind == static_cast<uint8_t>(MsgKind::Abort)) {
       std::string text(std::min<uint64_t>(h.nbytes, 65536), '\0');
       readFull(fd, text.data(), text.size());
-      abort(strCat("agentcomm: rank ", src, " aborted: ", text));
+      // A peer passing on another rank's abort: keep the text of the rank it
+      // started on, not a chain of every rank it went through.
+      const bool forwarded = text.rfind("agentcomm: rank ", 0) == 0 && text.find(" aborted: ") != std::string::npos;
+      abort(forwarded ? text : strCat("agentcomm: rank ", src, " aborted: ", text));
       return;
     }
     auto d = mailbox_.beginDelivery(src, h);
