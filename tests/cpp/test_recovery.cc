@@ -8,9 +8,8 @@
 #include "algorithms/algorithms.h"
 #include "core/error.h"
 #include "core/flight_recorder.h"
-#include "rank_threads.h"
+#include "tcp_mesh.h"
 #include "transport/fault.h"
-#include "transport/tcp/tcp_transport.h"
 
 using namespace agentcomm;
 using namespace std::chrono_literals;
@@ -105,10 +104,7 @@ TEST(FaultPlan, BadSpecsNameTheVariableAndTheProblem) {
 TEST(FaultTcp, ACorruptedFrameIsRejectedAsAMismatchOnEveryRank) {
   transport::HashStore store;
   const int n = 3;
-  std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
-  transport::TcpOptions opts;
-  opts.timeout = 20s;
-  ranktest::forEachRank(n, [&](int r) { ts[r] = std::make_unique<transport::TcpTransport>(store, r, n, opts); });
+  auto ts = ranktest::makeTcpMesh(store, n);
   std::vector<std::string> errors(n);
   ranktest::forEachRank(n, [&](int r) {
     algorithms::Context ctx(*ts[r], 1, transport::CollectiveKind::AllReduce, DataType::Float32);
@@ -129,11 +125,7 @@ TEST(FaultTcp, ACorruptedFrameIsRejectedAsAMismatchOnEveryRank) {
 
 TEST(FaultTcp, ACutConnectionFailsThePeersWaitsNamingTheRank) {
   transport::HashStore store;
-  const int n = 2;
-  std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
-  transport::TcpOptions opts;
-  opts.timeout = 20s;
-  ranktest::forEachRank(n, [&](int r) { ts[r] = std::make_unique<transport::TcpTransport>(store, r, n, opts); });
+  auto ts = ranktest::makeTcpMesh(store, 2);
   float x = 0;
   algorithms::Context ctx(*ts[0], 1, transport::CollectiveKind::Broadcast, DataType::Float32);
   ctx.deadline = transport::Clock::now() + 10s;

@@ -13,6 +13,7 @@
 #include "algorithms/algorithms.h"
 #include "core/error.h"
 #include "rank_threads.h"
+#include "tcp_mesh.h"
 #include "transport/tcp/tcp_transport.h"
 
 using namespace agentcomm;
@@ -20,14 +21,6 @@ using namespace agentcomm::algorithms;
 using namespace std::chrono_literals;
 
 namespace {
-
-std::vector<std::unique_ptr<transport::TcpTransport>> makeMesh(transport::Store& store, int n) {
-  std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
-  transport::TcpOptions opts;
-  opts.timeout = 20s;
-  ranktest::forEachRank(n, [&](int r) { ts[r] = std::make_unique<transport::TcpTransport>(store, r, n, opts); });
-  return ts;
-}
 
 void ringAllReduce(transport::Transport& t, uint64_t seq, std::vector<float>& buf, size_t chunk = 1 << 16) {
   Context ctx(t, seq, transport::CollectiveKind::AllReduce, DataType::Float32);
@@ -46,7 +39,7 @@ void ringAllReduce(transport::Transport& t, uint64_t seq, std::vector<float>& bu
 TEST(Tcp, MeshAllReduceLargeAndSmall) {
   for (int n : {1, 2, 4}) {
     transport::HashStore store;
-    auto ts = makeMesh(store, n);
+    auto ts = ranktest::makeTcpMesh(store, n);
     ranktest::forEachRank(n, [&](int r) {
       for (size_t count : {size_t{0}, size_t{3}, size_t{1} << 20}) {
         std::vector<float> buf(count);
@@ -97,7 +90,7 @@ TEST(Tcp, StrayConnectionsAreDroppedAndSetupGoesOn) {
 TEST(Tcp, DeadPeerFailsSurvivorsPromptly) {
   transport::HashStore store;
   const int n = 3;
-  auto ts = makeMesh(store, n);
+  auto ts = ranktest::makeTcpMesh(store, n);
   auto start = std::chrono::steady_clock::now();
   std::atomic<int> failed{0};
   ranktest::forEachRank(n, [&](int r) {
@@ -121,7 +114,7 @@ TEST(Tcp, DeadPeerFailsSurvivorsPromptly) {
 TEST(Tcp, MismatchReachesEveryRankThroughAbortFrames) {
   transport::HashStore store;
   const int n = 4;
-  auto ts = makeMesh(store, n);
+  auto ts = ranktest::makeTcpMesh(store, n);
   std::atomic<int> failed{0};
   ranktest::forEachRank(n, [&](int r) {
     std::vector<float> buf(r == 1 ? 2000 : 1000, 1.0f);

@@ -60,6 +60,24 @@ def _entry(fn: Callable, rank: int, world: int, port: int, env: dict, results: m
             pass
 
 
+def init_error(rank: int, world: int) -> str:
+    """A rank body: the text of the error init_process_group("agentcomm") raises, or "no error".
+
+    Example:
+        >>> run_world(init_error, 1, env={"AGENTCOMM_FAULT": "drop:rank=1"})  # doctest: +SKIP
+        ['... AGENTCOMM_FAULT=drop:rank=1: ... drop needs op=N ...']
+    """
+    import torch.distributed as dist
+    from datetime import timedelta
+
+    try:
+        dist.init_process_group("agentcomm", timeout=timedelta(seconds=10))
+    except Exception as e:  # noqa: BLE001
+        return str(e)
+    dist.destroy_process_group()
+    return "no error"
+
+
 class WorldFailed(AssertionError):
     pass
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from harness import run_world
+from harness import init_error, run_world
 
 TIMEOUT_S = 3.0
 CASES = ["drop", "corrupt", "stall", "delay"]  # subgroup names "1".."4", in this order
@@ -103,14 +103,6 @@ def test_fault_matrix(transport, world):
     assert any("timed out" in res["stall"]["error"].lower() for res in results), [r["stall"] for r in results]
 
 
-def bad_fault_case(rank: int, world: int) -> str:
-    try:
-        dist.init_process_group("agentcomm", timeout=timedelta(seconds=10))
-    except Exception as e:  # noqa: BLE001
-        return str(e)
-    return "no error"
-
-
 def test_bad_fault_spec_is_named():
-    (msg,) = run_world(bad_fault_case, 1, timeout=60, env={"AGENTCOMM_FAULT": "drop:rank=1"})
+    (msg,) = run_world(init_error, 1, timeout=60, env={"AGENTCOMM_FAULT": "drop:rank=1"})
     assert "AGENTCOMM_FAULT=drop:rank=1" in msg and "drop needs op=N" in msg, msg

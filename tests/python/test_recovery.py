@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from harness import run_world
+from harness import init_error, run_world
 
 import agentcomm.debug
 
@@ -91,30 +91,29 @@ def test_ring_buffer_keeps_the_last_n():
     assert off == [[], []]
 
 
-def bad_buffer_case(rank: int, world: int) -> str:
-    try:
-        dist.init_process_group("agentcomm", timeout=timedelta(seconds=10))
-    except Exception as e:  # noqa: BLE001
-        return str(e)
-    return "no error"
-
-
 def test_bad_buffer_setting_is_named():
-    for msg in run_world(bad_buffer_case, 1, timeout=60, env={"AGENTCOMM_TRACE_BUFFER": "lots"}):
+    for msg in run_world(init_error, 1, timeout=60, env={"AGENTCOMM_TRACE_BUFFER": "lots"}):
         assert "AGENTCOMM_TRACE_BUFFER=lots" in msg, msg
 
 
-def skip_case(rank: int, world: int, skipper: int) -> str:
-    """Rank `skipper` skips an all_reduce and calls the next collective (a broadcast) instead."""
+def desync_case(rank: int, world: int, odd: int, how: str) -> str:
+    """Three good all_reduces on a fresh group, then rank `odd` misbehaves at the 4th collective.
+
+    how="skip": it skips an all_reduce and calls the next collective (a broadcast) instead;
+    how="stall": it stalls before the 4th all_reduce for longer than the group's timeout.
+    """
     dist.init_process_group("agentcomm", timeout=timedelta(seconds=30))
-    g = dist.new_group(backend="agentcomm", timeout=timedelta(seconds=5))
+    g = dist.new_group(backend="agentcomm", timeout=timedelta(seconds=5 if how == "skip" else 3))
     for _ in range(3):
         dist.all_reduce(torch.ones(100), group=g)
     error = ""
+    if how == "stall" and rank == odd:
+        time.sleep(6.0)
     try:
-        if rank != skipper:
+        if how == "stall" or rank != odd:
             dist.all_reduce(torch.ones(1000), group=g)
-        dist.broadcast(torch.ones(10), src=0, group=g)
+        if how == "skip":
+            dist.broadcast(torch.ones(10), src=0, group=g)
     except Exception as e:  # noqa: BLE001
         error = str(e)
     time.sleep(1.0)  # the peers' dumps
@@ -122,25 +121,13 @@ def skip_case(rank: int, world: int, skipper: int) -> str:
     return error
 
 
-def stall_case(rank: int, world: int, staller: int) -> str:
-    """Rank `staller` stalls before the 4th all_reduce for longer than the group's timeout."""
-    dist.init_process_group("agentcomm", timeout=timedelta(seconds=30))
-    g = dist.new_group(backend="agentcomm", timeout=timedelta(seconds=3))
-    for _ in range(3):
-        dist.all_reduce(torch.ones(100), group=g)
-    error = ""
-    if rank == staller:
-        time.sleep(6.0)
-    try:
-        dist.all_reduce(torch.ones(1000), group=g)
-    except Exception as e:  # noqa: BLE001
-        error = str(e)
-    time.sleep(1.0)
-    dist.destroy_process_group()
-    return error
-
-
-def _analyze(tmp_path) -> tuple[agentcomm.debug.GroupReport, str]:
+def _misbehave_and_analyze(tmp_path, transport: str, world: int, odd: int, how: str):
+    """Runs desync_case with dumps into tmp_path; returns (the one failed group's report, the CLI's text)."""
+    env = {"AGENTCOMM_TRACE_DIR": str(tmp_path)}
+    if transport == "tcp":
+        env["AGENTCOMM_SHM"] = "0"
+    errors = run_world(desync_case, world, odd, how, timeout=120, env=env)
+    assert all(errors), errors  # every rank failed (mismatch, timeout, or the peers' abort)
     report = agentcomm.debug.analyze(str(tmp_path))
     failed = [g for g in report.groups if not g.ok()]
     assert len(failed) == 1, str(report)
@@ -153,12 +140,7 @@ def _analyze(tmp_path) -> tuple[agentcomm.debug.GroupReport, str]:
 @pytest.mark.parametrize("transport", ["shm", "tcp"])
 def test_analyzer_names_the_rank_that_skipped_a_collective(tmp_path, transport):
     world, skipper = 4, 2
-    env = {"AGENTCOMM_TRACE_DIR": str(tmp_path)}
-    if transport == "tcp":
-        env["AGENTCOMM_SHM"] = "0"
-    errors = run_world(skip_case, world, skipper, timeout=120, env=env)
-    assert all(errors), errors  # every rank failed (mismatch or the peers' abort)
-    g, text = _analyze(tmp_path)
+    g, text = _misbehave_and_analyze(tmp_path, transport, world, skipper, "skip")
     assert g.size == world and g.missing_ranks == []
     (d,) = g.desyncs
     assert d.seq == 4 and d.odd_ranks() == [skipper], str(d)
@@ -169,12 +151,7 @@ def test_analyzer_names_the_rank_that_skipped_a_collective(tmp_path, transport):
 @pytest.mark.parametrize("transport", ["shm", "tcp"])
 def test_analyzer_names_the_rank_that_stalled(tmp_path, transport):
     world, staller = 3, 1
-    env = {"AGENTCOMM_TRACE_DIR": str(tmp_path)}
-    if transport == "tcp":
-        env["AGENTCOMM_SHM"] = "0"
-    errors = run_world(stall_case, world, staller, timeout=120, env=env)
-    assert all(errors), errors
-    g, text = _analyze(tmp_path)
+    g, text = _misbehave_and_analyze(tmp_path, transport, world, staller, "stall")
     assert g.missing_ranks == [], str(g)  # the stalled rank dumped when its peers' abort reached it
     (lag,) = g.behind
     assert (lag.rank, lag.last_seq, lag.frontier_seq) == (staller, 3, 4), str(lag)
