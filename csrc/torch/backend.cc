@@ -526,6 +526,13 @@ AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int ran
     applyIntraOpThreadBudget(static_cast<int>(members.size()), members[0] == rank);
   } catch (const Error& e) {
     settleRendezvous({});
+    // No destructor runs for a constructor that throws: the transport's readers
+    // (which call the abort listener and the rendezvous hooks, both using this
+    // object) stop now, while the members they use still exist.
+    dumpOnAbort_.store(false);
+    topo_.reset();
+    shm_.reset();
+    transport_.reset();
     C10_THROW_ERROR(DistBackendError, e.what());
   }
   settleRendezvous(localMembers);
@@ -670,7 +677,8 @@ std::exception_ptr AgentBackend::execute(Job& job) {
       failedBefore = true;
       throw CommError(strCat(kUnusable, *why));
     }
-    if (!faults_.empty() && job.work->getSequencenumber() > 0) injectFaults(job.work->getSequencenumber(), start + job.timeout);
+    const uint64_t seq = job.work->getSequencenumber();  // 0: a send (faults hit collectives only)
+    if (!faults_.empty() && seq > 0) injectFaults(seq, start + job.timeout);
     job.run(start + job.timeout);
     transport::takeCorruption();  // a corruption this op never sent must not leak into the next
   } catch (const TimeoutError& e) {

@@ -1,7 +1,8 @@
 """Elastic restarts: torchrun --max-restarts with workers killed mid-training, resumed from a checkpoint.
 
 Each case runs the same DDP job twice under torchrun: once uninterrupted, once with a worker
-killed at step KILL_STEP of attempt 0 (os._exit, SIGKILL or SIGSEGV). Attempt 1 resumes from
+killed at step KILL_STEP of attempt 0 (os._exit, SIGKILL or SIGSEGV; static and c10d
+rendezvous; 2 and 4 workers; bench/recovery/elastic_vs_gloo.py runs a fourth case beside Gloo). Attempt 1 resumes from
 the last checkpoint (every CKPT_EVERY steps, written atomically by rank 0) and must finish
 with bit-identical parameters: same data per step, deterministic reductions. Rank 0 of
 attempt 1 also waits before joining, so its peers read torchrun's store first (where the
@@ -130,7 +131,6 @@ def reference(tmp_path_factory):
     (2, "static", "exit"),
     (2, "c10d", "sigsegv"),
     (4, "c10d", "sigkill"),
-    (4, "static", "sigsegv"),
 ])
 def test_restart_resumes_from_checkpoint_to_the_same_parameters(tmp_path, reference, nproc, rdzv, death):
     import torch
