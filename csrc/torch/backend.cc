@@ -601,7 +601,7 @@ void AgentBackend::abort() {
   abortComm("agentcomm: the process group was aborted by the user");
 }
 
-void AgentBackend::injectFaults(uint64_t op, Deadline deadline) {
+void AgentBackend::injectFaults(uint64_t op, Deadline stallLimit) {
   for (const transport::Fault& f : faults_.at(groupName_, rank_, op)) {
     const std::string what = strCat("agentcomm: injected fault ", transport::faultKindName(f.kind), " at op ", op,
                                     " of group '", groupName_, "' on rank ", rank_, " (AGENTCOMM_FAULT)");
@@ -619,12 +619,14 @@ void AgentBackend::injectFaults(uint64_t op, Deadline deadline) {
         transport_->cut(what);
         throw CommError(strCat(what, ": this rank's connections are gone"));
       case transport::Fault::Kind::Stall:
-        // A hung rank: nothing happens here until the peers give up on it.
-        while (!transport_->mailbox().abortReason() && Clock::now() < deadline)
+        // A hung rank: nothing happens here until the peers give up on it (their
+        // timeout is the same as this op's: the limit of twice that only keeps a
+        // group without peers, or whose peers hang too, from stalling forever).
+        while (!transport_->mailbox().abortReason() && Clock::now() < stallLimit)
           std::this_thread::sleep_for(std::chrono::milliseconds(5));
         if (auto why = transport_->mailbox().abortReason())
           throw CommError(strCat(kUnusable, *why));
-        throw TimeoutError(strCat(what, ": stalled past the op's deadline"));
+        throw TimeoutError(strCat(what, ": stalled for twice the op's timeout"));
     }
   }
 }
@@ -678,7 +680,7 @@ std::exception_ptr AgentBackend::execute(Job& job) {
       throw CommError(strCat(kUnusable, *why));
     }
     const uint64_t seq = job.work->getSequencenumber();  // 0: a send (faults hit collectives only)
-    if (!faults_.empty() && seq > 0) injectFaults(seq, start + job.timeout);
+    if (!faults_.empty() && seq > 0) injectFaults(seq, start + 2 * job.timeout);
     job.run(start + job.timeout);
     transport::takeCorruption();  // a corruption this op never sent must not leak into the next
   } catch (const TimeoutError& e) {

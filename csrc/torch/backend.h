@@ -144,8 +144,9 @@ class AgentBackend : public c10d::Backend {
   std::optional<std::string> errorReason();
   // Records the kind of the group's first failure (later ones keep the first).
   void noteError(c10d::ErrorType type);
-  // Runs the AGENTCOMM_FAULT faults of op `op` (transport/fault.h) on the thread that runs it.
-  void injectFaults(uint64_t op, transport::Deadline deadline);
+  // Runs the AGENTCOMM_FAULT faults of op `op` (transport/fault.h) on the thread that runs it;
+  // a stall ends by stallLimit at the latest.
+  void injectFaults(uint64_t op, transport::Deadline stallLimit);
   // Writes every group's flight records to AGENTCOMM_TRACE_DIR, if set (never throws).
   void writeFlightRecords(const std::string& reason);
   // Aborts the TCP transport and the shared-memory domain (sticky, tells peers).

@@ -14,7 +14,7 @@
 //                         receivers reject it as a collective mismatch
 //   stall:rank=R,op=N     rank R stops before op N, as a hung process would, until
 //                         its group is aborted (by the peers that time out on it)
-//                         or op N's own deadline passes
+//                         or twice op N's timeout passes
 //   group=NAME (any kind) limits the fault to the group of that name (torch's
 //                         group name; the default group is "0")
 //
