@@ -12,8 +12,12 @@ Example:
 Environment variables:
     AGENTCOMM_DEBUG        WARN (default) | INFO | TRACE, like NCCL_DEBUG.
     AGENTCOMM_SOCKET_IFNAME  interface to listen on (like GLOO_SOCKET_IFNAME).
-    AGENTCOMM_ALGO         force the all-reduce algorithm: ring | direct.
-    AGENTCOMM_CHUNK_BYTES  pipeline chunk size of the ring algorithms.
+    AGENTCOMM_ALGO         force an algorithm: ring | direct | tcp | shm_flat | shm_staged |
+                           shm_cma | hierarchical, or ``collective:name,...``
+                           (docs/algorithms.md).
+    AGENTCOMM_CHUNK_BYTES  pipeline chunk size of the ring algorithms (a positive
+                           number of bytes; anything else fails init naming it).
+    (README.md lists every setting.)
     AGENTCOMM_CUDA_IPC     0 stages CUDA all-reduces through host memory even when
                            every rank is on this host (default 1: CUDA IPC).
 """

@@ -25,7 +25,7 @@ void Context::send(int peer, uint64_t tag, const void* data, size_t nbytes) cons
   h.kind = static_cast<uint8_t>(transport::MsgKind::Collective);
   h.collective = static_cast<uint8_t>(collective);
   h.dtype = static_cast<uint8_t>(dtype);
-  h.op = static_cast<uint8_t>(op);
+  h.op = wireOp();
   h.seq = seq;
   h.tag = tag;
   h.count = signature;
@@ -41,16 +41,17 @@ RecvHandle Context::postRecv(int peer, uint64_t tag, void* data, size_t nbytes) 
   spec.tag = tag;
   spec.buffer = data;
   spec.nbytes = nbytes;
-  spec.collective = collective;
+  spec.collective = static_cast<uint8_t>(collective);
   spec.dtype = static_cast<uint8_t>(dtype);
-  spec.op = static_cast<uint8_t>(op);
+  spec.op = wireOp();
   spec.count = signature;
+  spec.describe = describeSignature;
   return transport.post(std::move(spec));
 }
 
 void Context::wait(const RecvHandle& h) const {
   transport.wait(h, deadline,
-                 strCat("in ", transport::collectiveName(collective), " (sequence number ", seq,
+                 strCat("in ", collectiveName(collective), " (sequence number ", seq,
                         ") waiting for rank ", h->spec().src));
 }
 

@@ -9,6 +9,7 @@
 
 #include "core/dtype.h"
 #include "core/reduce_op.h"
+#include "algorithms/collective_kind.h"
 #include "transport/transport.h"
 
 namespace agentcomm::transport {
@@ -23,7 +24,7 @@ using transport::RecvHandle;
 struct Context {
   transport::Transport& transport;
   uint64_t seq = 0;
-  transport::CollectiveKind collective = transport::CollectiveKind::None;
+  CollectiveKind collective = CollectiveKind::None;
   DataType dtype = DataType::Float32;
   ReduceOp op = ReduceOp::Sum;
   // A number every rank must agree on (e.g. numel of an all_reduce); checked
@@ -42,7 +43,7 @@ struct Context {
   // ranks (see algorithms/topology.h); null otherwise.
   const struct Topology* topo = nullptr;
 
-  Context(transport::Transport& t, uint64_t sequence, transport::CollectiveKind kind, DataType dt)
+  Context(transport::Transport& t, uint64_t sequence, CollectiveKind kind, DataType dt)
       : transport(t), seq(sequence), collective(kind), dtype(dt) {}
 
   int rank() const { return members ? memberRank : transport.rank(); }
@@ -53,6 +54,8 @@ struct Context {
     size_t e = chunkBytes / elemSize();
     return e == 0 ? 1 : e;
   }
+  // The op byte on the wire: the op where ranks must agree on it, else 0.
+  uint8_t wireOp() const { return carriesReduceOp(collective) ? static_cast<uint8_t>(op) : 0; }
 
   // Scratch memory for algorithms, reused across calls on the same thread
   // (allocating and faulting in fresh pages for every large collective costs

@@ -1,7 +1,5 @@
 #include "algorithms/shm_common.h"
 
-#include "core/env.h"
-
 #include <strings.h>
 
 #include <algorithm>
@@ -12,6 +10,7 @@
 #include "core/error.h"
 #include "kernels/kernels.h"
 #include "transport/fault.h"
+#include "core/env.h"
 
 namespace agentcomm::algorithms {
 
@@ -30,7 +29,7 @@ transport::ShmOpDesc shmDesc(const Context& ctx, ShmAlgo algo, uint64_t signatur
 }
 
 std::string forcedAlgo(const char* collective) {
-  const char* env = std::getenv("AGENTCOMM_ALGO");
+  const char* env = envText("AGENTCOMM_ALGO");
   if (env == nullptr || *env == 0) return "";
   std::string spec(env);
   for (auto& c : spec) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));

@@ -7,12 +7,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <strings.h>
+#include "core/env.h"
 
 namespace agentcomm {
 namespace {
 
 LogLevel parseLevel() {
-  const char* env = std::getenv("AGENTCOMM_DEBUG");
+  const char* env = envText("AGENTCOMM_DEBUG");
   if (env == nullptr) return LogLevel::Warn;
   if (strcasecmp(env, "TRACE") == 0) return LogLevel::Trace;
   if (strcasecmp(env, "INFO") == 0) return LogLevel::Info;

@@ -1,6 +1,6 @@
 #pragma once
-// Raw-pointer kernel API shared by the CPU implementation (cpu/) and, later,
-// CUDA twins (cuda/). Buffers are plain pointers + element counts + DataType;
+// Raw-pointer kernel API of the CPU implementation (cpu/); its CUDA twins
+// (cuda/kernels_cuda.h) take the same arguments plus a stream. Buffers are plain pointers + element counts + DataType;
 // no framework types cross this header.
 #include <cstddef>
 

@@ -1,91 +1,42 @@
 #pragma once
-// The torch adapter: the only code that includes torch. It validates tensors,
-// turns them into (pointer, count, DataType), and runs the core's algorithms.
+// The torch adapter's c10d::Backend: thin. Per op it validates the tensors
+// (tensor_views.h; errors raise at once, naming the op), makes contiguous
+// buffers or, for CUDA tensors, a CUDA stage (cuda_support.h), creates the
+// Work (work.h), and hands the scheduler (scheduler.h) a closure that calls
+// the communicator (algorithms/communicator.h), which owns everything below:
+// bootstrap, paths, algorithms, protocol, failure.
 //
 // A collective passes through three phases (as in ProcessGroupGloo):
 //   1. on the calling thread: checks that raise at once (ValueError/TypeError),
-//      contiguous staging, and enqueueing;
-//   2. on the worker thread, in issue order: the algorithm, under the op's
-//      deadline; any failure aborts the communicator and tells the peers;
-//   3. completion: staged results copied back, Work finished, Future marked
-//      (its callbacks, e.g. DDP's, run on the worker, never under our locks).
-// Point-to-point sends run on their own thread and receives are posted at
-// once, so send/recv pairs never wait behind each other or a collective.
+//      contiguous buffers, and enqueueing;
+//   2. on the worker thread, in issue order (or inline, scheduler.h): the
+//      communicator call under the op's deadline; any failure aborts the
+//      communicator and tells the peers;
+//   3. completion: results copied back, Work finished, Future marked (its
+//      callbacks, e.g. DDP's, run on a completion thread, never under our locks).
+// Point-to-point (p2p.cc): sends run on their own lane and receives are
+// posted at once, so send/recv pairs never wait behind each other or a collective.
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
-#include <atomic>
-#include <condition_variable>
-#include <deque>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
-#include <thread>
 
+#include "algorithms/communicator.h"
 #include "algorithms/compressed.h"
-#include "algorithms/context.h"
-#include "algorithms/topology.h"
-#include "core/flight_recorder.h"
 #include "torch/cuda_support.h"
-#include "transport/fault.h"
-#include "transport/mailbox.h"
-#include "transport/shm/shm_domain.h"
-#include "transport/transport.h"
+#include "torch/scheduler.h"
+#include "torch/tensor_views.h"
+#include "torch/work.h"
 
 namespace agentcomm::torch_adapter {
 
-class AgentWork : public c10d::Work {
- public:
-  // cuda: the stream side of an op on CUDA tensors (null for CPU ones); its
-  // future is then a CUDA future and wait() blocks the caller's stream, not the host.
-  AgentWork(int rank, c10d::OpType type, const char* title, std::vector<at::Tensor> outputs,
-            std::chrono::milliseconds defaultWait, std::shared_ptr<CudaStage> cuda = nullptr);
-  std::vector<at::Tensor> result() override { return outputs_; }
-  c10::intrusive_ptr<c10::ivalue::Future> getFuture() override;
-  bool wait(std::chrono::milliseconds timeout) override;
-  void synchronize() override;
-  int sourceRank() const override { return sourceRank_.load(); }
-  uint64_t getSequencenumber() const override { return seq_; }
-
-  // Finishes the work and its future; eptr null on success. Call with no lock held.
-  void complete(std::exception_ptr eptr);
-  // Finishes the work for a thread that must not run user callbacks (the
-  // transport's reader): only when nobody has asked for the future yet, whose
-  // marking getFuture() then does (callbacks can only be attached after it,
-  // so none runs here). False, and nothing done, when the future is out.
-  bool completeWithoutCallbacks(std::exception_ptr eptr);
-  void setSourceRank(int r) { sourceRank_.store(r); }
-  void setSequenceNumber(uint64_t s) { seq_ = s; }
-  // Set for receives: waiting past the default timeout aborts the communicator.
-  std::function<void(const std::string&)> onWaitTimeout;
-  // The flight recorder's entry of this op: scheduled now; started by
-  // recordStarted (the thread that runs it); ended by complete*, with the
-  // algorithm noted by the thread that ran it.
-  void record(const std::shared_ptr<FlightRecorder>& recorder, uint64_t seq, bool p2p, int peer);
-  void recordStarted();
-  void setAlgorithm(const char* name) { algorithm_ = name; }
-  // Once per op (later calls do nothing); complete* call it too.
-  void recordEnded(const std::exception_ptr& eptr);
-
- private:
-
-  const char* title_;  // static text, e.g. "agentcomm:all_reduce"
-  std::vector<at::Tensor> outputs_;
-  c10::intrusive_ptr<c10::ivalue::Future> future_;
-  std::chrono::milliseconds defaultWait_;
-  std::atomic<int> sourceRank_{-1};
-  uint64_t seq_ = 0;
-  std::shared_ptr<CudaStage> cuda_;
-  std::mutex futureMu_;           // futureTaken_, futurePending_, pendingError_
-  bool futureTaken_ = false;      // getFuture() was called
-  bool futurePending_ = false;    // finished by completeWithoutCallbacks; the future not yet marked
-  std::exception_ptr pendingError_;
-  std::shared_ptr<FlightRecorder> recorder_;
-  uint64_t recordId_ = 0;
-  std::atomic<bool> recordEnded_{false};
-  const char* algorithm_ = "";  // written by the running thread before complete*, read there
-};
+using transport::Deadline;
+using StagePtr = std::shared_ptr<CudaStage>;
 
 class AgentBackend : public c10d::Backend {
  public:
@@ -133,31 +84,22 @@ class AgentBackend : public c10d::Backend {
   c10::intrusive_ptr<c10d::Work> recvAnysource(std::vector<at::Tensor>& tensors, int tag) override;
   c10::intrusive_ptr<c10d::Work> barrier(const c10d::BarrierOptions& opts) override;
 
-  void setSequenceNumberForGroup() override { opSeq_.store(0); }
-  uint64_t getSequenceNumberForGroup() override { return opSeq_.load(); }
+  void setSequenceNumberForGroup() override { scheduler_->resetSequenceNumber(); }
+  uint64_t getSequenceNumberForGroup() override { return scheduler_->sequenceNumber(); }
   void abort() override;
   // SUCCESS until the group fails; then TIMEOUT (an op ran out of time here),
   // COMM_ERROR (another failure of an op here, or abort()), or REMOTE_ERROR
   // (nothing here failed first: a peer aborted or was lost).
   c10d::ErrorType getError() override;
   // The first failure's text once the group is unusable (torchft's errored()).
-  std::optional<std::string> errorReason();
-  // Records the kind of the group's first failure (later ones keep the first).
-  void noteError(c10d::ErrorType type);
-  // Runs the AGENTCOMM_FAULT faults of op `op` (transport/fault.h) on the thread that runs it;
-  // a stall ends by stallLimit at the latest.
-  void injectFaults(uint64_t op, transport::Deadline stallLimit);
-  // Writes every group's flight records to AGENTCOMM_TRACE_DIR, if set (never throws).
-  void writeFlightRecords(const std::string& reason);
-  // Aborts the TCP transport and the shared-memory domain (sticky, tells peers).
-  void abortComm(const std::string& reason);
+  std::optional<std::string> errorReason() { return comm_->failure(); }
   void shutdown() override;
 
-  const std::string& transportName() const { return transportName_; }
+  const std::string& transportName() const { return comm_->pathName(); }
   // The CUDA side (cuda_support.h), made on first use; raises without CUDA support.
   CudaContext& cuda();
 
-  // Compressed all-reduces of a contiguous float32 CPU tensor, in place
+  // Compressed all-reduces of a contiguous float32 tensor, in place
   // (compression.cc; algorithms/compressed.h has the semantics). residual /
   // serverResidual: error-feedback buffers updated in place (optional). stats:
   // an int64[4] tensor that (raw bytes, wire bytes, encode ns, decode ns) are
@@ -171,179 +113,75 @@ class AgentBackend : public c10d::Backend {
                                                     std::optional<at::Tensor> stats);
 
  private:
-  // A sparse all-reduce of a CUDA tensor encoded on its device (compression.cc).
+  // The compressed all-reduces on host memory (CPU tensors, or CUDA ones
+  // staged through host mirrors: stage) and on the device (compression.cc).
+  c10::intrusive_ptr<c10d::Work> sparseAllreduceOnHost(at::Tensor tensor, std::optional<at::Tensor> residual,
+                                                       int64_t k, algorithms::SparseMethod m, int64_t seed,
+                                                       double scale, std::optional<at::Tensor> stats,
+                                                       const StagePtr& stage);
+  c10::intrusive_ptr<c10d::Work> quantizedAllreduceOnHost(at::Tensor tensor, std::optional<at::Tensor> residual,
+                                                          std::optional<at::Tensor> serverResidual, int64_t bits,
+                                                          int64_t block, int64_t seed, double scale,
+                                                          std::optional<at::Tensor> stats, const StagePtr& stage);
   c10::intrusive_ptr<c10d::Work> sparseAllreduceOnDevice(at::Tensor tensor, std::optional<at::Tensor> residual,
                                                          int64_t k, algorithms::SparseMethod m, int64_t seed,
                                                          double scale, std::optional<at::Tensor> stats);
-  // A quantized all-reduce of a CUDA tensor, (de)quantized on its device (compression.cc).
   c10::intrusive_ptr<c10d::Work> quantizedAllreduceOnDevice(at::Tensor tensor, std::optional<at::Tensor> residual,
                                                             std::optional<at::Tensor> serverResidual, int64_t bits,
                                                             int64_t block, int64_t seed, double scale,
                                                             std::optional<at::Tensor> stats);
-  // A large CUDA tensor's staged all_reduce, copies overlapped (backend.cc).
-  c10::intrusive_ptr<c10d::Work> allreducePipelined(const at::Tensor& ct, ReduceOp rop, double factor,
-                                                    const c10d::AllreduceOptions& opts);
+  // all_reduce of CUDA tensors: over CUDA IPC when the whole group is on this
+  // host, else a large one staged with its copies overlapped; null: neither applies.
+  c10::intrusive_ptr<c10d::Work> allreduceOnDevice(const at::Tensor& ct, ReduceOp rop, double factor,
+                                                   const c10d::AllreduceOptions& opts);
 
-  struct Job {
-    c10::intrusive_ptr<AgentWork> work;  // null for internal jobs (rendezvous answers)
-    std::function<void(transport::Deadline)> run;
-    std::chrono::milliseconds timeout;
-    // The work completes elsewhere (a rendezvous send: when the receiver's
-    // answer arrives, or fails with the communicator), never by the lane.
-    bool deferred = false;
-  };
-  // A single-thread executor: jobs run one at a time in the order enqueued.
-  class Lane {
-   public:
-    void start(std::function<void(Job&)> exec);
-    void push(Job job);
-    // Runs fn on the calling thread when nothing is queued or running (order
-    // is kept: the lane's thread waits for it). True if fn ran and returned
-    // true (it did the job); false otherwise (queue the job instead).
-    bool runInlineIfIdle(const std::function<bool()>& fn);
-    // Joins the thread; jobs still queued run first (drain) or fail.
-    void stop(bool drain);
+  // Runs `onHostMemory(stage, args...)`: with the arguments themselves and no
+  // stage when no tensor is on CUDA, else with copies whose CUDA tensors were
+  // replaced by pinned host mirrors and the stage that copies between them.
+  template <typename Fn, typename... Args>
+  c10::intrusive_ptr<c10d::Work> onHost(const char* op, const Fn& onHostMemory, Args&... args);
 
-   private:
-    std::mutex mu_;
-    std::condition_variable cv_;
-    std::deque<Job> queue_;
-    bool stopping_ = false;
-    bool busy_ = false;  // a job runs (on the lane's thread or inline)
-    std::thread thread_;
-    std::function<void(Job&)> exec_;
-  };
-
-  // Collective scheduling. Collectives run one at a time on the worker, in an
-  // order every rank agrees on even when future callbacks issue collectives
-  // from other threads (torch's PowerSGD hook does, and even waits for them
-  // inside the callback). Each op is a node; an op issued while the callbacks
-  // of op P run (on a completion thread) becomes a child of P. The worker
-  // runs the forest depth-first: after P, P's children in issue order, then
-  // P's next sibling, and it moves past P only once P's callbacks returned.
-  // Completions run on a small pool so a callback blocked on a child's
-  // future cannot stop that child's own completion.
-  struct Node {
-    Job job;
-    std::exception_ptr error;
-    std::deque<std::shared_ptr<Node>> children;
-    bool closed = false;  // its completion (future callbacks included) finished
-  };
-  class CompletionPool {
-   public:
-    void submit(std::function<void()> task);
-    void stop();  // runs what is queued, then joins
-   private:
-    std::mutex mu_;
-    std::condition_variable cv_;
-    std::deque<std::function<void()>> tasks_;
-    std::vector<std::thread> threads_;
-    int idle_ = 0;
-    bool stopping_ = false;
-  };
-  void workerLoop();
-  void stopWorker();
-
-  // mayInline: a small op may run on the calling thread when nothing is queued
-  // or running (no thread hand-offs); it completes before the caller can attach
-  // a callback, so the ordering rules above are unchanged.
-  c10::intrusive_ptr<AgentWork> enqueueCollective(c10d::OpType type, const char* title, std::vector<at::Tensor> outputs,
+  // The Work of a collective, scheduled (scheduler.h); `run` calls the
+  // communicator under its deadline. stage: the op's CUDA side (null for CPU
+  // tensors); outputs are then host mirrors and the Work reports the CUDA tensors.
+  c10::intrusive_ptr<AgentWork> enqueueCollective(c10d::OpType type, const char* title, Tensors outputs,
                                                   std::chrono::milliseconds optTimeout,
-                                                  std::function<void(transport::Deadline)> run, bool mayInline = false);
-  std::exception_ptr execute(Job& job);
+                                                  std::function<void(Deadline)> run, bool mayInline = false,
+                                                  StagePtr stage = nullptr);
+  // Runs an op through the communicator (communicator.h: run), recording it in
+  // the flight recorder; returns its error as torch's, or null.
+  std::exception_ptr execute(AgentWork& work, const std::function<void(Deadline)>& run,
+                             std::chrono::milliseconds timeout);
   // outputs[i]: the world-size list of outputs of input i.
-  c10::intrusive_ptr<c10d::Work> allgatherImpl(std::vector<std::vector<at::Tensor>>& outputs,
-                                               std::vector<at::Tensor>& inputs, const c10d::AllgatherOptions& opts);
-  c10::intrusive_ptr<AgentWork> postRecv(std::vector<at::Tensor>& tensors, int srcRank, int tag);
-  // Worker thread only: each algorithm run takes the next sequence number,
-  // identical on every rank because every rank runs the same ops in order.
-  algorithms::Context makeContext(transport::CollectiveKind kind, DataType dt, ReduceOp op, uint64_t signature,
-                                  transport::Deadline deadline);
+  c10::intrusive_ptr<c10d::Work> allgatherImpl(TensorLists& outputs, Tensors& inputs,
+                                               const c10d::AllgatherOptions& opts);
+  c10::intrusive_ptr<AgentWork> postRecv(Tensors& tensors, int srcRank, int tag);
   void shutdownNoGil();
 
-  std::unique_ptr<transport::Transport> transport_;
-  std::unique_ptr<transport::ShmDomain> shm_;       // this host's ranks of the group (null if alone)
-  bool wholeGroupShm_ = false;                      // every rank of the group is in shm_
-  std::unique_ptr<algorithms::Topology> topo_;      // several hosts, some with several ranks
-  std::string transportName_;
+  std::unique_ptr<algorithms::Communicator> comm_;
+  std::unique_ptr<Scheduler> scheduler_;
   std::chrono::milliseconds timeout_;
-  std::string groupName_;
-  size_t chunkBytes_;
-  std::atomic<uint64_t> opSeq_{0};
-  uint64_t algoSeq_ = 0;
-  std::mutex schedMu_;
-  std::condition_variable schedCv_;
-  Node root_;
-  std::vector<std::shared_ptr<Node>> nodesInFlight_;  // frames on the worker's stack
-  bool schedStopping_ = false;
-  bool workerBusy_ = false;     // the worker runs a node or waits on its subtree
-  bool inlineRunning_ = false;  // a caller is running an op inline
-  std::thread worker_;
-  CompletionPool completionPool_;
-  Lane sends_;
-  Lane completions_;
-  // Rendezvous (mailbox.h): answers to peers' offers are sent from here, never
-  // from a transport reader. The readers' pulls wait for the shared-memory
-  // domain (made after the transport, whose readers already run).
-  Lane answers_;
-  std::atomic<uint64_t> nextOfferId_{0};
-  std::mutex rendezvousMu_;
-  std::condition_variable rendezvousCv_;
-  bool rendezvousSettled_ = false;  // the constructor decided on shm_ (or failed)
-  // Per group rank: its index in shm_ when large sends between us go by
-  // rendezvous (same host, cross-memory attach), else -1. Fixed once settled.
-  std::vector<int> rendezvousIndex_;
-  std::once_flag shutdownOnce_;
   std::once_flag cudaOnce_;
   std::unique_ptr<CudaContext> cuda_;
-  std::shared_ptr<FlightRecorder> recorder_;        // this group's last ops (core/flight_recorder.h)
-  transport::FaultPlan faults_;                     // AGENTCOMM_FAULT (transport/fault.h); empty: none
-  std::atomic<int> errorType_{0};                   // c10d::ErrorType of the first failure
-  std::atomic<bool> dumpOnAbort_{true};             // false once shutdown starts (its abort is no failure)
-  std::mutex flightDumpMu_;                         // one writer of the dump file at a time
-  std::atomic<bool> flightDumped_{false};           // this group wrote a dump (AGENTCOMM_TRACE_DIR)
+  std::once_flag shutdownOnce_;
 };
 
-// The staged CUDA side of the next op this thread enqueues on a backend
-// (cuda_support.h), for ops that stage their own arguments (compression.cc).
-class PendingStage {
- public:
-  explicit PendingStage(std::shared_ptr<CudaStage> stage);
-  ~PendingStage();
-  PendingStage(const PendingStage&) = delete;
-  PendingStage& operator=(const PendingStage&) = delete;
-};
+}  // namespace agentcomm::torch_adapter
 
-// Raises ValueError unless t is a defined, strided CPU tensor ("agentcomm <op>: ...").
-void checkTensor(const at::Tensor& t, const char* op);
+namespace agentcomm::torch_adapter {
 
-// Kernel entry points for microbenchmarks, tests and agentcomm.kernels
-// (agentcomm._C.reduce_into): out = a (op) b elementwise, on the CPU with the
-// vector level `simdLevel` (auto, scalar, avx2, avx512; clamped to the CPU's),
-// on a CUDA device (CUDA build) on the current stream.
-void reduceInto(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const std::string& op,
-                const std::string& simdLevel);
-std::string simdLevelName();
-// Multi-tensor pack / unpack with a fused scale (agentcomm._C.pack_into /
-// unpack_from): one pass over all tensors, no Python-level loop.
-void packInto(const std::vector<at::Tensor>& tensors, at::Tensor& flat, double divideBy, double multiplyBy);
-void unpackFrom(const at::Tensor& flat, std::vector<at::Tensor>& tensors, double divideBy, double multiplyBy);
-
-// Compression kernels (compression.cc), exposed for tests and microbenchmarks.
-std::tuple<at::Tensor, at::Tensor> topkKernel(at::Tensor data, int64_t k, std::optional<at::Tensor> add,
-                                              bool errorFeedback, bool sampled, int64_t seed);
-std::tuple<at::Tensor, at::Tensor> quantizeKernel(at::Tensor data, int64_t bits, int64_t block, int64_t seed,
-                                                  std::optional<at::Tensor> add, bool errorFeedback,
-                                                  std::optional<at::Tensor> codesOut,
-                                                  std::optional<at::Tensor> scalesOut);
-void dequantizeKernel(const at::Tensor& codes, const at::Tensor& scales, at::Tensor& out, int64_t bits, int64_t block,
-                      double alpha, bool accumulate);
-void castKernel(const at::Tensor& src, at::Tensor& dst, double scale);
-std::tuple<int64_t, int64_t> quantSliceOf(int64_t count, int64_t block, int64_t rank, int64_t size);
-at::Tensor randomkIndices(int64_t seed, int64_t n, int64_t k);
-// Random-k: the k values at randomkIndices(seed, n, k) (after data += add;
-// error feedback zeroes them in data), and the inverse (out[idx] = val * scale).
-at::Tensor randomkKernel(at::Tensor data, int64_t k, int64_t seed, std::optional<at::Tensor> add, bool errorFeedback);
-void randomkScatterKernel(const at::Tensor& values, at::Tensor& out, int64_t seed, double scale);
+template <typename Fn, typename... Args>
+c10::intrusive_ptr<c10d::Work> AgentBackend::onHost(const char* op, const Fn& onHostMemory, Args&... args) {
+  if (!anyCuda(args...)) return onHostMemory(StagePtr{}, args...);
+  auto mirrors = std::make_tuple(args...);  // copies: the caller's lists keep their CUDA tensors
+  return std::apply(
+      [&](auto&... m) {
+        std::vector<at::Tensor*> ptrs;
+        (collectTensors(ptrs, m), ...);
+        StagePtr stage = cuda().stage(ptrs, op);
+        return onHostMemory(stage, m...);
+      },
+      mirrors);
+}
 
 }  // namespace agentcomm::torch_adapter

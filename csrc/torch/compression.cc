@@ -1,6 +1,6 @@
 // Torch side of gradient compression: the backend's compressed all-reduces
 // (run on the worker like every collective, so a DDP hook only enqueues and
-// returns a Future) and the kernel entry points for tests and benchmarks.
+// returns a Future). The kernels' Python entry points are in kernel_ops.cc.
 #include <ATen/Functions.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/util/Exception.h>
@@ -16,41 +16,10 @@
 
 namespace agentcomm::torch_adapter {
 
-using transport::CollectiveKind;
+using algorithms::CollectiveKind;
 using transport::Deadline;
 
 namespace {
-
-// The kernel entry points take CPU tensors, or (in a build with CUDA) CUDA
-// tensors all on one device, where the CUDA twins run on the current stream.
-void checkKernelDevice(const at::Tensor& t, const at::Tensor& like, const char* op) {
-  TORCH_CHECK_VALUE(t.defined(), "agentcomm ", op, ": got an undefined tensor");
-  if (!t.is_cuda() && !like.is_cuda()) return checkTensor(t, op);
-  TORCH_CHECK_VALUE(cudaBuilt(), "agentcomm ", op, ": this build has no CUDA support (it was compiled against a "
-                    "torch without CUDA)");
-  TORCH_CHECK_VALUE(t.device() == like.device(), "agentcomm ", op, ": tensors on ", t.device(), " and ",
-                    like.device(), "; pass them on one device");
-}
-
-void checkFloatBuffer(const at::Tensor& t, const char* op, const char* what, const at::Tensor* like = nullptr) {
-  if (like)
-    checkKernelDevice(t, *like, op);
-  else
-    checkTensor(t, op);
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, "agentcomm ", op, ": ", what,
-                   " must be float32 (compress float16/bfloat16 gradients through a float32 copy), got ",
-                   t.scalar_type());
-  TORCH_CHECK_VALUE(t.is_contiguous(), "agentcomm ", op, ": ", what, " must be contiguous");
-}
-
-float* optionalBuffer(const std::optional<at::Tensor>& t, int64_t numel, const char* op, const char* what,
-                     const at::Tensor* like = nullptr) {
-  if (!t || !t->defined()) return nullptr;
-  checkFloatBuffer(*t, op, what, like);
-  TORCH_CHECK_VALUE(t->numel() == numel, "agentcomm ", op, ": ", what, " has ", t->numel(), " elements, expected ",
-                    numel);
-  return t->data_ptr<float>();
-}
 
 int64_t* statsBuffer(const std::optional<at::Tensor>& stats, const char* op) {
   if (!stats || !stats->defined()) return nullptr;
@@ -68,28 +37,12 @@ void addStats(int64_t* out, const algorithms::CompressionStats& s) {
   out[3] += static_cast<int64_t>(s.decodeNs);
 }
 
-constexpr size_t kMaxElems = (size_t{1} << 31) - 1;  // indices travel as int32 in Python
-
-// Runs `onDevice(stream)` for CUDA tensors (with their device current), `onHost()` otherwise.
-template <typename D, typename H>
-auto dispatch(const at::Tensor& t, D&& onDevice, H&& onHost) {
-#ifdef AGENTCOMM_WITH_CUDA
-  if (t.is_cuda()) {
-    c10::DeviceGuard guard(t.device());
-    return onDevice(currentCudaStream(t));
-  }
-#else
-  (void)onDevice;
-#endif
-  return onHost();
-}
-
 // With AGENTCOMM_CUDA_ENCODE=0, CUDA tensors given to a compressed all-reduce
 // run on pinned host mirrors staged on the backend's stream (the residuals
 // are outputs too); by default they are encoded on the device (below). Replaces
 // the CUDA tensors by their mirrors and returns the stage, or null when none
 // is on CUDA (cuda() is then never asked for: CPU builds have none).
-std::shared_ptr<CudaStage> stageOnHost(AgentBackend& backend, at::Tensor& tensor,
+StagePtr stageOnHost(AgentBackend& backend, at::Tensor& tensor,
                                        std::initializer_list<std::optional<at::Tensor>*> residuals, const char* op) {
   std::vector<at::Tensor*> ptrs = {&tensor};
   for (auto* r : residuals)
@@ -120,10 +73,16 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::sparseAllreduce(at::Tensor tensor, 
   if (tensor.is_cuda() && envFlag("AGENTCOMM_CUDA_ENCODE", true))
     return sparseAllreduceOnDevice(tensor, residual, k, m, seed, scale, stats);
 #endif
-  if (auto stage = stageOnHost(*this, tensor, {&residual}, op)) {
-    PendingStage pending(stage);
-    return sparseAllreduce(tensor, residual, k, method, seed, scale, stats);
-  }
+  StagePtr stage = stageOnHost(*this, tensor, {&residual}, op);
+  return sparseAllreduceOnHost(tensor, residual, k, m, seed, scale, stats, stage);
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::sparseAllreduceOnHost(at::Tensor tensor,
+                                                                   std::optional<at::Tensor> residual, int64_t k,
+                                                                   algorithms::SparseMethod m, int64_t seed,
+                                                                   double scale, std::optional<at::Tensor> stats,
+                                                                   const StagePtr& stage) {
+  const char* op = "sparse_all_reduce";
   checkFloatBuffer(tensor, op, "the tensor");
   TORCH_CHECK_VALUE(static_cast<size_t>(tensor.numel()) <= kMaxElems, "agentcomm ", op, ": at most 2^31 - 1 elements");
   float* res = optionalBuffer(residual, tensor.numel(), op, "residual");
@@ -137,8 +96,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::sparseAllreduce(at::Tensor tensor, 
   return enqueueCollective(c10d::OpType::ALLREDUCE, "agentcomm:sparse_all_reduce", {tensor}, c10d::kUnsetTimeout,
                            [=, this](Deadline d) {
                              (void)keep;  // the buffers stay alive until the op ran
-                             auto ctx = makeContext(CollectiveKind::CompressedAllReduce, DataType::Float32,
-                                                    ReduceOp::Sum, signature, d);
+                             auto ctx = comm_->context(CollectiveKind::CompressedAllReduce, DataType::Float32, ReduceOp::Sum, signature, d);
                              algorithms::CompressionStats s;
                              algorithms::SparseAllReduceOptions o;
                              o.data = tensor.data_ptr<float>();
@@ -151,7 +109,8 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::sparseAllreduce(at::Tensor tensor, 
                              o.stats = &s;
                              algorithms::sparseAllReduce(ctx, o);
                              addStats(st, s);
-                           });
+                           },
+                           false, stage);
 }
 
 #ifdef AGENTCOMM_WITH_CUDA
@@ -184,8 +143,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::sparseAllreduceOnDevice(at::Tensor 
   std::vector<at::Tensor> keep = {tensor};
   if (residual && residual->defined()) keep.push_back(*residual);
   if (stats && stats->defined()) keep.push_back(*stats);
-  std::shared_ptr<CudaStage> stage = cuda().streamStage(tensor);
-  PendingStage pending(stage);
+  StagePtr stage = cuda().streamStage(tensor);
   return enqueueCollective(
       c10d::OpType::ALLREDUCE, "agentcomm:sparse_all_reduce", {tensor}, c10d::kUnsetTimeout, [=, this](Deadline d) {
         (void)keep;
@@ -196,7 +154,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::sparseAllreduceOnDevice(at::Tensor 
         float* src = ef ? res : data;
         const float* add = ef ? data : nullptr;
         const auto pinned = at::TensorOptions().dtype(at::kFloat).pinned_memory(true);
-        auto ctx = makeContext(CollectiveKind::CompressedAllReduce, DataType::Float32, ReduceOp::Sum, signature, d);
+        auto ctx = comm_->context(CollectiveKind::CompressedAllReduce, DataType::Float32, ReduceOp::Sum, signature, d);
         algorithms::CompressionStats s;
         algorithms::SparseAllReduceOptions o;
         o.count = count;
@@ -246,7 +204,8 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::sparseAllreduceOnDevice(at::Tensor 
           stage->copy(tensor, out.view(tensor.sizes()));  // the caller's wait covers it ("done" follows)
         }
         addStats(st, s);
-      });
+      },
+      false, stage);
 }
 #endif
 
@@ -259,10 +218,17 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::quantizedAllreduce(at::Tensor tenso
   if (tensor.is_cuda() && envFlag("AGENTCOMM_CUDA_ENCODE", true))
     return quantizedAllreduceOnDevice(tensor, residual, serverResidual, bits, block, seed, scale, stats);
 #endif
-  if (auto stage = stageOnHost(*this, tensor, {&residual, &serverResidual}, op)) {
-    PendingStage pending(stage);
-    return quantizedAllreduce(tensor, residual, serverResidual, bits, block, seed, scale, stats);
-  }
+  StagePtr stage = stageOnHost(*this, tensor, {&residual, &serverResidual}, op);
+  return quantizedAllreduceOnHost(tensor, residual, serverResidual, bits, block, seed, scale, stats, stage);
+}
+
+c10::intrusive_ptr<c10d::Work> AgentBackend::quantizedAllreduceOnHost(at::Tensor tensor,
+                                                                      std::optional<at::Tensor> residual,
+                                                                      std::optional<at::Tensor> serverResidual,
+                                                                      int64_t bits, int64_t block, int64_t seed,
+                                                                      double scale, std::optional<at::Tensor> stats,
+                                                                      const StagePtr& stage) {
+  const char* op = "quantized_all_reduce";
   checkFloatBuffer(tensor, op, "the tensor");
   TORCH_CHECK_VALUE(kernels::validQuantBits(static_cast<int>(bits)), "agentcomm ", op,
                     ": bits must be 8, 4 or 1, got ", bits);
@@ -280,8 +246,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::quantizedAllreduce(at::Tensor tenso
   return enqueueCollective(c10d::OpType::ALLREDUCE, "agentcomm:quantized_all_reduce", {tensor}, c10d::kUnsetTimeout,
                            [=, this](Deadline d) {
                              (void)keep;
-                             auto ctx = makeContext(CollectiveKind::CompressedAllReduce, DataType::Float32,
-                                                    ReduceOp::Sum, signature, d);
+                             auto ctx = comm_->context(CollectiveKind::CompressedAllReduce, DataType::Float32, ReduceOp::Sum, signature, d);
                              algorithms::CompressionStats s;
                              algorithms::QuantizedAllReduceOptions o;
                              o.data = tensor.data_ptr<float>();
@@ -295,7 +260,8 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::quantizedAllreduce(at::Tensor tenso
                              o.stats = &s;
                              algorithms::quantizedAllReduce(ctx, o);
                              addStats(st, s);
-                           });
+                           },
+                           false, stage);
 }
 
 #ifdef AGENTCOMM_WITH_CUDA
@@ -324,8 +290,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::quantizedAllreduceOnDevice(
   for (const auto* t : {&residual, &serverResidual, &stats})
     if (*t && (*t)->defined()) keep.push_back(**t);
   const at::Tensor serverDev = server ? *serverResidual : at::Tensor();
-  std::shared_ptr<CudaStage> stage = cuda().streamStage(tensor);
-  PendingStage pending(stage);
+  StagePtr stage = cuda().streamStage(tensor);
   return enqueueCollective(
       c10d::OpType::ALLREDUCE, "agentcomm:quantized_all_reduce", {tensor}, c10d::kUnsetTimeout,
       [=, this](Deadline d) {
@@ -357,7 +322,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::quantizedAllreduceOnDevice(
         }
         stage->synchronize();
         s.encodeNs += nsSince(t0);
-        auto ctx = makeContext(CollectiveKind::CompressedAllReduce, DataType::Float32, ReduceOp::Sum, signature, d);
+        auto ctx = comm_->context(CollectiveKind::CompressedAllReduce, DataType::Float32, ReduceOp::Sum, signature, d);
         algorithms::QuantizedAllReduceOptions o;
         o.count = count;
         o.serverResidual = server ? serverH.data_ptr<float>() : nullptr;
@@ -380,179 +345,9 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::quantizedAllreduceOnDevice(
         stage->synchronize();  // codesD and scalesD may go once the decode ran
         s.decodeNs += nsSince(t1);
         addStats(st, s);
-      });
+      },
+      false, stage);
 }
 #endif
-
-// ------------------------------------------------------------ kernel entry points
-
-std::tuple<at::Tensor, at::Tensor> topkKernel(at::Tensor data, int64_t k, std::optional<at::Tensor> add,
-                                              bool errorFeedback, bool sampled, int64_t seed) {
-  checkFloatBuffer(data, "topk", "data", &data);
-  TORCH_CHECK_VALUE(static_cast<size_t>(data.numel()) <= kMaxElems, "topk: at most 2^31 - 1 elements");
-  TORCH_CHECK_VALUE(k >= 0, "topk: k must be >= 0");
-  const float* a = optionalBuffer(add, data.numel(), "topk", "add", &data);
-  const size_t n = static_cast<size_t>(data.numel());
-  const size_t kk = std::min(static_cast<size_t>(k), n);
-  at::Tensor idx = at::empty({static_cast<int64_t>(kk)}, data.options().dtype(at::kInt));
-  at::Tensor val = at::empty({static_cast<int64_t>(kk)}, data.options());
-  auto* ip = reinterpret_cast<uint32_t*>(idx.data_ptr<int32_t>());
-  float* d = data.data_ptr<float>();
-  float* v = val.data_ptr<float>();
-  const auto s = static_cast<uint64_t>(seed);
-  const size_t got = dispatch(
-      data,
-      [&](void* st) {
-        return sampled ? kernels::cuda::topkSampled(d, a, n, kk, ip, v, errorFeedback, s, st)
-                       : kernels::cuda::topkExact(d, a, n, kk, ip, v, errorFeedback, st);
-      },
-      [&] {
-        return sampled ? kernels::topkSampled(d, a, n, kk, ip, v, errorFeedback, s)
-                       : kernels::topkExact(d, a, n, kk, ip, v, errorFeedback);
-      });
-  return {idx.narrow(0, 0, static_cast<int64_t>(got)), val.narrow(0, 0, static_cast<int64_t>(got))};
-}
-
-std::tuple<at::Tensor, at::Tensor> quantizeKernel(at::Tensor data, int64_t bits, int64_t block, int64_t seed,
-                                                  std::optional<at::Tensor> add, bool errorFeedback,
-                                                  std::optional<at::Tensor> codesOut,
-                                                  std::optional<at::Tensor> scalesOut) {
-  checkFloatBuffer(data, "quantize", "data", &data);
-  TORCH_CHECK_VALUE(kernels::validQuantBits(static_cast<int>(bits)), "quantize: bits must be 8, 4 or 1, got ", bits);
-  TORCH_CHECK_VALUE(block > 0 && block % 8 == 0, "quantize: block must be a positive multiple of 8, got ", block);
-  const float* a = optionalBuffer(add, data.numel(), "quantize", "add", &data);
-  const size_t n = static_cast<size_t>(data.numel());
-  const auto codeBytes =
-      static_cast<int64_t>(kernels::quantCodeBytes(n, static_cast<int>(bits), static_cast<size_t>(block)));
-  const auto blocks = static_cast<int64_t>(kernels::quantBlocks(n, static_cast<size_t>(block)));
-  // Reusable outputs (benchmarks: fresh pages would be timed as page faults).
-  at::Tensor codes =
-      codesOut && codesOut->defined() ? *codesOut : at::empty({codeBytes}, data.options().dtype(at::kByte));
-  at::Tensor scales = scalesOut && scalesOut->defined() ? *scalesOut : at::empty({blocks}, data.options());
-  TORCH_CHECK_VALUE(codes.scalar_type() == at::kByte && codes.is_contiguous() && codes.numel() == codeBytes &&
-                        codes.device() == data.device(),
-                    "quantize: codes must be a contiguous uint8 tensor of ", codeBytes, " bytes on ", data.device());
-  TORCH_CHECK_VALUE(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() == blocks &&
-                        scales.device() == data.device(),
-                    "quantize: scales must be a contiguous float32 tensor of ", blocks, " elements on ",
-                    data.device());
-  const int b = static_cast<int>(bits);
-  const auto blk = static_cast<size_t>(block);
-  const auto s = static_cast<uint64_t>(seed);
-  dispatch(
-      data,
-      [&](void* st) {
-        kernels::cuda::quantize(data.data_ptr<float>(), a, n, b, blk, s, codes.data_ptr<uint8_t>(),
-                                scales.data_ptr<float>(), errorFeedback, st);
-      },
-      [&] {
-        kernels::quantize(data.data_ptr<float>(), a, n, b, blk, s, codes.data_ptr<uint8_t>(), scales.data_ptr<float>(),
-                          errorFeedback);
-      });
-  return {codes, scales};
-}
-
-void dequantizeKernel(const at::Tensor& codes, const at::Tensor& scales, at::Tensor& out, int64_t bits, int64_t block,
-                      double alpha, bool accumulate) {
-  checkFloatBuffer(out, "dequantize", "out", &out);
-  TORCH_CHECK_VALUE(kernels::validQuantBits(static_cast<int>(bits)), "dequantize: bits must be 8, 4 or 1");
-  TORCH_CHECK_VALUE(block > 0 && block % 8 == 0, "dequantize: block must be a positive multiple of 8");
-  const size_t n = static_cast<size_t>(out.numel());
-  TORCH_CHECK_VALUE(codes.scalar_type() == at::kByte && codes.is_contiguous() && codes.device() == out.device() &&
-                        static_cast<size_t>(codes.numel()) ==
-                            kernels::quantCodeBytes(n, static_cast<int>(bits), static_cast<size_t>(block)),
-                    "dequantize: codes do not match ", n, " elements at ", bits, " bits on ", out.device());
-  TORCH_CHECK_VALUE(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.device() == out.device() &&
-                        static_cast<size_t>(scales.numel()) == kernels::quantBlocks(n, static_cast<size_t>(block)),
-                    "dequantize: scales do not match ", n, " elements in blocks of ", block, " on ", out.device());
-  const int b = static_cast<int>(bits);
-  const auto blk = static_cast<size_t>(block);
-  const auto al = static_cast<float>(alpha);
-  dispatch(
-      out,
-      [&](void* st) {
-        kernels::cuda::dequantize(codes.data_ptr<uint8_t>(), scales.data_ptr<float>(), n, b, blk, al, accumulate,
-                                  out.data_ptr<float>(), st);
-      },
-      [&] {
-        kernels::dequantize(codes.data_ptr<uint8_t>(), scales.data_ptr<float>(), n, b, blk, al, accumulate,
-                            out.data_ptr<float>());
-      });
-}
-
-void castKernel(const at::Tensor& src, at::Tensor& dst, double scale) {
-  TORCH_CHECK_VALUE(src.is_contiguous() && dst.is_contiguous() && src.numel() == dst.numel() &&
-                        src.device() == dst.device() && (src.is_cpu() || (src.is_cuda() && cudaBuilt())),
-                    "cast_into: contiguous tensors of equal size on one device (CPU, or CUDA in a CUDA build) "
-                    "expected");
-  const auto half = [](at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; };
-  const auto dtOf = [](at::ScalarType t) { return t == at::kHalf ? DataType::Float16 : DataType::BFloat16; };
-  const size_t n = static_cast<size_t>(src.numel());
-  const auto sc = static_cast<float>(scale);
-  if (src.scalar_type() == at::kFloat && half(dst.scalar_type())) {
-    dispatch(
-        src, [&](void* st) { kernels::cuda::castFromFloat(src.data_ptr<float>(), dst.data_ptr(), n, dtOf(dst.scalar_type()), sc, st); },
-        [&] { kernels::castFromFloat(src.data_ptr<float>(), dst.data_ptr(), n, dtOf(dst.scalar_type()), sc); });
-  } else if (half(src.scalar_type()) && dst.scalar_type() == at::kFloat) {
-    dispatch(
-        src, [&](void* st) { kernels::cuda::castToFloat(src.data_ptr(), dtOf(src.scalar_type()), dst.data_ptr<float>(), n, sc, st); },
-        [&] { kernels::castToFloat(src.data_ptr(), dtOf(src.scalar_type()), dst.data_ptr<float>(), n, sc); });
-  } else {
-    TORCH_CHECK_TYPE(false, "cast_into: float32 <-> float16/bfloat16 only, got ", src.scalar_type(), " -> ",
-                     dst.scalar_type());
-  }
-}
-
-std::tuple<int64_t, int64_t> quantSliceOf(int64_t count, int64_t block, int64_t rank, int64_t size) {
-  TORCH_CHECK_VALUE(count >= 0 && block > 0 && size > 0 && rank >= 0 && rank < size, "quant_slice: bad arguments");
-  auto s = algorithms::quantSlice(static_cast<size_t>(count), static_cast<size_t>(block), static_cast<int>(rank),
-                                  static_cast<int>(size));
-  return {static_cast<int64_t>(s.offset), static_cast<int64_t>(s.count)};
-}
-
-at::Tensor randomkIndices(int64_t seed, int64_t n, int64_t k) {
-  TORCH_CHECK_VALUE(n >= 0 && k >= 0 && k <= n && static_cast<size_t>(n) <= kMaxElems,
-                    "randomk_indices: need 0 <= k <= n < 2^31");
-  at::Tensor out = at::empty({k}, at::kLong);
-  auto* p = out.data_ptr<int64_t>();
-  for (int64_t j = 0; j < k; ++j)
-    p[j] = kernels::randomkIndex(static_cast<uint64_t>(seed), static_cast<size_t>(n), static_cast<size_t>(k),
-                                 static_cast<size_t>(j));
-  return out;
-}
-
-at::Tensor randomkKernel(at::Tensor data, int64_t k, int64_t seed, std::optional<at::Tensor> add, bool errorFeedback) {
-  checkFloatBuffer(data, "randomk", "data", &data);
-  TORCH_CHECK_VALUE(static_cast<size_t>(data.numel()) <= kMaxElems, "randomk: at most 2^31 - 1 elements");
-  TORCH_CHECK_VALUE(k >= 0 && k <= data.numel(), "randomk: need 0 <= k <= ", data.numel(), " (the data's size), got ",
-                    k);
-  const float* a = optionalBuffer(add, data.numel(), "randomk", "add", &data);
-  const size_t n = static_cast<size_t>(data.numel()), kk = static_cast<size_t>(k);
-  at::Tensor val = at::empty({k}, data.options());
-  float* d = data.data_ptr<float>();
-  float* v = val.data_ptr<float>();
-  const auto s = static_cast<uint64_t>(seed);
-  dispatch(
-      data, [&](void* st) { kernels::cuda::randomkGather(d, a, n, kk, s, v, errorFeedback, st); },
-      [&] { kernels::randomkGather(d, a, n, kk, s, v, errorFeedback); });
-  return val;
-}
-
-void randomkScatterKernel(const at::Tensor& values, at::Tensor& out, int64_t seed, double scale) {
-  checkFloatBuffer(out, "randomk_scatter", "out", &out);
-  checkFloatBuffer(values, "randomk_scatter", "values", &out);
-  TORCH_CHECK_VALUE(static_cast<size_t>(out.numel()) <= kMaxElems, "randomk_scatter: at most 2^31 - 1 elements");
-  TORCH_CHECK_VALUE(values.numel() <= out.numel(), "randomk_scatter: ", values.numel(),
-                    " values do not fit an output of ", out.numel(), " elements");
-  const size_t n = static_cast<size_t>(out.numel()), kk = static_cast<size_t>(values.numel());
-  const float* v = values.data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  const auto s = static_cast<uint64_t>(seed);
-  const auto sc = static_cast<float>(scale);
-  dispatch(
-      out, [&](void* st) { kernels::cuda::randomkScatter(v, n, kk, s, sc, o, st); },
-      [&] { kernels::randomkScatter(v, n, kk, s, sc, o); });
-}
-
 
 }  // namespace agentcomm::torch_adapter

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <unordered_set>
 
+#include "algorithms/device_peers.h"
 #include "core/logging.h"
 #include "kernels/cuda/kernels_cuda.h"
 
@@ -332,21 +333,12 @@ class Context final : public CudaContext {
                 "(cudaIpcGetMemHandle failed, e.g. under PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync or "
                 "expandable segments); set AGENTCOMM_CUDA_IPC=0 on every rank to stage through host memory");
     if (t.numel() == 0) return;
-    // One kernel per GPU: the lowest rank on each GPU reduces that GPU's share
-    // of the elements over every rank's tensor (ranks sharing a GPU would only
-    // time-slice it, and each cross-process dependency costs a context switch).
-    std::vector<int> leaders;  // one per GPU, in rank order
-    for (int r = 0; r < size_; ++r) {
-      int leader = r;
-      for (int q = 0; q < r; ++q)
-        if (std::memcmp(all[static_cast<size_t>(q)].uuid, all[static_cast<size_t>(r)].uuid, 16) == 0) {
-          leader = q;
-          break;
-        }
-      if (leader == r) leaders.push_back(r);
-    }
-    const auto slot = std::find(leaders.begin(), leaders.end(), rank_);
-    if (slot != leaders.end()) {
+    // One kernel per GPU (algorithms/device_peers.h): who reduces which share.
+    std::vector<algorithms::GpuId> gpus(static_cast<size_t>(size_));
+    for (int r = 0; r < size_; ++r) std::memcpy(gpus[static_cast<size_t>(r)].data(), all[static_cast<size_t>(r)].uuid, 16);
+    const algorithms::DevicePeerPlan plan =
+        algorithms::planDevicePeers(gpus, rank_, static_cast<size_t>(t.numel()), static_cast<size_t>(t.element_size()));
+    if (plan.leads) {
       void* ptrs[kernels::cuda::kMaxPeers];
       for (int r = 0; r < size_; ++r) {
         const PeerBlob& b = all[static_cast<size_t>(r)];
@@ -357,14 +349,7 @@ class Context final : public CudaContext {
         ptrs[r] = static_cast<char*>(open(b.mem)) + b.offset;
         if (!b.readyNow) check(cudaStreamWaitEvent(st, peerEvent(b.ready), 0), "wait (peer ready)");
       }
-      // This GPU's share: contiguous, 16-byte aligned boundaries.
-      const size_t n = static_cast<size_t>(t.numel());
-      const size_t parts = leaders.size(), index = static_cast<size_t>(slot - leaders.begin());
-      const size_t align = std::max<size_t>(1, 16 / t.element_size());
-      const size_t per = (n / parts + align - 1) / align * align;
-      const size_t begin = std::min(n, per * index);
-      const size_t end = index + 1 == parts ? n : std::min(n, begin + per);
-      kernels::cuda::reducePeers(ptrs, size_, begin, end - begin, dtypeOf(t), op, scale, st);
+      kernels::cuda::reducePeers(ptrs, size_, plan.begin, plan.count, dtypeOf(t), op, scale, st);
       check(cudaEventRecord(mine.done->get(), st), "record (reduced)");
     }
     // Nobody may touch the tensors until every GPU's share was written into
@@ -373,7 +358,7 @@ class Context final : public CudaContext {
     int32_t token = 1;
     std::vector<int32_t> tokens(static_cast<size_t>(size_));
     exchange(&token, tokens.data(), sizeof token);
-    for (int r : leaders)
+    for (int r : plan.leaders)
       if (r != rank_) check(cudaStreamWaitEvent(st, peerEvent(all[static_cast<size_t>(r)].done), 0), "wait (peer done)");
   }
 

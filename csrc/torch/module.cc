@@ -4,7 +4,9 @@
 
 #include "core/flight_recorder.h"
 #include "core/logging.h"
+#include "core/version.h"
 #include "torch/backend.h"
+#include "torch/kernel_ops.h"
 
 namespace py = pybind11;
 using agentcomm::torch_adapter::AgentBackend;
@@ -36,7 +38,7 @@ PYBIND11_MODULE(_C, m) {
            py::arg("block") = 256, py::arg("seed") = 0, py::arg("scale") = 1.0, py::arg("stats") = py::none(),
            py::call_guard<py::gil_scoped_release>(),
            "Quantized (8/4/1-bit) reduce-scatter + all-gather of a float32 tensor in place; returns a Work");
-  m.def("version", [] { return std::string("0.1.0"); });
+  m.def("version", [] { return std::string(agentcomm::kVersion); });
   m.def("cuda_built", &agentcomm::torch_adapter::cudaBuilt,
         "Whether this build handles CUDA tensors (it was compiled against a torch with CUDA)");
   m.def("set_log_rank", &agentcomm::setLogRank);

@@ -14,31 +14,26 @@ enum class MsgKind : uint8_t {
   Abort = 3,       // payload: UTF-8 reason; the sender's communicator is gone
 };
 
-// Which collective produced a message; only used for checks and messages.
-enum class CollectiveKind : uint8_t {
-  None = 0,
-  AllReduce,
-  Broadcast,
-  Reduce,
-  AllGather,
-  ReduceScatter,
-  Gather,
-  Scatter,
-  AllToAll,
-  Barrier,
-  Send,
-  CompressedAllReduce,  // algorithms/compressed.h
+// The part of a collective message's header that its sender and receiver must
+// agree on. The transport compares it and carries it without reading it: the
+// algorithms layer fills it (algorithms/collective_kind.h) and, through a
+// DescribeSignature set on each receive, says what it means in a mismatch error.
+struct Signature {
+  uint8_t collective = 0;  // the algorithms' collective kind
+  uint8_t dtype = 0;       // DataType
+  uint8_t op = 0;          // ReduceOp (0 where the collective reduces nothing)
+  uint64_t count = 0;      // e.g. numel of an all_reduce
 };
-
-const char* collectiveName(CollectiveKind k);
+// "<what the call was>, <nbytes> bytes in this message", for errors.
+using DescribeSignature = std::string (*)(const Signature& signature, uint64_t nbytes);
 
 #pragma pack(push, 1)
 struct Header {
   uint32_t magic = kHeaderMagic;
   uint8_t kind = 0;        // MsgKind
-  uint8_t collective = 0;  // CollectiveKind
+  uint8_t collective = 0;  // Signature::collective (P2P: 0)
   uint8_t dtype = 0;       // DataType
-  uint8_t op = 0;          // ReduceOp
+  uint8_t op = 0;          // ReduceOp (P2P: 0, or kP2POffer)
   uint64_t seq = 0;        // collective sequence number (P2P: 0)
   uint64_t tag = 0;        // step/chunk within the collective (P2P: user tag)
   uint64_t count = 0;      // signature every rank must agree on (e.g. numel of an all_reduce)

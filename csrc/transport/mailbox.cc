@@ -9,10 +9,10 @@
 namespace agentcomm::transport {
 
 std::string Mailbox::checkMatch(const RecvSpec& spec, int src, const Header& h, bool compareBytes) const {
-  auto describe = [](CollectiveKind c, uint8_t dt, uint8_t op, uint64_t count, uint64_t nbytes, bool withOp) {
-    std::string s = strCat(collectiveName(c), " of ", count, " elements of ", dataTypeName(static_cast<DataType>(dt)));
-    if (withOp) s += strCat(" (op ", reduceOpName(static_cast<ReduceOp>(op)), ")");
-    return s + strCat(", ", nbytes, " bytes in this message");
+  auto describe = [&spec](const Signature& sig, uint64_t nbytes) {
+    if (spec.describe != nullptr) return spec.describe(sig, nbytes);
+    return strCat("collective #", int(sig.collective), " of ", sig.count, " elements of dtype #", int(sig.dtype),
+                  ", op #", int(sig.op), ", ", nbytes, " bytes in this message");
   };
   if (spec.kind == MsgKind::P2P) {
     if (h.dtype != spec.dtype || (compareBytes && h.nbytes != spec.nbytes)) {
@@ -24,14 +24,12 @@ std::string Mailbox::checkMatch(const RecvSpec& spec, int src, const Header& h, 
     }
     return {};
   }
-  const bool withOp = spec.collective == CollectiveKind::AllReduce || spec.collective == CollectiveKind::Reduce ||
-                      spec.collective == CollectiveKind::ReduceScatter;
-  if (h.collective != static_cast<uint8_t>(spec.collective) || h.dtype != spec.dtype ||
-      (withOp && h.op != spec.op) || h.count != spec.count || (compareBytes && h.nbytes != spec.nbytes)) {
+  const Signature theirs{h.collective, h.dtype, h.op, h.count};
+  const Signature mine{spec.collective, spec.dtype, spec.op, spec.count};
+  if (theirs.collective != mine.collective || theirs.dtype != mine.dtype || theirs.op != mine.op ||
+      theirs.count != mine.count || (compareBytes && h.nbytes != spec.nbytes)) {
     return strCat("agentcomm: collective mismatch at sequence number ", spec.seq, ": rank ", src, " called ",
-                  describe(static_cast<CollectiveKind>(h.collective), h.dtype, h.op, h.count, h.nbytes, withOp),
-                  "; rank ", rank_, " called ",
-                  describe(spec.collective, spec.dtype, spec.op, spec.count, spec.nbytes, withOp),
+                  describe(theirs, h.nbytes), "; rank ", rank_, " called ", describe(mine, spec.nbytes),
                   ". Every rank must call the same collectives in the same order with matching shapes, dtypes "
                   "and reduce ops.");
   }

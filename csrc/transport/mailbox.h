@@ -37,11 +37,13 @@ struct RecvSpec {
   uint64_t tag = 0;
   void* buffer = nullptr;
   uint64_t nbytes = 0;
-  // What the sender must agree on.
-  CollectiveKind collective = CollectiveKind::None;
+  // What the sender must agree on (collective messages: header.h's Signature,
+  // described in a mismatch error by `describe`; P2P: dtype and bytes).
+  uint8_t collective = 0;
   uint8_t dtype = 0;
   uint8_t op = 0;
   uint64_t count = 0;
+  DescribeSignature describe = nullptr;
   // Runs once, on whichever thread completes (or fails) the slot, with no lock held.
   std::function<void(const class RecvSlot&)> onComplete;
 };

@@ -15,7 +15,7 @@
 
 using namespace agentcomm;
 using namespace agentcomm::algorithms;
-using transport::CollectiveKind;
+using algorithms::CollectiveKind;
 
 namespace {
 

@@ -306,7 +306,7 @@ namespace {
 float rankInput(int rank, size_t i) { return static_cast<float>(static_cast<int>((i * 37 + rank * 11) % 23) - 11); }
 
 Context compressedCtx(transport::Transport& t, uint64_t seq, uint64_t sig) {
-  Context ctx(t, seq, transport::CollectiveKind::CompressedAllReduce, DataType::Float32);
+  Context ctx(t, seq, algorithms::CollectiveKind::CompressedAllReduce, DataType::Float32);
   ctx.signature = sig;
   ctx.deadline = transport::Clock::now() + std::chrono::seconds(30);
   return ctx;

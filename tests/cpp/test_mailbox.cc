@@ -41,7 +41,7 @@ class MailboxRendezvous : public ::testing::Test {
   static Header p2p(uint64_t tag, uint64_t bytes, bool offer, uint8_t dtype = 0) {
     Header h;
     h.kind = static_cast<uint8_t>(MsgKind::P2P);
-    h.collective = static_cast<uint8_t>(CollectiveKind::Send);
+    h.collective = 0;
     h.dtype = dtype;
     h.tag = tag;
     h.count = bytes;

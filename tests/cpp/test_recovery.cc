@@ -107,7 +107,7 @@ TEST(FaultTcp, ACorruptedFrameIsRejectedAsAMismatchOnEveryRank) {
   auto ts = ranktest::makeTcpMesh(store, n);
   std::vector<std::string> errors(n);
   ranktest::forEachRank(n, [&](int r) {
-    algorithms::Context ctx(*ts[r], 1, transport::CollectiveKind::AllReduce, DataType::Float32);
+    algorithms::Context ctx(*ts[r], 1, algorithms::CollectiveKind::AllReduce, DataType::Float32);
     std::vector<float> buf(1000, 1.0f);
     ctx.signature = buf.size();
     ctx.deadline = transport::Clock::now() + 10s;
@@ -121,13 +121,15 @@ TEST(FaultTcp, ACorruptedFrameIsRejectedAsAMismatchOnEveryRank) {
   });
   // Rank 2 receives rank 1's corrupted frame and says why; the others learn it from its abort.
   for (int r = 0; r < n; ++r) EXPECT_NE(errors[r].find("collective mismatch"), std::string::npos) << r << ": " << errors[r];
+  // The receiver names its own call in the algorithms' words (the corrupt one's count is garbage).
+  EXPECT_NE(errors[2].find("called all_reduce of 1000 elements of float32 (op sum)"), std::string::npos) << errors[2];
 }
 
 TEST(FaultTcp, ACutConnectionFailsThePeersWaitsNamingTheRank) {
   transport::HashStore store;
   auto ts = ranktest::makeTcpMesh(store, 2);
   float x = 0;
-  algorithms::Context ctx(*ts[0], 1, transport::CollectiveKind::Broadcast, DataType::Float32);
+  algorithms::Context ctx(*ts[0], 1, algorithms::CollectiveKind::Broadcast, DataType::Float32);
   ctx.deadline = transport::Clock::now() + 10s;
   auto h = ctx.postRecv(1, 0, &x, sizeof x);
   const auto t0 = transport::Clock::now();

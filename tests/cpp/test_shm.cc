@@ -25,7 +25,7 @@
 
 using namespace agentcomm;
 using namespace agentcomm::algorithms;
-using transport::CollectiveKind;
+using algorithms::CollectiveKind;
 
 namespace {
 
@@ -92,6 +92,7 @@ void runShm(int n, size_t slotBytes, bool cma, const std::function<void(Rank&)>&
     transport::ShmOptions o;
     o.slotBytes = slotBytes;
     o.allowCma = cma;
+    o.describe = algorithms::describeShmRound;
     o.timeout = std::chrono::seconds(30);
     auto shm = transport::ShmDomain::create(store, r, allRanks(n), o, [&, r](int) { return ts[r]->mailbox().abortReason(); });
     ASSERT_NE(shm, nullptr);
@@ -430,6 +431,9 @@ TEST(ShmErrors, MismatchedCountsFailEveryRank) {
       allReduce(ctx, o);
     } catch (const MismatchError& e) {
       EXPECT_NE(std::string(e.what()).find("collective mismatch"), std::string::npos) << e.what();
+      // Both calls named in the algorithms' words, not as raw descriptor bytes.
+      EXPECT_NE(std::string(e.what()).find("all_reduce (sequence number 1, 9 elements, dtype float32, op sum"),
+                std::string::npos) << e.what();
       ++mismatches;
     } catch (const CommError&) {
       ++mismatches;  // a rank that was still waiting sees the abort instead

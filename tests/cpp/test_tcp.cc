@@ -23,7 +23,7 @@ using namespace std::chrono_literals;
 namespace {
 
 void ringAllReduce(transport::Transport& t, uint64_t seq, std::vector<float>& buf, size_t chunk = 1 << 16) {
-  Context ctx(t, seq, transport::CollectiveKind::AllReduce, DataType::Float32);
+  Context ctx(t, seq, algorithms::CollectiveKind::AllReduce, DataType::Float32);
   ctx.signature = buf.size();
   ctx.chunkBytes = chunk;
   ctx.deadline = transport::Clock::now() + 20s;

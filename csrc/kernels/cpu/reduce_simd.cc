@@ -7,6 +7,7 @@
 #include <cstring>
 #include <strings.h>
 
+#include "core/env.h"
 #include "core/error.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -52,7 +53,7 @@ Level detect() {
 
 Level initial() {
   const Level hw = detect();
-  const char* env = std::getenv("AGENTCOMM_SIMD");
+  const char* env = envText("AGENTCOMM_SIMD");
   if (env == nullptr || *env == 0) return hw;
   Level want = Level::Scalar;
   if (strcasecmp(env, "avx512") == 0) {

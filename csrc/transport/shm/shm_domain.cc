@@ -112,6 +112,7 @@ std::unique_ptr<ShmDomain> ShmDomain::create(Store& store, int globalRank, const
   d->yieldFor_ = d->spinFor_ + std::chrono::microseconds(envSize("AGENTCOMM_SHM_YIELD_US", kYieldUs));
   d->crowded_ = size > usableCpus();
   d->maxWords_ = 2 * static_cast<size_t>(size) + 8;
+  d->describe_ = options.describe;
   d->ctlStride_ = roundUp(sizeof(RankCtl) + 2 * (sizeof(ShmOpDesc) + d->maxWords_ * sizeof(uint64_t)), 64);
   const size_t ctlOffset = roundUp(sizeof(Header), 64);
   d->slotsOffset_ = roundUp(ctlOffset + d->ctlStride_ * size, kAlign);
@@ -366,11 +367,11 @@ int ShmDomain::arrive(const ShmOpDesc& d, const uint64_t* w, size_t nwords, Dead
     if (j == rank_) continue;
     const ShmOpDesc& theirs = *desc(j, parity);
     if (!(theirs == d)) {
-          auto describe = [](const ShmOpDesc& x) {
-        return strCat(collectiveName(static_cast<CollectiveKind>(x.collective)), " (sequence number ", x.seq, ", ",
-                      x.signature, " elements, dtype ", dataTypeName(static_cast<DataType>(x.dtype)), ", op ",
-                      reduceOpName(static_cast<ReduceOp>(x.op)), ", root ", static_cast<int>(x.root),
-                      ", shm algorithm ", x.algo, ")");
+      auto describe = [this](const ShmOpDesc& x) {
+        if (describe_ != nullptr) return describe_(x);
+        return strCat("collective #", int(x.collective), " (sequence number ", x.seq, ", signature ", x.signature,
+                      ", dtype #", int(x.dtype), ", op #", int(x.op), ", root ", int(x.root), ", shm algorithm ",
+                      x.algo, ")");
       };
       const std::string msg = strCat(
           "agentcomm: collective mismatch between rank ", rank_, " and rank ", j, ": rank ", rank_, " called ",

@@ -46,15 +46,6 @@
 
 namespace agentcomm::transport {
 
-struct ShmOptions {
-  std::chrono::milliseconds timeout{std::chrono::minutes(5)};  // setup
-  std::string keyPrefix = "agentcomm/";
-  // Bytes per rank per parity slot; 0: AGENTCOMM_SHM_SLOT_BYTES, else 8 MiB.
-  size_t slotBytes = 0;
-  // Cross Memory Attach: on when the probe succeeds, unless AGENTCOMM_SHM_CMA=0.
-  bool allowCma = true;
-};
-
 // What every rank of one round must agree on (checked by arrive()).
 struct ShmOpDesc {
   uint64_t seq = 0;        // the collective's sequence number
@@ -62,6 +53,21 @@ struct ShmOpDesc {
   uint32_t algo = 0;       // which shm algorithm (ranks must run the same one)
   uint8_t collective = 0, dtype = 0, op = 0, root = 0;
   bool operator==(const ShmOpDesc&) const = default;
+};
+
+// "<what the round was>" for a mismatch error (the algorithms layer says
+// what the descriptor's bytes mean: algorithms/collective_kind.h).
+using DescribeRound = std::string (*)(const ShmOpDesc& desc);
+
+struct ShmOptions {
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};  // setup
+  std::string keyPrefix = "agentcomm/";
+  // Bytes per rank per parity slot; 0: AGENTCOMM_SHM_SLOT_BYTES, else 8 MiB.
+  size_t slotBytes = 0;
+  // Cross Memory Attach: on when the probe succeeds, unless AGENTCOMM_SHM_CMA=0.
+  bool allowCma = true;
+  // Describes a descriptor in a mismatch error; null: its raw fields.
+  DescribeRound describe = nullptr;
 };
 
 class ShmDomain {
@@ -140,6 +146,7 @@ class ShmDomain {
   std::string cmaWhy_;
   std::map<std::pair<uintptr_t, size_t>, int> seenBuffers_;  // preferHugePages' sightings
   bool collapse_ = true;
+  DescribeRound describe_ = nullptr;  // ShmOptions::describe
   std::chrono::microseconds spinFor_{1};    // AGENTCOMM_SHM_SPIN_US
   std::chrono::microseconds yieldFor_{21};   // spin + AGENTCOMM_SHM_YIELD_US
   bool crowded_ = false;  // more ranks on this host than CPUs to run them: waits never spin

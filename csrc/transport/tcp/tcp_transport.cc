@@ -20,6 +20,7 @@
 #include <random>
 #include <sstream>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "core/logging.h"
 #include "transport/fault.h"
@@ -177,7 +178,7 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
 
   std::string ifname = options.ifname;
   if (ifname.empty()) {
-    if (const char* env = std::getenv("AGENTCOMM_SOCKET_IFNAME")) ifname = env;
+    if (const char* env = envText("AGENTCOMM_SOCKET_IFNAME")) ifname = env;
   }
   const std::string myHost = hostId();
   listenAddr_ = pickAddress(ifname);
