@@ -38,7 +38,7 @@ _SAME_COUNT = {
 }
 
 
-# The error of an op issued after its group had already failed (backend.cc's kUnusable):
+# The error of an op issued after its group had already failed (algorithms/communicator.cc's kUnusable):
 # such records say nothing about where the rank was when the group failed.
 _AFTER_FAILURE = "the communicator is unusable after an earlier error"
 

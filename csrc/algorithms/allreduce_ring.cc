@@ -9,18 +9,9 @@ namespace agentcomm::algorithms {
 void allReduceRing(Context& ctx, const AllReduceOptions& opts) {
   const int n = ctx.size();
   const int r = ctx.rank();
-  const size_t es = ctx.elemSize();
   auto* base = static_cast<uint8_t*>(opts.data);
-  detail::RingBlocks rb;
-  std::vector<uint8_t*> blocks(n);
-  for (int k = 0; k < n; ++k) {
-    Span sp = blockSpan(opts.count, n, k);
-    rb.counts.push_back(sp.count);
-    blocks[k] = base + sp.offset * es;
-    rb.inputs.push_back(blocks[k]);
-    rb.partials.push_back(blocks[k]);  // in place
-  }
-  rb.output = blocks[r];
+  std::vector<uint8_t*> blocks;
+  detail::RingBlocks rb = detail::inPlaceRingBlocks(ctx, base, opts.count, blocks);
   const FinalScale scale = allReduceScale(ctx, opts);
   // All-gather receives go straight into their final blocks. A block is only
   // overwritten after this rank has forwarded its own partial sum of it, which

@@ -191,8 +191,13 @@ void Communicator::release() {
 
 // ---------------------------------------------------------------- collectives
 
+transport::Transport& Communicator::live() const {
+  AC_CHECK(transport_ != nullptr, CommError, "agentcomm: the process group was shut down");
+  return *transport_;
+}
+
 Context Communicator::context(CollectiveKind kind, DataType dt, ReduceOp op, uint64_t signature, Deadline d) {
-  Context ctx(*transport_, ++collectiveSeq_, kind, dt);
+  Context ctx(live(), ++collectiveSeq_, kind, dt);
   ctx.op = op;
   ctx.signature = signature;
   ctx.deadline = d;
@@ -260,12 +265,12 @@ void Communicator::barrier(Deadline d) {
 
 void Communicator::send(int dst, uint32_t tag, const void* data, size_t nbytes, DataType dt, size_t count,
                         Deadline d) {
-  transport_->send(dst, p2pHeader(dt, tag, count, nbytes), data, d);
+  live().send(dst, p2pHeader(dt, tag, count, nbytes), data, d);
 }
 
 bool Communicator::trySend(int dst, uint32_t tag, const void* data, size_t nbytes, DataType dt, size_t count,
                            Deadline d) {
-  return transport_->trySend(dst, p2pHeader(dt, tag, count, nbytes), data, d);
+  return live().trySend(dst, p2pHeader(dt, tag, count, nbytes), data, d);
 }
 
 // A large send to a rank of this host (of this group, or of its host's part in
@@ -298,10 +303,10 @@ std::function<void(Deadline)> Communicator::offer(int dst, uint32_t tag, const v
                              "could not read this rank's memory"));
     onAnswer("");
   };
-  transport_->post(std::move(answer));  // before the offer can be answered
+  live().post(std::move(answer));  // before the offer can be answered
   const transport::Offer offer{reinterpret_cast<uint64_t>(data), static_cast<uint64_t>(nbytes), id};
   return [this, dst, tag, dt, count, offer](Deadline d) {
-    transport_->send(dst, p2pHeader(dt, tag, count, sizeof offer, transport::kP2POffer), &offer, d);
+    live().send(dst, p2pHeader(dt, tag, count, sizeof offer, transport::kP2POffer), &offer, d);
   };
 }
 
@@ -317,7 +322,7 @@ transport::RecvHandle Communicator::postRecv(int src, uint32_t tag, void* data, 
   spec.dtype = static_cast<uint8_t>(dt);
   spec.count = count;
   spec.onComplete = std::move(onComplete);
-  return transport_->post(std::move(spec));
+  return live().post(std::move(spec));
 }
 
 // ---------------------------------------------------------------- failure

@@ -149,6 +149,8 @@ class Communicator {
   void startRendezvous();
   void settleRendezvous(const std::vector<int>& members);
   void injectFaults(uint64_t op, Deadline stallLimit);
+  // The transport, or CommError once release() closed it.
+  transport::Transport& live() const;
 
   const int rank_;
   const int size_;

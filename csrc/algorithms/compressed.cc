@@ -380,12 +380,12 @@ void quantizedAllReduce(Context& ctx, const QuantizedAllReduceOptions& o) {
   const bool pre = o.encodedCodes != nullptr;
   AC_CHECK(!pre || (o.encodedScales && o.decodedCodes && o.decodedScales && !o.residual), InvalidArgument,
            "quantized all_reduce: encoded input needs its scales and the decoded outputs, and takes no residual");
-  uint8_t* codes = nullptr;   // stage 1, whole gradient
+  uint8_t* codes = nullptr;   // round 1, whole gradient
   float* scales = nullptr;
-  uint8_t* inCodes = nullptr;  // stage 1 from every rank, my slice, rank p at p * myCodeBytes
+  uint8_t* inCodes = nullptr;  // round 1 from every rank, my slice, rank p at p * myCodeBytes
   float* inScales = nullptr;
   float* acc = nullptr;        // my slice's sum
-  uint8_t* codes2 = o.decodedCodes;  // stage 2, every rank's slice at codeOffset(slice.offset)
+  uint8_t* codes2 = o.decodedCodes;  // round 2, every rank's slice at codeOffset(slice.offset)
   float* scales2 = o.decodedScales;  // at slice.offset / block
   {
     Carver c;

@@ -59,7 +59,7 @@ struct QuantizedAllReduceOptions {
   float* data = nullptr;            // in: gradient; out: reduced result
   size_t count = 0;
   float* residual = nullptr;        // worker error feedback (count elements) or null
-  float* serverResidual = nullptr;  // second-stage error feedback: quantSlice(...).count elements, or null
+  float* serverResidual = nullptr;  // the second round's (server-side) error feedback: quantSlice(...).count elements, or null
   int bits = 8;                     // 8, 4 (stochastic, unbiased) or 1 (scaled sign)
   size_t block = 256;               // elements per scale; a multiple of 8
   uint64_t seed = 0;
@@ -68,7 +68,7 @@ struct QuantizedAllReduceOptions {
   // Encoded and decoded elsewhere (a GPU quantizes; the host moves the
   // codes and reduces its slice): encodedCodes/encodedScales hold step 1's
   // output for the whole gradient (residual must be null); the all-gathered
-  // second-stage codes and scales land in decodedCodes/decodedScales (the
+  // second-round codes and scales land in decodedCodes/decodedScales (the
   // same layout, whole gradient) for the caller to dequantize, and data is
   // not used. serverResidual still applies (a host buffer).
   const uint8_t* encodedCodes = nullptr;

@@ -59,16 +59,8 @@ void reduce(Context& ctx, const ReduceOptions& opts) {
   if (forced || opts.count * es >= kShmReduceMinBytes)
     if (Path p = choosePath(ctx, "reduce", opts.count * es); p != Path::Tcp) return reduceShm(ctx, opts, p);
   uint8_t* base = workBuffer();
-  detail::RingBlocks rb;
-  std::vector<uint8_t*> blocks(n);
-  for (int k = 0; k < n; ++k) {
-    Span sp = blockSpan(opts.count, n, k);
-    rb.counts.push_back(sp.count);
-    blocks[k] = base + sp.offset * es;
-    rb.inputs.push_back(blocks[k]);
-    rb.partials.push_back(blocks[k]);
-  }
-  rb.output = blocks[r];
+  std::vector<uint8_t*> blocks;
+  detail::RingBlocks rb = detail::inPlaceRingBlocks(ctx, base, opts.count, blocks);
   // The root's block k is only overwritten after the root forwarded its own
   // partial sum of block k, which causally precedes rank k finishing it.
   std::vector<std::vector<RecvHandle>> handles(n);

@@ -7,6 +7,21 @@
 
 namespace agentcomm::algorithms::detail {
 
+RingBlocks inPlaceRingBlocks(const Context& ctx, uint8_t* base, size_t count, std::vector<uint8_t*>& blocks) {
+  const int n = ctx.size();
+  RingBlocks rb;
+  blocks.assign(static_cast<size_t>(n), nullptr);
+  for (int k = 0; k < n; ++k) {
+    Span sp = blockSpan(count, n, k);
+    rb.counts.push_back(sp.count);
+    blocks[k] = base + sp.offset * ctx.elemSize();
+    rb.inputs.push_back(blocks[k]);
+    rb.partials.push_back(blocks[k]);  // in place
+  }
+  rb.output = blocks[ctx.rank()];
+  return rb;
+}
+
 void ringReduceScatter(const Context& ctx, const RingBlocks& b, FinalScale scale,
                        const std::function<void(size_t, const Span&)>& onOwnChunk) {
   const int n = ctx.size();

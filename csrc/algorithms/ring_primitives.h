@@ -22,6 +22,11 @@ struct RingBlocks {
   uint8_t* output = nullptr;            // final result of block rank
 };
 
+// The blocks of an in-place ring over `count` elements at `base` (rank k owns
+// blockSpan k): each block is its own input and partial sum; the output is
+// this rank's block. blocks[k] points at block k.
+RingBlocks inPlaceRingBlocks(const Context& ctx, uint8_t* base, size_t count, std::vector<uint8_t*>& blocks);
+
 // Ring reduce-scatter. The final scale is fused into the last pass.
 // onOwnChunk(chunk, span) runs as soon as a chunk of the owned block is final,
 // so a following all-gather can start forwarding it at once.

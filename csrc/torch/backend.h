@@ -36,7 +36,6 @@
 namespace agentcomm::torch_adapter {
 
 using transport::Deadline;
-using StagePtr = std::shared_ptr<CudaStage>;
 
 class AgentBackend : public c10d::Backend {
  public:

@@ -250,7 +250,7 @@ class Context final : public CudaContext {
     // those blocks are freed, possibly after this backend is gone.
   }
 
-  std::shared_ptr<CudaStage> stage(const std::vector<at::Tensor*>& tensors, const char* op) override {
+  StagePtr stage(const std::vector<at::Tensor*>& tensors, const char* op) override {
     std::optional<c10::Device> device;
     bool anyCpu = false;
     for (const at::Tensor* t : tensors) {
@@ -276,7 +276,7 @@ class Context final : public CudaContext {
     return st;
   }
 
-  std::shared_ptr<CudaStage> streamStage(const at::Tensor& like) override {
+  StagePtr streamStage(const at::Tensor& like) override {
     const c10::cuda::CUDAStream internal = streamFor(like.device());
     c10::cuda::CUDACachingAllocator::recordStream(like.storage().data_ptr(), internal);
     return std::make_shared<Stage>(like.device(), internal, internal);

@@ -1,7 +1,7 @@
 #pragma once
 // CUDA tensors in the backend (cuda_support.cc, compiled only against a torch
 // with CUDA; without it these entry points say CUDA is unavailable). No CUDA
-// header is needed here: backend.cc includes this in every build.
+// header is needed here: the adapter includes this in every build.
 //
 // Stream semantics are NCCL's. On the calling thread a collective records an
 // event on the caller's current stream (none if that stream had finished
@@ -92,6 +92,8 @@ class CudaStage {
   virtual void pipeline(size_t chunkBytes, const std::function<void(size_t, size_t)>& each) = 0;
 };
 
+using StagePtr = std::shared_ptr<CudaStage>;
+
 // A backend's CUDA state: one internal stream per device, the IPC mappings
 // and events of its peers. Created on first use of a CUDA tensor.
 class CudaContext {
@@ -103,9 +105,9 @@ class CudaContext {
   // returns the stage that copies between them; nullptr if none is on CUDA.
   // Raises ValueError if CUDA tensors are on different devices or mixed with
   // CPU tensors.
-  virtual std::shared_ptr<CudaStage> stage(const std::vector<at::Tensor*>& tensors, const char* op) = 0;
+  virtual StagePtr stage(const std::vector<at::Tensor*>& tensors, const char* op) = 0;
   // A stage without mirrors: only the stream ordering (device-side paths).
-  virtual std::shared_ptr<CudaStage> streamStage(const at::Tensor& like) = 0;
+  virtual StagePtr streamStage(const at::Tensor& like) = 0;
 
   // Whether the device kernels can all-reduce this dtype with this op (the
   // same answer on every rank: dtype and op are checked to agree).

@@ -7,7 +7,7 @@
 namespace agentcomm::torch_adapter {
 
 AgentWork::AgentWork(int rank, c10d::OpType type, const char* title, std::vector<at::Tensor> outputs,
-                     std::chrono::milliseconds defaultWait, std::shared_ptr<CudaStage> cuda)
+                     std::chrono::milliseconds defaultWait, StagePtr cuda)
     : c10d::Work(rank, type, title),
       title_(title),
       outputs_(std::move(outputs)),

@@ -23,7 +23,7 @@ class AgentWork : public c10d::Work {
   // cuda: the stream side of an op on CUDA tensors (null for CPU ones); its
   // future is then a CUDA future and wait() blocks the caller's stream, not the host.
   AgentWork(int rank, c10d::OpType type, const char* title, std::vector<at::Tensor> outputs,
-            std::chrono::milliseconds defaultWait, std::shared_ptr<CudaStage> cuda = nullptr);
+            std::chrono::milliseconds defaultWait, StagePtr cuda = nullptr);
   std::vector<at::Tensor> result() override { return outputs_; }
   c10::intrusive_ptr<c10::ivalue::Future> getFuture() override;
   bool wait(std::chrono::milliseconds timeout) override;
@@ -59,7 +59,7 @@ class AgentWork : public c10d::Work {
   std::chrono::milliseconds defaultWait_;
   std::atomic<int> sourceRank_{-1};
   uint64_t seq_ = 0;
-  std::shared_ptr<CudaStage> cuda_;
+  StagePtr cuda_;
   std::mutex futureMu_;           // futureTaken_, futurePending_, pendingError_
   bool futureTaken_ = false;      // getFuture() was called
   bool futurePending_ = false;    // finished by completeWithoutCallbacks; the future not yet marked

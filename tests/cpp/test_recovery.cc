@@ -122,7 +122,7 @@ TEST(FaultTcp, ACorruptedFrameIsRejectedAsAMismatchOnEveryRank) {
   // Rank 2 receives rank 1's corrupted frame and says why; the others learn it from its abort.
   for (int r = 0; r < n; ++r) EXPECT_NE(errors[r].find("collective mismatch"), std::string::npos) << r << ": " << errors[r];
   // The receiver names its own call in the algorithms' words (the corrupt one's count is garbage).
-  EXPECT_NE(errors[2].find("called all_reduce of 1000 elements of float32 (op sum)"), std::string::npos) << errors[2];
+  EXPECT_NE(errors[2].find("called all_reduce of 1000 elements of float32 (op SUM)"), std::string::npos) << errors[2];
 }
 
 TEST(FaultTcp, ACutConnectionFailsThePeersWaitsNamingTheRank) {

@@ -432,7 +432,7 @@ TEST(ShmErrors, MismatchedCountsFailEveryRank) {
     } catch (const MismatchError& e) {
       EXPECT_NE(std::string(e.what()).find("collective mismatch"), std::string::npos) << e.what();
       // Both calls named in the algorithms' words, not as raw descriptor bytes.
-      EXPECT_NE(std::string(e.what()).find("all_reduce (sequence number 1, 9 elements, dtype float32, op sum"),
+      EXPECT_NE(std::string(e.what()).find("all_reduce (sequence number 1, 9 elements, dtype float32, op SUM"),
                 std::string::npos) << e.what();
       ++mismatches;
     } catch (const CommError&) {

@@ -200,3 +200,10 @@ def test_bad_arguments_name_the_problem() -> None:
     if not agentcomm.cuda_built():
         with pytest.raises(ValueError, match="CUDA"):
             kernels.reduce(torch.ones(4, device="meta"), torch.ones(4, device="meta"))
+
+
+def test_one_version_everywhere() -> None:
+    """The native code's version (CMake's project VERSION) is the package's (pyproject.toml)."""
+    import importlib.metadata
+
+    assert _C.version() == agentcomm.__version__ == importlib.metadata.version("agentcomm")
