@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <iostream>
 #include <sstream>
 #include <thread>
 
@@ -80,6 +81,59 @@ TEST(Tcp, StrayConnectionsAreDroppedAndSetupGoesOn) {
   others.join();
   close(garbage);
   close(silent);
+  ranktest::forEachRank(n, [&](int r) {
+    std::vector<float> buf(1000, 1.0f);
+    ringAllReduce(*ts[r], 1, buf);
+    for (float v : buf) ASSERT_EQ(v, 3.0f);
+  });
+}
+
+// Handshakes run side by side: 50 connections that never say hello (a port
+// scanner, a half-dead peer) cost the real peers nothing. One at a time, each
+// would hold setup for its 2 s hello timeout: 100 s, far past this 8 s limit.
+TEST(Tcp, SilentConnectionsDoNotHoldUpSetup) {
+  transport::HashStore store;
+  const int n = 3, silentCount = 50;
+  std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
+  transport::TcpOptions opts;
+  opts.timeout = 8s;
+  std::string rank0Error;
+  std::thread rank0([&] {
+    try {
+      ts[0] = std::make_unique<transport::TcpTransport>(store, 0, n, opts);
+    } catch (const std::exception& e) {
+      rank0Error = e.what();
+    }
+  });
+  std::istringstream in(transport::fromBytes(store.get("agentcomm/addr/0", 10s)));
+  std::string host, addr;
+  int port = 0;
+  in >> host >> addr >> port;
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+  std::vector<int> silent;
+  for (int i = 0; i < silentCount; ++i) {
+    silent.push_back(socket(AF_INET, SOCK_STREAM, 0));
+    ASSERT_EQ(connect(silent.back(), reinterpret_cast<sockaddr*>(&to), sizeof(to)), 0) << i;
+  }
+  const auto start = std::chrono::steady_clock::now();  // the real peers arrive now
+  std::string othersError;
+  std::thread others([&] {
+    try {
+      ranktest::forEachRank(2, [&](int i) { ts[i + 1] = std::make_unique<transport::TcpTransport>(store, i + 1, n, opts); });
+    } catch (const std::exception& e) {
+      othersError = e.what();
+    }
+  });
+  rank0.join();
+  others.join();
+  ASSERT_EQ(othersError, "");
+  ASSERT_EQ(rank0Error, "") << "setup failed with silent connections on rank 0's port";
+  const auto setupMs = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+  std::cout << "setup with " << silentCount << " silent connections, from the peers' arrival: " << setupMs.count() << " ms\n";
+  for (int fd : silent) close(fd);
   ranktest::forEachRank(n, [&](int r) {
     std::vector<float> buf(1000, 1.0f);
     ringAllReduce(*ts[r], 1, buf);

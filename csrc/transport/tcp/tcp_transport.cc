@@ -14,6 +14,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -30,6 +32,8 @@ namespace {
 
 constexpr uint32_t kHelloMagic = 0x41434831;  // "ACH1"
 constexpr std::chrono::milliseconds kHelloTimeout{2000};
+// Accepted connections whose hello is still outstanding, at most (setup).
+constexpr size_t kMaxPendingHellos = 256;
 
 #pragma pack(push, 1)
 struct Hello {
@@ -196,7 +200,7 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
   } else {
     ::inet_pton(AF_INET, listenAddr_.c_str(), &addr.sin_addr);
   }
-  if (::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(lfd, 2 * size + 16) != 0) {
+  if (::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(lfd, SOMAXCONN) != 0) {
     int err = errno;
     ::close(lfd);
     throw CommError(strCat("agentcomm: cannot listen on ", listenAddr_, ": ", errnoText(err)));
@@ -233,50 +237,94 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
       }
   };
 
-  // Accept higher ranks on a helper thread while this thread connects to lower ranks.
+  // Accept higher ranks on a helper thread while this thread connects to lower
+  // ranks. Handshakes run side by side (one poll over the listening socket and
+  // every accepted connection that still owes its hello), so a silent or
+  // hostile socket (a port scanner, a half-dead peer) only holds its own slot
+  // until its kHelloTimeout, never the handshakes behind it.
   std::string acceptError;
   bool timedOut = false;
+  std::atomic<bool> stopAccepting{false};
   std::thread acceptor([&] {
+    struct Pending {
+      int fd = -1;
+      std::string from;
+      Hello hello{};
+      size_t got = 0;  // hello bytes read so far
+      Deadline until;
+    };
+    std::vector<Pending> pending;
+    auto drop = [&](size_t i, const std::string& why) {
+      AC_LOG(Warn, "dropped a connection from ", pending[i].from, ": ", why);
+      ::close(pending[i].fd);
+      pending.erase(pending.begin() + static_cast<std::ptrdiff_t>(i));
+    };
     int expected = size - 1 - rank;
-    while (expected > 0) {
-      pollfd pfd{lfd, POLLIN, 0};
-      int pr = ::poll(&pfd, 1, remainingMs(deadline));
-      if (pr == 0) {
+    std::vector<pollfd> pfds;
+    while (expected > 0 && !stopAccepting.load()) {
+      pfds.assign(1, pollfd{lfd, POLLIN, 0});
+      Deadline wake = deadline;
+      for (const Pending& p : pending) {
+        pfds.push_back(pollfd{p.fd, POLLIN, 0});
+        wake = std::min(wake, p.until);
+      }
+      if (::poll(pfds.data(), pfds.size(), remainingMs(wake)) < 0 && errno != EINTR) continue;
+      const Deadline now = Clock::now();
+      if (now >= deadline) {
         timedOut = true;
         acceptError = strCat("agentcomm: timed out during setup waiting for ", expected,
                              " higher rank(s) to connect to rank ", rank);
-        return;
+        break;
       }
-      if (pr < 0) continue;
-      sockaddr_in from{};
-      socklen_t flen = sizeof(from);
-      int fd = ::accept4(lfd, reinterpret_cast<sockaddr*>(&from), &flen, SOCK_CLOEXEC);
-      if (fd < 0) continue;
-      char fromText[INET_ADDRSTRLEN] = "?";
-      ::inet_ntop(AF_INET, &from.sin_addr, fromText, sizeof(fromText));
-      Hello theirs{};
-      Deadline helloDeadline = std::min(deadline, Clock::now() + kHelloTimeout);
-      std::string why;
-      if (!readFullDeadline(fd, &theirs, sizeof(theirs), helloDeadline)) {
-        why = "no hello";
-      } else if (theirs.magic != kHelloMagic || std::memcmp(theirs.token, mine.token, sizeof(mine.token)) != 0) {
-        why = "wrong job token";
-      } else if (theirs.size != size || theirs.rank <= rank || theirs.rank >= size ||
-                 peers_[theirs.rank]->fd >= 0) {
-        why = strCat("unexpected rank ", theirs.rank, " of ", theirs.size);
+      for (size_t i = pending.size(); i-- > 0;) {  // back to front: drop() erases
+        Pending& p = pending[i];
+        if (pfds[i + 1].revents != 0) {
+          const ssize_t r = ::recv(p.fd, reinterpret_cast<uint8_t*>(&p.hello) + p.got, sizeof(Hello) - p.got,
+                                   MSG_DONTWAIT);
+          if (r > 0) {
+            p.got += static_cast<size_t>(r);
+          } else if (r == 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) {
+            drop(i, "no hello");
+            continue;
+          }
+        }
+        if (p.got < sizeof(Hello)) {
+          if (now >= p.until) drop(i, "no hello");
+          continue;
+        }
+        const Hello& theirs = p.hello;
+        std::string why;
+        if (theirs.magic != kHelloMagic || std::memcmp(theirs.token, mine.token, sizeof(mine.token)) != 0) {
+          why = "wrong job token";
+        } else if (theirs.size != size || theirs.rank <= rank || theirs.rank >= size ||
+                   peers_[theirs.rank]->fd >= 0) {
+          why = strCat("unexpected rank ", theirs.rank, " of ", theirs.size);
+        } else {
+          iovec iov{&mine, sizeof(mine)};
+          if (writeAll(p.fd, &iov, 1, std::min(deadline, now + kHelloTimeout)) != 0) why = "hello reply failed";
+        }
+        if (!why.empty()) {
+          drop(i, why);
+          continue;
+        }
+        peers_[theirs.rank]->fd = p.fd;
+        --expected;
+        pending.erase(pending.begin() + static_cast<std::ptrdiff_t>(i));
       }
-      if (why.empty()) {
-        iovec iov{&mine, sizeof(mine)};
-        if (writeAll(fd, &iov, 1, helloDeadline) != 0) why = "hello reply failed";
+      if ((pfds[0].revents & POLLIN) != 0 && !stopAccepting.load()) {
+        sockaddr_in from{};
+        socklen_t flen = sizeof(from);
+        const int fd = ::accept4(lfd, reinterpret_cast<sockaddr*>(&from), &flen, SOCK_CLOEXEC);
+        if (fd >= 0) {
+          char fromText[INET_ADDRSTRLEN] = "?";
+          ::inet_ntop(AF_INET, &from.sin_addr, fromText, sizeof(fromText));
+          // Bounded: a flood of silent connections evicts the oldest, whose time is nearly up.
+          if (pending.size() >= kMaxPendingHellos) drop(0, "too many connections owe their hello");
+          pending.push_back(Pending{fd, fromText, Hello{}, 0, std::min(deadline, now + kHelloTimeout)});
+        }
       }
-      if (!why.empty()) {
-        AC_LOG(Warn, "dropped a connection from ", fromText, ": ", why);
-        ::close(fd);
-        continue;
-      }
-      peers_[theirs.rank]->fd = fd;
-      --expected;
     }
+    for (const Pending& p : pending) ::close(p.fd);
   });
 
   std::string connectError;
@@ -330,7 +378,10 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
     }
     peers_[peer]->fd = fd;
   }
-  if (!connectError.empty()) ::shutdown(lfd, SHUT_RDWR);  // wakes the acceptor's poll
+  if (!connectError.empty()) {
+    stopAccepting.store(true);
+    ::shutdown(lfd, SHUT_RDWR);  // wakes the acceptor's poll
+  }
   acceptor.join();
   if (!connectError.empty() || !acceptError.empty()) {
     closeAll();
