@@ -7,7 +7,8 @@
 // to every lower rank and accepts every higher one. Rank 0 draws a random
 // 128-bit job token and publishes it; a connection that does not present the
 // token (or says nothing within the hello timeout) is dropped and setup goes
-// on. Ranks whose host-id (boot id + network namespace) matches connect over
+// on; handshakes run side by side, so a silent connection holds only its own
+// slot. Ranks whose host-id (boot id + network namespace) matches connect over
 // loopback.
 //
 // Progress: one reader thread per peer reads a header, asks the Mailbox where
