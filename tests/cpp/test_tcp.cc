@@ -52,14 +52,8 @@ TEST(Tcp, MeshAllReduceLargeAndSmall) {
   }
 }
 
-TEST(Tcp, StrayConnectionsAreDroppedAndSetupGoesOn) {
-  transport::HashStore store;
-  const int n = 3;
-  std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
-  transport::TcpOptions opts;
-  opts.timeout = 20s;
-  std::thread rank0([&] { ts[0] = std::make_unique<transport::TcpTransport>(store, 0, n, opts); });
-  // Read rank 0's published address and poke it before the real peers arrive.
+// Rank 0's listening address on loopback, once it has published it.
+sockaddr_in rank0Address(transport::Store& store) {
   std::istringstream in(transport::fromBytes(store.get("agentcomm/addr/0", 10s)));
   std::string host, addr;
   int port = 0;
@@ -68,6 +62,18 @@ TEST(Tcp, StrayConnectionsAreDroppedAndSetupGoesOn) {
   to.sin_family = AF_INET;
   to.sin_port = htons(static_cast<uint16_t>(port));
   inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+  return to;
+}
+
+TEST(Tcp, StrayConnectionsAreDroppedAndSetupGoesOn) {
+  transport::HashStore store;
+  const int n = 3;
+  std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
+  transport::TcpOptions opts;
+  opts.timeout = 20s;
+  std::thread rank0([&] { ts[0] = std::make_unique<transport::TcpTransport>(store, 0, n, opts); });
+  // Poke rank 0's published address before the real peers arrive.
+  sockaddr_in to = rank0Address(store);
   int garbage = socket(AF_INET, SOCK_STREAM, 0);
   ASSERT_EQ(connect(garbage, reinterpret_cast<sockaddr*>(&to), sizeof(to)), 0);
   const char junk[64] = "GET / HTTP/1.0\r\n\r\n this is not a hello frame at all........";
@@ -105,14 +111,7 @@ TEST(Tcp, SilentConnectionsDoNotHoldUpSetup) {
       rank0Error = e.what();
     }
   });
-  std::istringstream in(transport::fromBytes(store.get("agentcomm/addr/0", 10s)));
-  std::string host, addr;
-  int port = 0;
-  in >> host >> addr >> port;
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  to.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+  sockaddr_in to = rank0Address(store);
   std::vector<int> silent;
   for (int i = 0; i < silentCount; ++i) {
     silent.push_back(socket(AF_INET, SOCK_STREAM, 0));
