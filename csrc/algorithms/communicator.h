@@ -80,6 +80,8 @@ class Communicator {
   const std::string& pathName() const { return pathName_; }
   // This host's ranks of the group (global ranks, ascending; just this rank when alone).
   const std::vector<int>& localRanks() const { return localRanks_; }
+  // Every rank of the group shares this host's shared-memory domain.
+  bool wholeGroupShm() const { return wholeGroupShm_; }
   const std::shared_ptr<FlightRecorder>& recorder() const { return recorder_; }
 
   // ---- collectives: one at a time, same order on every rank (see above).

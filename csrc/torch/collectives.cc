@@ -74,8 +74,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduce(Tensors& tensors, const c
 
 c10::intrusive_ptr<c10d::Work> AgentBackend::allreduceOnDevice(const at::Tensor& ct, ReduceOp rop, double factor,
                                                                const c10d::AllreduceOptions& opts) {
-  const bool wholeGroupHere = static_cast<int>(comm_->localRanks().size()) == size_;
-  if (wholeGroupHere && size_ > 1 && rop != ReduceOp::PremulSum && envFlag("AGENTCOMM_CUDA_IPC", true) &&
+  if (comm_->wholeGroupShm() && size_ > 1 && rop != ReduceOp::PremulSum && envFlag("AGENTCOMM_CUDA_IPC", true) &&
       cuda().peersCanReduce(ct, rop)) {
     // Every rank of the group is on this host: reduce on the device over CUDA IPC.
     const FinalScale scale = rop == ReduceOp::Avg ? FinalScale::divide(size_) : FinalScale::none();
