@@ -48,6 +48,10 @@ def matrix_case(rank: int, world: int) -> dict:
         dist.barrier()  # on Gloo: every case starts together
         for _ in range(2):
             dist.all_reduce(torch.ones(64), group=g)  # ops 1 and 2 are fine
+        # A rank finishes op 2 as soon as its own part is in; a slow peer may still be reading
+        # its last piece when the fault at op 3 makes the group abort, and the abort fails
+        # whatever is in flight (as NCCL's does). The matrix is about op 3, so wait here.
+        dist.barrier()
         t = torch.full((1000,), float(rank + 1))
         t0 = time.monotonic()
         error = ""
