@@ -1,8 +1,8 @@
 """DDP step time with each gradient-compression hook (and torch's own hooks) on a slow link.
 
-Meant for two "hosts" (bench/multihost.sh runs it in two network namespaces):
+Meant for two "hosts" (the emulator runs it in two network namespaces):
 
-    sudo SCRIPT=bench/compression_ddp.py bench/multihost.sh 1gbit --steps 6
+    sudo python -m agentcomm.emulate --cluster 2x1@1gbit -- python bench/compression_ddp.py --steps 6
 
 or on one host: ``python bench/compression_ddp.py -W 2``. A 25M-parameter MLP
 (1024-4096-4096-1024, the model of ../shared/FACTS.md's DDP measurement), batch 32 per rank;
@@ -92,7 +92,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--only", nargs="*", default=[], help="strategy names to run (default: all)")
     args = p.parse_args()
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun / bench/multihost.sh
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun / python -m agentcomm.emulate
         run(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args)
     else:
         harness.spawn_local(run, args.world_size, args)

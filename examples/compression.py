@@ -7,7 +7,7 @@ data; the table shows the final loss, the mean step time, and what the hook's ac
 says went over the wire (ratio: a dense ring's bytes / bytes actually sent).
 
 On one host the dense all-reduce runs over shared memory and wins; compression pays where
-the network is the bottleneck (bench/RESULTS.md: two hosts at 1 Gbit/s, bench/multihost.sh).
+the network is the bottleneck (bench/RESULTS.md: two hosts at 1 Gbit/s, python -m agentcomm.emulate).
 """
 
 from __future__ import annotations

@@ -9,12 +9,14 @@ the same machine noise; the last column is the speed-up against the last
 backend. Results can also go to JSON (--json) and CSV (--csv) with versions and
 machine, and to a plot of busbw and latency against size (--plot, matplotlib).
 
-Ranks: spawned here (-W N), or taken from torchrun's environment.
+Ranks: spawned here (-W N), taken from torchrun's environment, or spread over an emulated
+cluster (--emulate HOSTSxRANKS[@RATE], root only: see ``python -m agentcomm.emulate``).
 
 Examples:
     python -m agentcomm.bench --backends agentcomm,gloo -W 4 -b 8 -e 256M -f 4
     python -m agentcomm.bench --collectives all -W 2 -b 1K -e 64M -f 8 -c 1 --csv out.csv --plot out.png
     torchrun --nproc-per-node 4 -m agentcomm.bench --backends agentcomm,gloo
+    python -m agentcomm.bench --emulate 4x2@1gbit -b 4K -e 64M -f 16384
 """
 
 from __future__ import annotations
@@ -162,7 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--timeout", type=float, default=900, help="process-group timeout, seconds")
+    p.add_argument("--emulate", default="", metavar="HxR[@RATE]",
+                   help="run on an emulated cluster of H hosts x R ranks (root; e.g. 4x2@1gbit)")
     return p
+
+
+def _without_emulate(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--emulate":
+            skip = True
+        elif not a.startswith("--emulate="):
+            out.append(a)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,6 +188,15 @@ def main(argv: list[str] | None = None) -> None:
     for c in args.collectives:
         if c not in harness.COLLECTIVES:
             raise SystemExit(f"unknown collective {c!r}; choose from {', '.join(harness.COLLECTIVES)}")
+    if args.emulate and "RANK" not in os.environ:  # re-run this command once per emulated rank
+        from agentcomm.emulate import Cluster, ClusterSpec, EmulateError
+        try:
+            with Cluster(ClusterSpec.parse(args.emulate)) as cluster:
+                code = cluster.launch([sys.executable, "-m", "agentcomm.bench",
+                                       *_without_emulate(sys.argv[1:] if argv is None else argv)])
+        except EmulateError as e:
+            raise SystemExit(f"--emulate {args.emulate}: {e}") from None
+        raise SystemExit(code)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun
         worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args)
         return

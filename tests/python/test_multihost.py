@@ -1,10 +1,9 @@
-"""Two "hosts": ranks in two network namespaces joined by a veth pair.
+"""Two "hosts": ranks in two network namespaces of an emulated cluster (agentcomm.emulate).
 
 Exercises the cross-host path of the TCP transport (host ids differ, so peers
 connect to the published address instead of loopback), with and without
-AGENTCOMM_SOCKET_IFNAME. The namespaces and addresses are created by the test
-and removed afterwards; it skips where it may not create them (not root, no
-iproute2).
+AGENTCOMM_SOCKET_IFNAME. The emulator creates the namespaces and addresses and
+removes them afterwards; the tests skip where it may not (not root, no iproute2).
 """
 
 from __future__ import annotations
@@ -13,9 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
+from pathlib import Path
 
 import pytest
+
+from agentcomm.emulate import INTERFACE, Cluster, ClusterSpec, host_address
 
 SCRIPT = r"""
 import sys, torch, torch.distributed as dist, agentcomm
@@ -92,83 +93,42 @@ print("ok", rank, name)
 """
 
 
-def run(cmd: list[str]) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def two_hosts():
+    """Two emulated hosts (agentcomm.emulate): namespaces, a switch, nothing left afterwards."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("needs root and iproute2 to create network namespaces")
-    tag = uuid.uuid4().hex[:6]
-    ns = [f"acn{tag}a", f"acn{tag}b"]
-    dev = [f"acv{tag}a", f"acv{tag}b"]
-    addr = ["10.231.77.1", "10.231.77.2"]  # only inside the namespaces this test creates
-    try:
-        for n in ns:
-            run(["ip", "netns", "add", n])
-        run(["ip", "link", "add", dev[0], "type", "veth", "peer", "name", dev[1]])
-        for n, d, a in zip(ns, dev, addr):
-            run(["ip", "link", "set", d, "netns", n])
-            run(["ip", "-n", n, "addr", "add", f"{a}/24", "dev", d])
-            run(["ip", "-n", n, "link", "set", d, "up"])
-            run(["ip", "-n", n, "link", "set", "lo", "up"])
-    except (subprocess.CalledProcessError, OSError) as e:
-        for n in ns:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True)
-        pytest.skip(f"cannot create network namespaces here: {e}")
-    try:
-        yield ns, dev, addr
-    finally:
-        for n in ns:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True, timeout=30)
+    with Cluster(ClusterSpec(hosts=2)) as cluster:
+        yield cluster
+
+
+def run_ranks(cluster: Cluster, script: Path, world: int, port: int, env: dict[int, dict[str, str]] | None = None,
+              timeout: float = 180) -> None:
+    """Run ``script RANK tcp://host0:port`` once per rank on its host; assert each printed ok."""
+    init = f"tcp://{host_address(0)}:{port}"
+    procs = [cluster.spawn(cluster.spec.host_of(r), [sys.executable, str(script), str(r), init],
+                           env={**os.environ, **(env or {}).get(r, {})}, cwd=str(script.parent),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(world)]
+    outputs = []
+    for p in procs:  # the cluster stops whatever is still running when the fixture ends
+        out, err = p.communicate(timeout=timeout)
+        outputs.append((p.returncode, out.decode(), err.decode()))
+    for rank, (code, out, err) in enumerate(outputs):
+        assert code == 0 and f"ok {rank}" in out, f"rank {rank} exit {code}\n{out}\n{err[-3000:]}"
 
 
 @pytest.mark.parametrize("pin_interface", [False, True])
 def test_ranks_on_two_hosts(two_hosts, pin_interface: bool, tmp_path) -> None:
-    ns, dev, addr = two_hosts
     script = tmp_path / "rank.py"
     script.write_text(SCRIPT)
-    init = f"tcp://{addr[0]}:29655"
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ)
-        if pin_interface:
-            env["AGENTCOMM_SOCKET_IFNAME"] = dev[rank]
-        procs.append(subprocess.Popen(["ip", "netns", "exec", ns[rank], sys.executable, str(script), str(rank), init],
-                                      env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
-    outputs = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=120)
-            outputs.append((p.returncode, out, err))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for rank, (code, out, err) in enumerate(outputs):
-        assert code == 0 and f"ok {rank}" in out, f"rank {rank} exit {code}\n{out}\n{err[-3000:]}"
+    env = {r: {"AGENTCOMM_SOCKET_IFNAME": INTERFACE} for r in range(2)} if pin_interface else None
+    run_ranks(two_hosts, script, 2, 29655, env, timeout=120)
 
 
-def test_hierarchical_two_hosts_two_ranks_each(two_hosts, tmp_path) -> None:
-    ns, dev, addr = two_hosts
+def test_hierarchical_two_hosts_two_ranks_each(tmp_path) -> None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to create network namespaces")
     script = tmp_path / "hier.py"
     script.write_text(HIER_SCRIPT)
-    init = f"tcp://{addr[0]}:29657"
-    procs = [subprocess.Popen(["ip", "netns", "exec", ns[rank // 2], sys.executable, str(script), str(rank), init],
-                              cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank in range(4)]
-    outputs = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=180)
-            outputs.append((p.returncode, out, err))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for rank, (code, out, err) in enumerate(outputs):
-        assert code == 0 and f"ok {rank}" in out, f"rank {rank} exit {code}\n{out}\n{err[-3000:]}"
+    with Cluster(ClusterSpec(hosts=2, ranks_per_host=2)) as cluster:
+        run_ranks(cluster, script, 4, 29657)
