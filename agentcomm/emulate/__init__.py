@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -200,18 +201,34 @@ class Cluster:
             assert c.launch(["python", "-c", "import os; print(os.environ['RANK'])"]) == 0
     """
 
-    def __init__(self, spec: ClusterSpec, master_port: int = 29500) -> None:
+    def __init__(self, spec: ClusterSpec, master_port: int = 29500, isolate: bool = True) -> None:
         spec.validate()
+        if not isolate and (spec.hosts != 1 or spec.rate or spec.host_rates or spec.delay):
+            raise EmulateError("only one host without links can run unisolated (on this machine's own network)")
         self.spec = spec
         self.master_port = master_port
+        self.isolate = isolate
         tag = f"{NAME_PREFIX}{os.getpid()}x{next(_counter)}"
         self.switch = f"{tag}sw"
         self.namespaces = [f"{tag}h{h}" for h in range(spec.hosts)]
         self._made: list[str] = []
+        self._up = False
         self._procs: list[subprocess.Popen] = []
+
+    @classmethod
+    def local(cls, ranks: int, slow_ranks: dict[int, float] | None = None) -> "Cluster":
+        """``ranks`` ranks on this machine as it is (no namespaces, no root): the same launch,
+        environment and teardown, for runs that need no emulated network."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return cls(ClusterSpec(hosts=1, ranks_per_host=ranks, slow_ranks=dict(slow_ranks or {})), port, isolate=False)
 
     # -- life ---------------------------------------------------------------------------------
     def __enter__(self) -> "Cluster":
+        if not self.isolate:
+            self._up = True
+            return self
         if os.geteuid() != 0:
             raise EmulateError("an emulated cluster needs root (network namespaces, veth pairs, tc)")
         for tool in ("ip", "tc"):
@@ -222,6 +239,7 @@ class Cluster:
         except BaseException:
             self.close()
             raise
+        self._up = True
         log.info("emulated cluster up: %s", self.spec.describe())
         return self
 
@@ -278,6 +296,7 @@ class Cluster:
         for ns in reversed(self._made):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
         self._made.clear()
+        self._up = False
 
     # -- processes ----------------------------------------------------------------------------
     def rank_env(self, rank: int) -> dict[str, str]:
@@ -288,11 +307,11 @@ class Cluster:
             "RANK": str(rank), "WORLD_SIZE": str(spec.world_size),
             "LOCAL_RANK": str(rank % spec.ranks_per_host), "LOCAL_WORLD_SIZE": str(spec.ranks_per_host),
             "GROUP_RANK": str(host), "NODE_RANK": str(host), "ROLE_RANK": str(rank),
-            "MASTER_ADDR": host_address(0), "MASTER_PORT": str(self.master_port),
-            # Gloo resolves the host name (127.0.0.1 inside a namespace): name its interface.
-            "GLOO_SOCKET_IFNAME": INTERFACE,
-            "AGENTCOMM_EMULATE_HOST": str(host),
+            "MASTER_ADDR": host_address(0) if self.isolate else "127.0.0.1", "MASTER_PORT": str(self.master_port),
         }
+        if self.isolate:
+            # Gloo resolves the host name (127.0.0.1 inside a namespace): name its interface.
+            env.update(GLOO_SOCKET_IFNAME=INTERFACE, AGENTCOMM_EMULATE_HOST=str(host))
         if rank in spec.slow_ranks:
             env[SLOWDOWN_ENV] = repr(float(spec.slow_ranks[rank]))
         return env
@@ -301,11 +320,12 @@ class Cluster:
               stdout: IO[Any] | int | None = None, stderr: IO[Any] | int | None = None,
               cwd: str | None = None) -> subprocess.Popen:
         """Start ``cmd`` inside host ``host``'s namespace (its own session; stopped by close())."""
-        if not self._made:
+        if not self._up:
             raise EmulateError("the cluster is not up: use it inside `with Cluster(spec) as cluster:`")
         if not 0 <= host < self.spec.hosts:
             raise EmulateError(f"host {host}: there are hosts 0..{self.spec.hosts - 1}")
-        proc = subprocess.Popen(["ip", "netns", "exec", self.namespaces[host], *cmd], env=env, stdout=stdout,
+        where = ["ip", "netns", "exec", self.namespaces[host]] if self.isolate else []
+        proc = subprocess.Popen([*where, *cmd], env=env, stdout=stdout,
                                 stderr=stderr, cwd=cwd, start_new_session=True)
         self._procs.append(proc)
         return proc

@@ -3,7 +3,10 @@
 Strategies (state class + hook, torch's ``(state, bucket) -> Future[Tensor]`` shape):
 top-k / DGC (:class:`TopKState`, :func:`topk_hook`), random-k (:class:`RandomKState`,
 :func:`randomk_hook`), 8/4/1-bit quantization (:class:`QuantizeState`,
-:func:`quantize_hook`), fp16/bf16 (:class:`CastState`, :func:`cast_hook`). The ops
+:func:`quantize_hook`), fp16/bf16 (:class:`CastState`, :func:`cast_hook`), and compressors written in Python
+(:class:`Compressor`, :class:`PythonCompressionState`, :func:`python_compressor_hook`). Any of
+the native states takes ``hierarchical=True``: dense inside a host, compressed between hosts
+(:mod:`agentcomm.hooks.hierarchical`). The ops
 (:mod:`agentcomm.hooks.ops`) can be used without DDP.
 
 Example:
@@ -27,6 +30,8 @@ from .compression import (
     randomk_hook,
     topk_hook,
 )
+from .custom import BucketInfo, Compressor, PythonCompressionState, TopKCompressor, python_compressor_hook
+from .hierarchical import HostGroups
 
 __all__ = [
     "ops",
@@ -42,4 +47,10 @@ __all__ = [
     "quantize_hook",
     "randomk_hook",
     "topk_hook",
+    "BucketInfo",
+    "Compressor",
+    "HostGroups",
+    "PythonCompressionState",
+    "TopKCompressor",
+    "python_compressor_hook",
 ]

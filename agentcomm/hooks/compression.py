@@ -35,7 +35,7 @@ Example:
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -43,6 +43,7 @@ import torch.distributed as dist
 from .. import _C
 from ..averaging.averagers import all_reduce_average
 from . import ops
+from .hierarchical import HostGroups, Launch
 
 __all__ = [
     "CompressionStats",
@@ -114,6 +115,7 @@ class CompressionState:
         warmup_iters: int = 0,
         min_compress_numel: int = 1024,
         seed: int = 0,
+        hierarchical: bool = False,
     ) -> None:
         if warmup_iters < 0:
             raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
@@ -124,6 +126,11 @@ class CompressionState:
         self.warmup_iters = int(warmup_iters)
         self.min_compress_numel = int(min_compress_numel)
         self.seed = int(seed)
+        # hierarchical: dense over shared memory inside each host, compressed between hosts
+        # (hooks/hierarchical.py). Building the host groups is collective: every rank
+        # constructs its state at the same point.
+        self.hierarchical = bool(hierarchical)
+        self._hosts: Optional[HostGroups] = HostGroups(process_group) if self.hierarchical else None
         self.iteration = 0
         # Bucket layouts. A parameter's key is (bucket index, position) where this process
         # first saw it: DDP's first iteration lays buckets out the same way in every run
@@ -144,6 +151,31 @@ class CompressionState:
 
     def group(self) -> dist.ProcessGroup:
         return self.process_group if self.process_group is not None else dist.distributed_c10d._get_default_group()
+
+    def _across_hosts(self) -> bool:
+        return self._hosts is not None and not self._hosts.trivial
+
+    def comm_group(self) -> dist.ProcessGroup:
+        """The group the compressed collective runs over: the hosts' leaders when
+        hierarchical (on a leader), else the whole group."""
+        if self._across_hosts():
+            assert self._hosts is not None and self._hosts.leaders is not None, "only leaders compress"
+            return self._hosts.leaders
+        return self.group()
+
+    def _launcher(self, launch: Launch) -> Launch:
+        """``launch`` itself, or wrapped in the host-local reduce and broadcast (hierarchical)."""
+        if not self._across_hosts():
+            return launch
+        assert self._hosts is not None
+        across = self._hosts.across_hosts(launch)
+
+        def run(g: torch.Tensor, index: int, iteration: int) -> torch.futures.Future:
+            if not self._hosts.is_leader:  # type: ignore[union-attr]
+                self._py.raw_bytes += g.numel() * 4  # compressed by the leader, on behalf of the host
+            return across(g, index, iteration)
+
+        return run
 
     # ---- per-bucket state
 
@@ -273,6 +305,7 @@ class CompressionState:
             "warmup_iters": self.warmup_iters,
             "min_compress_numel": self.min_compress_numel,
             "seed": self.seed,
+            "hierarchical": self.hierarchical,
         }
 
     def state_dict(self) -> Dict[str, Any]:
@@ -301,8 +334,12 @@ class CompressionState:
         """
         if sd.get("kind") != type(self).__name__:
             raise ValueError(f"state_dict is for {sd.get('kind')!r}, not {type(self).__name__!r}")
+        if bool(sd["config"].get("hierarchical", False)) != self.hierarchical:
+            raise ValueError(f"state_dict is of a {'' if sd['config'].get('hierarchical') else 'non-'}hierarchical "
+                             f"state; this one is {'' if self.hierarchical else 'not '}hierarchical")
         for name, value in sd["config"].items():
-            setattr(self, name, value)
+            if name != "hierarchical":
+                setattr(self, name, value)
         self.iteration = int(sd["iteration"])
         self.residuals = {k: v.clone() for k, v in sd["residuals"].items()}
         self._orders = dict(sd["orders"])
@@ -440,11 +477,6 @@ def _as_float32(buf: torch.Tensor, plan: Optional[List[Tuple[int, int]]]) -> tor
     return buf if buf.dtype == torch.float32 else buf.float()
 
 
-# launch(g, index) starts the compressed average of g (float32, reduced in place) as the
-# bucket `index` of the compression layout and returns its future.
-Launch = Callable[[torch.Tensor, int], torch.futures.Future]
-
-
 def _compressed(state: CompressionState, bucket: dist.GradBucket, launch: Launch) -> torch.futures.Future[torch.Tensor]:
     """Runs ``launch`` on the bucket in its compression layout and copies the result back."""
     buf = bucket.buffer()
@@ -455,7 +487,7 @@ def _compressed(state: CompressionState, bucket: dist.GradBucket, launch: Launch
     else:
         plan = state._plan(bucket)
         g = _as_float32(buf, plan)
-        done = launch(g, bucket.index())
+        done = state._launcher(launch)(g, bucket.index(), state.iteration)
 
         def copy_back(f: torch.futures.Future) -> torch.Tensor:
             f.value()  # propagates a failed collective
@@ -503,7 +535,7 @@ def _launch_groups(state: CompressionState, groups: List[int], launch: Launch) -
         arrived = state._arrived.pop(group)
         pieces = [arrived[k] for k in state._orders[group] if k in arrived]
         g = torch.cat([view for view, _ in pieces]).float()
-        done = launch(g, group)
+        done = state._launcher(launch)(g, group, state.iteration)
 
         def scatter(f: torch.futures.Future, g: torch.Tensor = g, pieces: list = pieces) -> None:
             try:
@@ -533,11 +565,11 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
     if not state._compress_now(bucket.buffer().numel()):
         return _dense(state, bucket)
 
-    def launch(g: torch.Tensor, index: int) -> torch.futures.Future:
+    def launch(g: torch.Tensor, index: int, iteration: int) -> torch.futures.Future:
         n = g.numel()
         residual = state._residual(index, n, g.device) if state.error_feedback else None
         return ops.sparse_all_reduce(g, max(1, int(round(n * state.ratio))), residual=residual, method=state.method,
-                                     seed=_mix(state.seed, state.iteration, index), group=state.group(),
+                                     seed=_mix(state.seed, iteration, index), group=state.comm_group(),
                                      stats=state._native)
 
     return _compressed(state, bucket, launch)
@@ -552,12 +584,12 @@ def randomk_hook(state: RandomKState, bucket: dist.GradBucket) -> torch.futures.
     if not state._compress_now(bucket.buffer().numel()):
         return _dense(state, bucket)
 
-    def launch(g: torch.Tensor, index: int) -> torch.futures.Future:
+    def launch(g: torch.Tensor, index: int, iteration: int) -> torch.futures.Future:
         n = g.numel()
         k = max(1, int(round(n * state.ratio)))
         residual = state._residual(index, n, g.device) if state.error_feedback else None
         fut = ops.sparse_all_reduce(g, k, residual=residual, method="randomk",
-                                    seed=_mix(state.seed, state.iteration, index), group=state.group(),
+                                    seed=_mix(state.seed, iteration, index), group=state.comm_group(),
                                     stats=state._native)
         if state.unbiased and k < n:
             fut = fut.then(lambda f: f.value().mul_(n / k))
@@ -575,8 +607,8 @@ def quantize_hook(state: QuantizeState, bucket: dist.GradBucket) -> torch.future
     if not state._compress_now(bucket.buffer().numel()):
         return _dense(state, bucket)
 
-    def launch(g: torch.Tensor, index: int) -> torch.futures.Future:
-        group = state.group()
+    def launch(g: torch.Tensor, index: int, iteration: int) -> torch.futures.Future:
+        group = state.comm_group()
         n = g.numel()
         residual = server = None
         if state.error_feedback:
@@ -584,7 +616,7 @@ def quantize_hook(state: QuantizeState, bucket: dist.GradBucket) -> torch.future
             server = state._residual((index, "server"), ops.quant_slice(n, state.block, group)[1], g.device)
         return ops.quantized_all_reduce(g, bits=state.bits, block=state.block, residual=residual,
                                         server_residual=server,
-                                        seed=_mix(state.seed, state.iteration, index, group.rank()), group=group,
+                                        seed=_mix(state.seed, iteration, index, group.rank()), group=group,
                                         stats=state._native)
 
     return _compressed(state, bucket, launch)

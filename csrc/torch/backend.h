@@ -95,6 +95,7 @@ class AgentBackend : public c10d::Backend {
   void shutdown() override;
 
   const std::string& transportName() const { return comm_->pathName(); }
+  const std::vector<int>& localRanks() const { return comm_->localRanks(); }
   // The CUDA side (cuda_support.h), made on first use; raises without CUDA support.
   CudaContext& cuda();
 

@@ -25,6 +25,8 @@ PYBIND11_MODULE(_C, m) {
            py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("timeout_seconds"), py::arg("group_name") = "",
            py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("transport", &AgentBackend::transportName)
+      .def_property_readonly("local_ranks", &AgentBackend::localRanks,
+                             "this group's ranks on this host (host name, boot id and network namespace match), ascending")
       .def("error", &AgentBackend::errorReason,
            "None while the group works; after a failure (a peer's, a timeout, abort()) the first failure's text")
       .def("abort", &AgentBackend::abort, py::call_guard<py::gil_scoped_release>(),

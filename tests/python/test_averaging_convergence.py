@@ -13,18 +13,9 @@ import torch.distributed as dist
 
 from harness import run_world
 
+from agentcomm.bench.tasks import digits_data as digits, digits_model  # the data split and MLP the bench trains
+
 STEPS = 400
-
-
-def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(d.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    x, y = x[perm], y[perm]
-    return x[:1400], y[:1400], x[1400:], y[1400:]
 
 
 def train(rank: int, world: int, strategy: str) -> float:
@@ -37,8 +28,7 @@ def train(rank: int, world: int, strategy: str) -> float:
     else:
         xs, ys = xtr[rank::world], ytr[rank::world]
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(),
-                                torch.nn.Linear(256, 10))
+    model = digits_model()
     if strategy == "sync":
         model = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

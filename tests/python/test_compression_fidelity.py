@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from harness import run_world
-from test_averaging_convergence import digits  # the same data split as the averaging test
+from agentcomm.bench.tasks import digits_data as digits, digits_model  # the averaging test's data and MLP
 
 STEPS = 400
 # name -> (hook name, state kwargs); None: DDP's own uncompressed all-reduce.
@@ -33,8 +33,7 @@ def train(rank: int, world: int, variant: str, seed: int) -> float:
     xtr, ytr, xte, yte = digits()
     xs, ys = xtr[rank::world], ytr[rank::world]
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(),
-                                torch.nn.Linear(256, 10))
+    model = digits_model()
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     spec = VARIANTS[variant]
     if spec is not None:

@@ -1,0 +1,433 @@
+"""Time to accuracy: which communication scheme reaches the target first on *this* cluster?
+
+One command trains a task once per strategy (sync DDP on Gloo and on agentcomm, torch's
+fp16 and PowerSGD hooks (its bf16 hook needs CUDA), agentcomm's top-k/DGC/random-k/8/4/1-bit with and without
+error feedback, local SGD, hierarchical and asynchronous averaging) on the same data from the
+same initialisation, on an emulated cluster (``--cluster 4x1@1gbit``, root) or on this machine,
+and writes a table, JSON and plots: time to the target accuracy, final accuracy, speed-up over
+the fair baseline (16-bit DDP, as Agarwal et al., MLSys 2022, argue), bytes on the wire,
+encode/decode time, and the step time the cost model predicts beside the one measured.
+
+    sudo python -m agentcomm.bench.tta --task digits --cluster 4x1@1gbit --host-rate 3=100mbit \\
+        --target 0.95 --out tta-digits
+    python -m agentcomm.bench.tta --task digits --ranks 2 --strategies ddp,bf16,topk-ef --max-steps 100
+    python -m agentcomm.bench.tta --config run.json      # the same options as a JSON object
+
+Timing: each rank's clock runs through its training steps only; every ``eval_every`` steps the
+clock stops, rank 0 evaluates its model on the held-out set (with local SGD and averaging:
+its own replica, as a deployment would) and the ranks agree (on Gloo) whether to stop: target
+reached, time budget spent, or ``max_steps`` done. A slow rank (``--slow-rank R=F``) sleeps
+``(F - 1)`` times the task's measured compute time before each step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from agentcomm.bench.tasks import TASKS, Task
+
+log = logging.getLogger("agentcomm.bench.tta")
+
+
+# ---- strategies ------------------------------------------------------------------------------
+class Strategy:
+    """How one rank trains: the module it runs, what follows the optimiser's step, and its stats."""
+
+    def __init__(self, module: torch.nn.Module, after_step: Callable[[], None] = lambda: None,
+                 finish: Callable[[], None] = lambda: None, state: Any = None) -> None:
+        self.module, self.after_step, self.finish, self.state = module, after_step, finish, state
+
+    def stats(self) -> dict[str, float] | None:
+        """The compression hook's own accounting (agentcomm's hooks), else None."""
+        if self.state is None or not hasattr(self.state, "stats"):
+            return None
+        s = self.state.stats()
+        return {"raw_bytes": s.raw_bytes, "sent_bytes": s.sent_bytes, "encode_s": s.encode_seconds,
+                "decode_s": s.decode_seconds}
+
+
+def _ddp(model: torch.nn.Module, group: dist.ProcessGroup, hook: tuple | None = None) -> Strategy:
+    ddp = torch.nn.parallel.DistributedDataParallel(model, process_group=group)
+    if hook is not None:
+        ddp.register_comm_hook(*hook)
+    return Strategy(ddp, state=hook[0] if hook else None)
+
+
+def _averaging(model: torch.nn.Module, averager: Any) -> Strategy:
+    from agentcomm.averaging import AsyncAverager
+
+    params = list(model.parameters())
+    finish = (lambda: averager.synchronize(params)) if isinstance(averager, AsyncAverager) else (lambda: None)
+    return Strategy(model, after_step=lambda: averager.average_parameters(params), finish=finish)
+
+
+def _hierarchy(world: int, per_host: int) -> dict[int, int]:
+    inner = per_host if 1 < per_host < world else (2 if world % 2 == 0 and world > 2 else world)
+    return {2: inner, 8: world} if inner < world else {4: world}
+
+
+def _strategies() -> dict[str, tuple[str, Callable[..., Strategy]]]:
+    """name -> (what it is, factory(model, groups, world, per_host))."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+    import agentcomm.hooks as H
+    from agentcomm.averaging import AsyncAverager, HierarchicalAverager, PeriodicAverager
+
+    def ac(g: dict) -> dist.ProcessGroup:
+        return g["agentcomm"]
+
+    table: dict[str, tuple[str, Callable[..., Strategy]]] = {
+        "ddp-gloo": ("DDP on Gloo, fp32", lambda m, g, w, r: _ddp(m, g["gloo"])),
+        "ddp": ("DDP on agentcomm, fp32", lambda m, g, w, r: _ddp(m, ac(g))),
+        "torch-fp16": ("torch's fp16_compress_hook", lambda m, g, w, r: _ddp(m, ac(g), (ac(g), default_hooks.fp16_compress_hook))),
+        "powersgd": ("torch's PowerSGD, rank 2", lambda m, g, w, r: _ddp(m, ac(g), (powerSGD_hook.PowerSGDState(
+            process_group=ac(g), matrix_approximation_rank=2, start_powerSGD_iter=10), powerSGD_hook.powerSGD_hook))),
+        "bf16": ("agentcomm bf16 cast", lambda m, g, w, r: _ddp(m, ac(g), (H.CastState(ac(g), dtype=torch.bfloat16), H.cast_hook))),
+        "localsgd": ("local SGD, average every 4 steps", lambda m, g, w, r: _averaging(m, PeriodicAverager(period=4))),
+        "hier-avg": ("hierarchical averaging", lambda m, g, w, r: _averaging(m, HierarchicalAverager(_hierarchy(w, r)))),
+        "async-avg": ("asynchronous averaging, period 4, staleness 2",
+                      lambda m, g, w, r: _averaging(m, AsyncAverager(period=4, max_staleness=2))),
+    }
+    schemes: dict[str, tuple[str, Callable[..., Any], Callable]] = {  # name -> (words, state(group, **kw), hook)
+        "topk": ("top-k 1%", lambda g, **kw: H.TopKState(g, ratio=0.01, **kw), H.topk_hook),
+        "dgc": ("DGC 1%", lambda g, **kw: H.TopKState(g, ratio=0.01, method="dgc", **kw), H.topk_hook),
+        "randomk": ("random-k 1%", lambda g, **kw: H.RandomKState(g, ratio=0.01, **kw), H.randomk_hook),
+        "q8": ("8-bit quantization", lambda g, **kw: H.QuantizeState(g, bits=8, **kw), H.quantize_hook),
+        "q4": ("4-bit quantization", lambda g, **kw: H.QuantizeState(g, bits=4, **kw), H.quantize_hook),
+        "q1": ("1-bit quantization", lambda g, **kw: H.QuantizeState(g, bits=1, **kw), H.quantize_hook),
+        "py-topk": ("top-k 1% written in Python (agentcomm.hooks.TopKCompressor)",
+                    lambda g, **kw: H.PythonCompressionState(H.TopKCompressor(0.01), g, **kw), H.python_compressor_hook),
+    }
+    for key, (words, state, hook) in schemes.items():
+        for ef, hier in ((True, False), (False, False), (True, True)):
+            name = key + ("-ef" if ef else "") + ("-hier" if hier else "")
+            about = words + (" with EF" if ef else " without EF") + (
+                ", dense in each host, compressed between hosts" if hier else "")
+            table[name] = (about, lambda m, g, w, r, ef=ef, hier=hier, state=state, hook=hook: _ddp(
+                m, ac(g), (state(ac(g), error_feedback=ef, hierarchical=hier), hook)))
+    return table
+
+
+DEFAULT_STRATEGIES = ("ddp-gloo", "ddp", "torch-fp16", "powersgd", "bf16", "topk-ef", "topk", "dgc-ef", "randomk-ef",
+                      "q8-ef", "q4-ef", "q1-ef", "q1", "py-topk-ef", "localsgd", "hier-avg", "async-avg")
+# With several ranks per host, also the hierarchical variants (dense inside a host).
+HIERARCHICAL_STRATEGIES = ("topk-ef-hier", "q8-ef-hier", "q4-ef-hier", "q1-ef-hier")
+
+
+# ---- one strategy's run (every rank) -----------------------------------------------------------
+def _wire_bytes() -> int:
+    """Bytes this emulated host's interface sent so far (0 when not on an emulated cluster)."""
+    if "AGENTCOMM_EMULATE_HOST" not in os.environ:
+        return 0
+    from agentcomm.emulate import INTERFACE
+    try:
+        return int(Path(f"/sys/class/net/{INTERFACE}/statistics/tx_bytes").read_text())
+    except OSError:
+        return 0
+
+
+def _compute_seconds(task: Task, x: torch.Tensor, y: torch.Tensor, reps: int = 20) -> float:
+    """One step's compute (forward, backward, optimiser) on a local replica: the median."""
+    model = task.model()
+    opt = torch.optim.SGD(model.parameters(), lr=task.lr)
+    times = []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[:task.batch]), y[:task.batch]).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def run_strategy(cfg: dict, strategy: str, out: Path) -> None:
+    """Train ``cfg['task']`` with ``strategy`` on this rank (torchrun's environment); rank 0
+    writes ``out`` (JSON)."""
+    from agentcomm.emulate import slowdown_factor
+
+    torch.set_num_threads(1)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    per_host = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    timeout = timedelta(seconds=float(cfg["budget_s"]) + 300)
+    dist.init_process_group("gloo", timeout=timeout)
+    groups = {"gloo": dist.group.WORLD, "agentcomm": dist.new_group(backend="agentcomm", timeout=timeout)}
+    task = TASKS[cfg["task"]]
+    xtr, ytr, xte, yte = task.data()
+    xs, ys = xtr[rank::world], ytr[rank::world]
+    compute_s = _compute_seconds(task, xs, ys)
+    extra_s = (slowdown_factor() - 1.0) * compute_s
+    torch.manual_seed(0)
+    model = task.model()
+    strat = _strategies()[strategy][1](model, groups, world, per_host)
+    opt = torch.optim.SGD(model.parameters(), lr=task.lr, momentum=0.9)
+    gen = torch.Generator().manual_seed(1000 + rank)
+    target, budget, eval_every = float(cfg["target"]), float(cfg["budget_s"]), int(cfg["eval_every"])
+    curve: list[dict] = []
+    clock, wire0, loss_sum, losses, step = 0.0, _wire_bytes(), 0.0, 0, 0
+    dist.barrier()
+    while True:
+        t0 = time.perf_counter()
+        if extra_s:
+            time.sleep(extra_s)
+        idx = torch.randint(0, len(xs), (task.batch,), generator=gen)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(strat.module(xs[idx]), ys[idx])
+        loss.backward()
+        opt.step()
+        strat.after_step()
+        clock += time.perf_counter() - t0
+        step += 1
+        loss_sum += float(loss)
+        losses += 1
+        if step % eval_every and step < int(cfg["max_steps"]):
+            continue
+        acc = -1.0
+        if rank == 0:
+            with torch.no_grad():
+                acc = float((model(xte).argmax(1) == yte).float().mean())
+            curve.append({"t": clock, "step": step, "acc": acc, "loss": loss_sum / losses})
+        loss_sum, losses = 0.0, 0
+        stop = torch.tensor([float(acc >= target), float(clock >= budget or step >= int(cfg["max_steps"]))])
+        dist.all_reduce(stop, op=dist.ReduceOp.MAX)  # on Gloo; the clock is stopped
+        if stop.max() > 0:
+            break
+    strat.finish()
+    stats = strat.stats()
+    totals = torch.tensor([clock, float(_wire_bytes() - wire0) if int(os.environ.get("LOCAL_RANK", "0")) == 0 else 0.0,
+                           compute_s + extra_s], dtype=torch.float64)
+    clocks = [torch.zeros(3, dtype=torch.float64) for _ in range(world)]
+    dist.all_gather(clocks, totals)
+    if rank == 0:
+        hit = next((p for p in curve if p["acc"] >= target), None)
+        result = {
+            "strategy": strategy, "about": _strategies()[strategy][0], "world": world, "steps": step,
+            "time_s": max(float(c[0]) for c in clocks), "step_s": clock / max(step, 1),
+            "compute_s": max(float(c[2]) for c in clocks),  # the slowest rank's, its slowdown included
+            "wire_bytes": sum(float(c[1]) for c in clocks), "final_acc": curve[-1]["acc"] if curve else None,
+            "tta_s": hit["t"] if hit else None, "tta_steps": hit["step"] if hit else None,
+            "stats": stats, "curve": curve,
+        }
+        out.write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+# ---- the driver ------------------------------------------------------------------------------
+@dataclass
+class Config:
+    task: str = "digits"
+    cluster: str | None = None          # HOSTSxRANKS[@RATE]; None: --ranks ranks on this machine
+    ranks: int = 4
+    host_rates: dict[str, str] = field(default_factory=dict)
+    slow_ranks: dict[str, float] = field(default_factory=dict)
+    strategies: list[str] | None = None  # None: DEFAULT_STRATEGIES (+ the hierarchical ones with ranks per host > 1)
+    baseline: str = "bf16"  # 16-bit DDP (torch's bf16 hook refuses CPU tensors)
+    target: float | None = None        # the task's default
+    max_steps: int = 2000
+    budget_s: float = 300.0
+    eval_every: int = 25
+    out: str = "tta-out"
+    plot: bool = True
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task {self.task!r}: choose from {', '.join(TASKS)}")
+        known = _strategies()
+        for s in self.strategies or ():
+            if s not in known:
+                raise ValueError(f"strategy {s!r}: choose from {', '.join(known)}")
+        if self.max_steps < 1 or self.eval_every < 1 or self.budget_s <= 0:
+            raise ValueError("max_steps and eval_every must be >= 1 and budget_s > 0")
+
+
+def predict_step_s(result: dict, link: dict | None, world: int, hosts: int, per_host: int, param_bytes: int) -> float | None:
+    """The cost model's step time (docs/research_bench.md): compute + encode/decode + the bytes the
+    busiest host sends over the slowest link, plus α per message; None without a link."""
+    if link is None:
+        return None
+    alpha, beta = link["rtt_s"] / 2, 8.0 / link["rate_bps"]   # seconds, seconds per byte
+    strategy, steps = result["strategy"], max(result["steps"], 1)
+    stats = result.get("stats")
+    codec = (stats["encode_s"] + stats["decode_s"]) / steps if stats else 0.0
+    if strategy in ("localsgd", "hier-avg", "async-avg"):
+        period = 4 if strategy != "hier-avg" else 8
+        host_bytes, messages = 2 * (hosts - 1) / hosts * param_bytes / period, 2 * (hosts - 1) / period
+    elif stats and stats["sent_bytes"] and strategy.endswith("-hier"):  # rank 0 is its host's leader
+        host_bytes, messages = stats["sent_bytes"] / steps, 2 * (hosts - 1) + 2
+    elif stats and stats["sent_bytes"]:  # flat: every rank sends its share over TCP
+        host_bytes, messages = per_host * stats["sent_bytes"] / steps, 2 * (world - 1)
+    else:
+        width = 0.5 if strategy in ("torch-fp16", "bf16") else 1.0
+        ranks = hosts if per_host > 1 and strategy != "ddp-gloo" else world  # hierarchical: leaders only
+        host_bytes = 2 * (ranks - 1) / ranks * param_bytes * width * (per_host if ranks == world else 1)
+        messages = 2 * (ranks - 1)
+    if hosts < 2:
+        host_bytes = 0.0
+    return result["compute_s"] + codec + messages * alpha + host_bytes * beta
+
+
+def _table(cfg: Config, results: list[dict], link: dict | None, hosts: int, per_host: int, param_bytes: int) -> str:
+    base = next((r for r in results if r["strategy"] == cfg.baseline), None)
+    lines = [f"| strategy | time to {cfg.target:.0%} (s) | steps | final acc | step (ms) | predicted step (ms) | "
+             f"wire MB | encode+decode (ms/step) | speed-up vs {cfg.baseline} |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        pred = predict_step_s(r, link, r["world"], hosts, per_host, param_bytes)
+        codec = (r["stats"]["encode_s"] + r["stats"]["decode_s"]) / max(r["steps"], 1) * 1e3 if r["stats"] else None
+        speed = (base["tta_s"] / r["tta_s"]) if base and base["tta_s"] and r["tta_s"] else None
+        lines.append(
+            f"| {r['strategy']} | {r['tta_s']:.2f} | {r['tta_steps']} |" if r["tta_s"] is not None else
+            f"| {r['strategy']} | not reached | - |")
+        lines[-1] += (f" {r['final_acc']:.3f} | {r['step_s'] * 1e3:.1f} | "
+                      f"{'-' if pred is None else f'{pred * 1e3:.1f}'} | {r['wire_bytes'] / 1e6:.1f} | "
+                      f"{'-' if codec is None else f'{codec:.2f}'} | {'-' if speed is None else f'{speed:.2f}x'} |")
+    return "\n".join(lines)
+
+
+def _plot(results: list[dict], path: Path, target: float) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plots")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for r in results:
+        for ax, key in zip(axes, ("t", "step")):
+            ax.plot([p[key] for p in r["curve"]], [p["acc"] for p in r["curve"]], label=r["strategy"])
+    for ax, xlabel in zip(axes, ("training time (s, slowest rank's clock)", "steps")):
+        ax.axhline(target, color="grey", linestyle=":")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("held-out accuracy")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def drive(cfg: Config) -> dict:
+    """Run every strategy of ``cfg``; write results.json, table.md and accuracy.png under cfg.out."""
+    from agentcomm.emulate import Cluster, ClusterSpec
+    from agentcomm.emulate.probe import measure_link
+
+    cfg.validate()
+    task = TASKS[cfg.task]
+    cfg.target = task.target if cfg.target is None else cfg.target
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slow = {int(k): float(v) for k, v in cfg.slow_ranks.items()}
+    if cfg.cluster:
+        spec = ClusterSpec.parse(cfg.cluster)
+        spec.host_rates.update({int(k): v for k, v in cfg.host_rates.items()})
+        spec.slow_ranks.update(slow)
+        spec.validate()
+        cluster = Cluster(spec)
+    else:
+        cluster = Cluster.local(cfg.ranks, slow)
+        spec = cluster.spec
+    if cfg.strategies is None:
+        cfg.strategies = list(DEFAULT_STRATEGIES) + (list(HIERARCHICAL_STRATEGIES) if spec.ranks_per_host > 1 else [])
+    param_bytes = sum(p.numel() * 4 for p in task.model().parameters())
+    results, link = [], None
+    with cluster:
+        if spec.hosts > 1:  # the slowest link's α and β, for the cost model
+            slowest = min(range(spec.hosts), key=lambda h: _rate_or_inf(spec.rate_of(h)))
+            probe = measure_link(cluster, (slowest + 1) % spec.hosts, slowest, seconds=1.0)
+            link = {"rtt_s": probe.rtt_s, "rate_bps": probe.rate_bps, "host": slowest}
+            log.info("slowest link (host %d): rtt %.0f us, %.1f Mbit/s", slowest, probe.rtt_s * 1e6, probe.rate_bps / 1e6)
+        cfg_json = out / "config.json"
+        cfg_json.write_text(json.dumps(asdict(cfg)))
+        for name in cfg.strategies:
+            path = out / f"{name}.json"
+            path.unlink(missing_ok=True)
+            code = cluster.launch([sys.executable, "-m", "agentcomm.bench.tta", "--worker", str(cfg_json), name,
+                                   str(path)], timeout=cfg.budget_s + 600)
+            if code != 0 or not path.exists():
+                raise RuntimeError(f"strategy {name}: the ranks failed (exit code {code})")
+            results.append(json.loads(path.read_text()))
+            r = results[-1]
+            log.info("%-12s %s, final accuracy %.3f, %.1f ms/step", name,
+                     f"{cfg.target:.0%} after {r['tta_s']:.2f} s" if r["tta_s"] is not None else "target not reached",
+                     r["final_acc"], r["step_s"] * 1e3)
+    table = _table(cfg, results, link, spec.hosts, spec.ranks_per_host, param_bytes)
+    header = (f"task {cfg.task} ({param_bytes / 1e6:.2f} MB of fp32 parameters), {spec.describe()}, "
+              f"target {cfg.target:.0%}, eval every {cfg.eval_every} steps, budget {cfg.budget_s:g} s")
+    report = {"config": asdict(cfg), "cluster": spec.describe(), "link": link, "param_bytes": param_bytes,
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+              "results": results}
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    (out / "table.md").write_text(header + "\n\n" + table + "\n")
+    if cfg.plot:
+        _plot(results, out / "accuracy.png", cfg.target)
+    print(header)
+    print(table)
+    return report
+
+
+def _rate_or_inf(rate: str | None) -> float:
+    from agentcomm.emulate import parse_rate
+    return math.inf if rate is None else parse_rate(rate)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        run_strategy(json.loads(Path(argv[1]).read_text()), argv[2], Path(argv[3]))
+        return
+    p = argparse.ArgumentParser(prog="python -m agentcomm.bench.tta", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="a JSON object with the options below (command-line flags override it)")
+    p.add_argument("--task", choices=sorted(TASKS))
+    p.add_argument("--cluster", help="HOSTSxRANKS[@RATE] emulated cluster (root), e.g. 4x1@1gbit")
+    p.add_argument("--ranks", type=int, help="without --cluster: ranks on this machine (default 4)")
+    p.add_argument("--host-rate", action="append", default=[], metavar="HOST=RATE")
+    p.add_argument("--slow-rank", action="append", default=[], metavar="RANK=FACTOR")
+    p.add_argument("--strategies", help=f"comma-separated (default: {','.join(DEFAULT_STRATEGIES)}; with several ranks per host also {','.join(HIERARCHICAL_STRATEGIES)})")
+    p.add_argument("--baseline", help="the strategy speed-ups are measured against (default bf16: 16-bit DDP)")
+    p.add_argument("--target", type=float, help="held-out accuracy to reach (default: the task's)")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--budget-s", type=float, help="training seconds per strategy (default 300)")
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--out", help="output folder (default tta-out)")
+    p.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[tta] %(message)s")
+    base = json.loads(Path(args.config).read_text()) if args.config else {}
+    unknown = set(base) - set(Config.__dataclass_fields__)
+    if unknown:
+        raise SystemExit(f"--config {args.config}: unknown keys {sorted(unknown)}")
+    cfg = Config(**base)
+    for key in ("task", "cluster", "ranks", "baseline", "target", "max_steps", "budget_s", "eval_every", "out"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    if args.strategies:
+        cfg.strategies = args.strategies.split(",")
+    for text in args.host_rate:
+        h, _, r = text.partition("=")
+        cfg.host_rates[h] = r
+    for text in args.slow_rank:
+        r, _, f = text.partition("=")
+        cfg.slow_ranks[r] = float(f)
+    cfg.plot = cfg.plot and not args.no_plot
+    try:
+        drive(cfg)
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"tta: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
