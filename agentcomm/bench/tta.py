@@ -1,9 +1,9 @@
 """Time to accuracy: which communication scheme reaches the target first on *this* cluster?
 
-One command trains a task once per strategy (sync DDP on Gloo and on agentcomm, torch's
-fp16 and PowerSGD hooks (its bf16 hook needs CUDA), agentcomm's top-k/DGC/random-k/8/4/1-bit with and without
-error feedback, local SGD, hierarchical and asynchronous averaging) on the same data from the
-same initialisation, on an emulated cluster (``--cluster 4x1@1gbit``, root) or on this machine,
+One command trains a task once per strategy (sync DDP on Gloo and on agentcomm, torch's fp16
+and PowerSGD hooks (its bf16 hook needs CUDA), agentcomm's bf16 and top-k/DGC/random-k/8/4/1-bit
+with and without error feedback and hierarchical, a compressor written in Python, local SGD,
+hierarchical and asynchronous averaging) on the same data from the same initialisation, on an emulated cluster (``--cluster 4x1@1gbit``, root) or on this machine,
 and writes a table, JSON and plots: time to the target accuracy, final accuracy, speed-up over
 the fair baseline (16-bit DDP, as Agarwal et al., MLSys 2022, argue), bytes on the wire,
 encode/decode time, and the step time the cost model predicts beside the one measured.
@@ -140,6 +140,17 @@ def _wire_bytes() -> int:
         return 0
 
 
+def _latency_s(group: dist.ProcessGroup, reps: int = 30) -> float:
+    """A 4-byte all_reduce's time on ``group``: the median of ``reps``."""
+    t = torch.zeros(1)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        dist.all_reduce(t, group=group)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def _compute_seconds(task: Task, x: torch.Tensor, y: torch.Tensor, reps: int = 20) -> float:
     """One step's compute (forward, backward, optimiser) on a local replica: the median."""
     model = task.model()
@@ -178,6 +189,8 @@ def run_strategy(cfg: dict, strategy: str, out: Path) -> None:
     target, budget, eval_every = float(cfg["target"]), float(cfg["budget_s"]), int(cfg["eval_every"])
     curve: list[dict] = []
     clock, wire0, loss_sum, losses, step = 0.0, _wire_bytes(), 0.0, 0, 0
+    dist.barrier()
+    latency = {name: _latency_s(g) for name, g in groups.items()}  # the cost model's per-collective time
     dist.barrier()
     while True:
         t0 = time.perf_counter()
@@ -219,7 +232,7 @@ def run_strategy(cfg: dict, strategy: str, out: Path) -> None:
             "compute_s": max(float(c[2]) for c in clocks),  # the slowest rank's, its slowdown included
             "wire_bytes": sum(float(c[1]) for c in clocks), "final_acc": curve[-1]["acc"] if curve else None,
             "tta_s": hit["t"] if hit else None, "tta_steps": hit["step"] if hit else None,
-            "stats": stats, "curve": curve,
+            "stats": stats, "latency_s": latency, "curve": curve,
         }
         out.write_text(json.dumps(result))
     dist.destroy_process_group()
@@ -253,39 +266,79 @@ class Config:
             raise ValueError("max_steps and eval_every must be >= 1 and budget_s > 0")
 
 
-def predict_step_s(result: dict, link: dict | None, world: int, hosts: int, per_host: int, param_bytes: int) -> float | None:
-    """The cost model's step time (docs/research_bench.md): compute + encode/decode + the bytes the
-    busiest host sends over the slowest link, plus α per message; None without a link."""
+def _ring(n: int, nbytes: float) -> float:
+    """Bytes each member of an n-member ring all-reduce sends: 2 (n-1)/n of the buffer."""
+    return 2 * (n - 1) / n * nbytes if n > 1 else 0.0
+
+
+def _powersgd_bytes(shapes: list[tuple[int, ...]], rank: int = 2) -> float:
+    """One PowerSGD step's all-reduced bytes: P and Q (rank x (rows + cols)) per matrix that
+    compression shrinks, the rest (vectors, small matrices) uncompressed."""
+    total = 0.0
+    for shape in shapes:
+        numel = math.prod(shape)
+        rows, cols = (shape[0], numel // shape[0]) if len(shape) >= 2 else (numel, 1)
+        total += 4 * (rank * (rows + cols) if len(shape) >= 2 and rank * (rows + cols) < numel else numel)
+    return total
+
+
+def traffic(result: dict, shapes: list[tuple[int, ...]], hosts: int, per_host: int) -> tuple[float, float]:
+    """(collectives per step, bytes the busiest host sends to other hosts per step) of a result's
+    strategy: from the hook's own accounting where it has one, else from the scheme's shape."""
+    strategy, steps, world = result["strategy"], max(result["steps"], 1), result["world"]
+    P = 4.0 * sum(math.prod(s) for s in shapes)
+    stats = result.get("stats")
+    if strategy in ("localsgd", "async-avg"):  # period 4 over the world (leaders' ring across hosts)
+        return 0.25, _ring(hosts, P) / 4
+    if strategy == "hier-avg":  # at a step, the largest due period's group averages
+        schedule = _hierarchy(world, per_host)
+        cycle = max(schedule)
+        ops = nbytes = 0.0
+        for step in range(cycle):
+            due = [p for p in schedule if step % p == 0]
+            if due:
+                size = schedule[max(due)]
+                ops += 1
+                nbytes += _ring(max(1, -(-size // per_host)), P)
+        return ops / cycle, nbytes / cycle
+    if strategy == "powersgd":  # dense until iteration 10, then P and Q plus the vectors: 3 all-reduces
+        dense = min(steps, 10)
+        return (dense + 3 * (steps - dense)) / steps, (
+            dense * _ring(hosts, P) + (steps - dense) * _ring(hosts, _powersgd_bytes(shapes))) / steps
+    if strategy in ("bf16", "torch-fp16"):  # dense all-reduce in 16 bits: hierarchical across hosts
+        return 1.0, _ring(hosts, P / 2)
+    if stats and stats["sent_bytes"] and strategy.endswith("-hier"):
+        # rank 0 is its host's leader, the only rank that crosses hosts; plus the host-local
+        # reduce and broadcast: 3 collectives
+        return 3.0, stats["sent_bytes"] / steps
+    if stats and stats["sent_bytes"]:  # flat: every rank sends, (world - per_host) / (world - 1) of it away
+        return 1.0, per_host * stats["sent_bytes"] / steps * (world - per_host) / max(world - 1, 1)
+    if strategy == "ddp-gloo":  # a ring over every rank, hosts contiguous: one edge leaves each host
+        return 1.0, _ring(world, P)
+    return 1.0, _ring(hosts, P)  # agentcomm: hierarchical, the leaders' ring across hosts
+
+
+def predict_step_s(result: dict, link: dict | None, shapes: list[tuple[int, ...]], hosts: int,
+                   per_host: int) -> float | None:
+    """The cost model's step time (docs/research_bench.md):
+    compute + encode/decode + collectives x their latency + host bytes / link rate."""
     if link is None:
         return None
-    alpha, beta = link["rtt_s"] / 2, 8.0 / link["rate_bps"]   # seconds, seconds per byte
-    strategy, steps = result["strategy"], max(result["steps"], 1)
+    ops, host_bytes = traffic(result, shapes, hosts, per_host)
     stats = result.get("stats")
-    codec = (stats["encode_s"] + stats["decode_s"]) / steps if stats else 0.0
-    if strategy in ("localsgd", "hier-avg", "async-avg"):
-        period = 4 if strategy != "hier-avg" else 8
-        host_bytes, messages = 2 * (hosts - 1) / hosts * param_bytes / period, 2 * (hosts - 1) / period
-    elif stats and stats["sent_bytes"] and strategy.endswith("-hier"):  # rank 0 is its host's leader
-        host_bytes, messages = stats["sent_bytes"] / steps, 2 * (hosts - 1) + 2
-    elif stats and stats["sent_bytes"]:  # flat: every rank sends its share over TCP
-        host_bytes, messages = per_host * stats["sent_bytes"] / steps, 2 * (world - 1)
-    else:
-        width = 0.5 if strategy in ("torch-fp16", "bf16") else 1.0
-        ranks = hosts if per_host > 1 and strategy != "ddp-gloo" else world  # hierarchical: leaders only
-        host_bytes = 2 * (ranks - 1) / ranks * param_bytes * width * (per_host if ranks == world else 1)
-        messages = 2 * (ranks - 1)
-    if hosts < 2:
-        host_bytes = 0.0
-    return result["compute_s"] + codec + messages * alpha + host_bytes * beta
+    codec = (stats["encode_s"] + stats["decode_s"]) / max(result["steps"], 1) if stats else 0.0
+    latency = result["latency_s"]["gloo" if result["strategy"] == "ddp-gloo" else "agentcomm"]
+    return result["compute_s"] + codec + ops * latency + host_bytes * 8.0 / link["rate_bps"]
 
 
-def _table(cfg: Config, results: list[dict], link: dict | None, hosts: int, per_host: int, param_bytes: int) -> str:
+def _table(cfg: Config, results: list[dict], link: dict | None, hosts: int, per_host: int,
+           shapes: list[tuple[int, ...]]) -> str:
     base = next((r for r in results if r["strategy"] == cfg.baseline), None)
     lines = [f"| strategy | time to {cfg.target:.0%} (s) | steps | final acc | step (ms) | predicted step (ms) | "
              f"wire MB | encode+decode (ms/step) | speed-up vs {cfg.baseline} |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        pred = predict_step_s(r, link, r["world"], hosts, per_host, param_bytes)
+        pred = predict_step_s(r, link, shapes, hosts, per_host)
         codec = (r["stats"]["encode_s"] + r["stats"]["decode_s"]) / max(r["steps"], 1) * 1e3 if r["stats"] else None
         speed = (base["tta_s"] / r["tta_s"]) if base and base["tta_s"] and r["tta_s"] else None
         lines.append(
@@ -306,9 +359,10 @@ def _plot(results: list[dict], path: Path, target: float) -> None:
         log.warning("matplotlib is not installed: no plots")
         return
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for r in results:
+    for i, r in enumerate(results):  # 20 colours, then dashed: every strategy tells apart
+        style = {"color": plt.cm.tab20(i % 20), "linestyle": ("-", "--", ":")[i // 20 % 3], "label": r["strategy"]}
         for ax, key in zip(axes, ("t", "step")):
-            ax.plot([p[key] for p in r["curve"]], [p["acc"] for p in r["curve"]], label=r["strategy"])
+            ax.plot([p[key] for p in r["curve"]], [p["acc"] for p in r["curve"]], **style)
     for ax, xlabel in zip(axes, ("training time (s, slowest rank's clock)", "steps")):
         ax.axhline(target, color="grey", linestyle=":")
         ax.set_xlabel(xlabel)
@@ -341,10 +395,13 @@ def drive(cfg: Config) -> dict:
         spec = cluster.spec
     if cfg.strategies is None:
         cfg.strategies = list(DEFAULT_STRATEGIES) + (list(HIERARCHICAL_STRATEGIES) if spec.ranks_per_host > 1 else [])
-    param_bytes = sum(p.numel() * 4 for p in task.model().parameters())
-    results, link = [], None
+    shapes = [tuple(p.shape) for p in task.model().parameters()]
+    param_bytes = 4 * sum(math.prod(s) for s in shapes)
+    results: list[dict] = []
+    failed: list[dict] = []
+    link = None
     with cluster:
-        if spec.hosts > 1:  # the slowest link's α and β, for the cost model
+        if spec.hosts > 1:  # the slowest link's rate (and round trip), for the cost model
             slowest = min(range(spec.hosts), key=lambda h: _rate_or_inf(spec.rate_of(h)))
             probe = measure_link(cluster, (slowest + 1) % spec.hosts, slowest, seconds=1.0)
             link = {"rtt_s": probe.rtt_s, "rate_bps": probe.rate_bps, "host": slowest}
@@ -356,19 +413,28 @@ def drive(cfg: Config) -> dict:
             path.unlink(missing_ok=True)
             code = cluster.launch([sys.executable, "-m", "agentcomm.bench.tta", "--worker", str(cfg_json), name,
                                    str(path)], timeout=cfg.budget_s + 600)
-            if code != 0 or not path.exists():
-                raise RuntimeError(f"strategy {name}: the ranks failed (exit code {code})")
-            results.append(json.loads(path.read_text()))
-            r = results[-1]
+            if not path.exists():  # one strategy failing (a user's compressor raising) loses no other
+                log.error("%-12s failed: its ranks exited with code %d before writing results", name, code)
+                failed.append({"strategy": name, "exit_code": code})
+                continue
+            r = json.loads(path.read_text())
+            if code != 0:
+                log.error("%-12s its ranks exited with code %d after rank 0 wrote its results", name, code)
+                r["exit_code"] = code
+                failed.append({"strategy": name, "exit_code": code})
+            results.append(r)
             log.info("%-12s %s, final accuracy %.3f, %.1f ms/step", name,
                      f"{cfg.target:.0%} after {r['tta_s']:.2f} s" if r["tta_s"] is not None else "target not reached",
                      r["final_acc"], r["step_s"] * 1e3)
-    table = _table(cfg, results, link, spec.hosts, spec.ranks_per_host, param_bytes)
+    table = _table(cfg, results, link, spec.hosts, spec.ranks_per_host, shapes)
+    for f in failed:
+        table += f"\n\n{f['strategy']}: its ranks exited with code {f['exit_code']}" + (
+            "" if any(r["strategy"] == f["strategy"] for r in results) else " before writing results (no row)")
     header = (f"task {cfg.task} ({param_bytes / 1e6:.2f} MB of fp32 parameters), {spec.describe()}, "
               f"target {cfg.target:.0%}, eval every {cfg.eval_every} steps, budget {cfg.budget_s:g} s")
     report = {"config": asdict(cfg), "cluster": spec.describe(), "link": link, "param_bytes": param_bytes,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
-              "results": results}
+              "results": results, "failed": failed}
     (out / "results.json").write_text(json.dumps(report, indent=1))
     (out / "table.md").write_text(header + "\n\n" + table + "\n")
     if cfg.plot:
@@ -424,9 +490,12 @@ def main(argv: list[str] | None = None) -> None:
         cfg.slow_ranks[r] = float(f)
     cfg.plot = cfg.plot and not args.no_plot
     try:
-        drive(cfg)
+        report = drive(cfg)
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"tta: {e}") from None
+    if report["failed"]:
+        raise SystemExit(f"tta: {len(report['failed'])} strategy run(s) failed: "
+                         + ", ".join(f"{f['strategy']} (exit code {f['exit_code']})" for f in report["failed"]))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Measure an emulated link: round-trip time and stream rate between two hosts, over TCP.
 
-The cost model's α (latency) and β (inverse bandwidth) come from here, and the tests use it to
+The time-to-accuracy runner's cost model takes the link rate from here, and the tests use it to
 check that a set rate is the rate a stream gets.
 
 Example (root)::

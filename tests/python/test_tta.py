@@ -62,6 +62,20 @@ def test_reaching_the_target_stops_early_and_bad_names_are_named(tmp_path: Path)
     assert p.returncode != 0 and "strategy 'zip': choose from" in p.stderr, p.stderr[-2000:]
 
 
+def test_a_failing_strategy_is_reported_and_the_others_run(tmp_path: Path) -> None:
+    # Rank 1 cuts its connections at op 40 of the agentcomm group: after the 30 ops of the
+    # latency probe, inside ddp's training; ddp-gloo runs only the probe there.
+    env = {**os.environ, "AGENTCOMM_FAULT": "drop:rank=1,op=40"}
+    p = subprocess.run([sys.executable, "-m", "agentcomm.bench.tta", "--task", "digits", "--ranks", "2",
+                        "--strategies", "ddp,ddp-gloo", "--max-steps", "30", "--eval-every", "10", "--out", "o",
+                        "--no-plot"], cwd=str(tmp_path), capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode != 0 and "1 strategy run(s) failed: ddp (exit code 1)" in p.stderr, p.stderr[-3000:]
+    report = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["strategy"] for r in report["results"]] == ["ddp-gloo"] and report["results"][0]["steps"] == 30
+    assert report["failed"] == [{"strategy": "ddp", "exit_code": 1}], report["failed"]
+    assert "ddp: its ranks exited with code 1 before writing results" in (tmp_path / "o" / "table.md").read_text()
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2")
 def test_on_an_emulated_cluster_the_link_and_wire_bytes_are_measured(tmp_path: Path) -> None:
     p = tta(["--task", "digits", "--cluster", "2x1@100mbit", "--strategies", "ddp,q8-ef", "--max-steps", "20",
