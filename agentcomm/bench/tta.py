@@ -204,7 +204,7 @@ def run_strategy(cfg: dict, strategy: str, out: Path) -> None:
         strat.after_step()
         clock += time.perf_counter() - t0
         step += 1
-        loss_sum += float(loss)
+        loss_sum += loss.item()
         losses += 1
         if step % eval_every and step < int(cfg["max_steps"]):
             continue
@@ -358,17 +358,31 @@ def _plot(results: list[dict], path: Path, target: float) -> None:
     except ImportError:
         log.warning("matplotlib is not installed: no plots")
         return
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, grid = plt.subplots(2, 2, figsize=(13, 10))
+    curves, bars = grid[0], grid[1]
+    names = [r["strategy"] for r in results]
+    colors = [plt.cm.tab20(i % 20) for i in range(len(results))]
     for i, r in enumerate(results):  # 20 colours, then dashed: every strategy tells apart
-        style = {"color": plt.cm.tab20(i % 20), "linestyle": ("-", "--", ":")[i // 20 % 3], "label": r["strategy"]}
-        for ax, key in zip(axes, ("t", "step")):
+        style = {"color": colors[i], "linestyle": ("-", "--", ":")[i // 20 % 3], "label": r["strategy"]}
+        for ax, key in zip(curves, ("t", "step")):
             ax.plot([p[key] for p in r["curve"]], [p["acc"] for p in r["curve"]], **style)
-    for ax, xlabel in zip(axes, ("training time (s, slowest rank's clock)", "steps")):
+    for ax, xlabel in zip(curves, ("training time (s, rank 0's clock)", "steps")):
         ax.axhline(target, color="grey", linestyle=":")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out accuracy")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
+    curves[1].legend(fontsize=7, ncol=2)
+    per_step = [max(r["steps"], 1) for r in results]
+    wire = [r["wire_bytes"] / n / 1e6 for r, n in zip(results, per_step)]
+    codec = [(r["stats"]["encode_s"] + r["stats"]["decode_s"]) / n * 1e3 if r["stats"] else 0.0
+             for r, n in zip(results, per_step)]
+    for ax, values, label in ((bars[0], wire, "bytes on the wire per step, all hosts (MB)"),
+                              (bars[1], codec, "encode + decode per step (ms; torch's hooks: not counted)")):
+        ax.barh(names, values, color=colors)
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
