@@ -350,6 +350,9 @@ class CompressionState:
         self._py = CompressionStats(**sd["stats"])
 
     def __getstate__(self) -> Dict[str, Any]:
+        if self.hierarchical:  # unpickling would have to create process groups, collectively
+            raise TypeError("a hierarchical compression state holds process groups and does not pickle; "
+                            "checkpoint it with state_dict() and load_state_dict() into a new hierarchical state")
         return self.state_dict()
 
     def __setstate__(self, sd: Dict[str, Any]) -> None:

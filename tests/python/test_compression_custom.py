@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import sys
 from datetime import timedelta
@@ -101,6 +102,8 @@ def python_vs_native(rank: int, world: int) -> list[str]:
         failures.append("one host: hierarchical differs from flat")
     with pytest.raises(ValueError, match="state_dict is of a hierarchical state; this one is not hierarchical"):
         flat.load_state_dict(hier.state_dict())
+    with pytest.raises(TypeError, match="a hierarchical compression state holds process groups and does not pickle"):
+        pickle.dumps(hier)
     with pytest.raises(TypeError, match="compressor must be an agentcomm.hooks.Compressor"):
         H.PythonCompressionState(object())
     return failures
