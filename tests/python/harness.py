@@ -18,13 +18,23 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import socket
 import sys
 import time
 import traceback
 from typing import Any, Callable, Optional
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# Tests that build an emulated cluster (network namespaces, veth pairs, tc) skip without root
+# and iproute2; CI runs as root.
+needs_namespaces = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
+    reason="needs root and iproute2 (network namespaces, veth pairs, tc)")
 
 
 def free_port() -> int:

@@ -10,9 +10,7 @@ send between hosts. Hierarchical runs on an emulated cluster of 2 hosts x 2 rank
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import shutil
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from harness import run_world
+from harness import needs_namespaces, run_world
 
 import agentcomm  # noqa: F401
 
@@ -149,7 +147,7 @@ dist.destroy_process_group()
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2")
+@needs_namespaces
 def test_hierarchical_compression_on_two_hosts(tmp_path: Path) -> None:
     from agentcomm.emulate import Cluster, ClusterSpec
 

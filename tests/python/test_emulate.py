@@ -8,7 +8,6 @@ included).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from harness import needs_namespaces
+
 from agentcomm.emulate import Cluster, ClusterSpec, EmulateError, Slowdown, parse_delay, parse_rate, slowdown_factor
 
-ROOT_OK = os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("tc") is not None
-needs_root = pytest.mark.skipif(not ROOT_OK, reason="needs root and iproute2 (network namespaces, tc)")
 
 
 def namespaces_of(pid: int) -> list[str]:
@@ -129,7 +128,7 @@ def test_slowdown_stretches_compute(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # ---- the cluster (root) ---------------------------------------------------------------------
-@needs_root
+@needs_namespaces
 def test_every_rank_gets_its_host_and_environment_and_nothing_is_left(tmp_path: Path) -> None:
     (tmp_path / "rank.py").write_text(RANK_SCRIPT)
     p = emulate(["--cluster", "3x2@1gbit", "--slow-rank", "4=2.5", "--master-port", "29411", "--",
@@ -147,7 +146,7 @@ def test_every_rank_gets_its_host_and_environment_and_nothing_is_left(tmp_path: 
     assert_nothing_left(p.pid, infos)
 
 
-@needs_root
+@needs_namespaces
 def test_a_failing_rank_stops_the_others(tmp_path: Path) -> None:
     (tmp_path / "rank.py").write_text(RANK_SCRIPT)
     t0 = time.monotonic()
@@ -158,7 +157,7 @@ def test_a_failing_rank_stops_the_others(tmp_path: Path) -> None:
     assert_nothing_left(p.pid, rank_infos(tmp_path, 4))
 
 
-@needs_root
+@needs_namespaces
 @pytest.mark.parametrize("how", ["timeout", "SIGINT", "SIGTERM"])
 def test_timeout_and_signals_tear_down(tmp_path: Path, how: str) -> None:
     (tmp_path / "rank.py").write_text(RANK_SCRIPT)
@@ -176,7 +175,7 @@ def test_timeout_and_signals_tear_down(tmp_path: Path, how: str) -> None:
     assert_nothing_left(p.pid, rank_infos(tmp_path, 2))
 
 
-@needs_root
+@needs_namespaces
 def test_link_rates_are_what_a_stream_gets() -> None:
     from agentcomm.emulate.probe import measure_link
     with Cluster(ClusterSpec(hosts=3, rate="100mbit", host_rates={2: "20mbit"})) as cluster:
@@ -190,7 +189,7 @@ def test_link_rates_are_what_a_stream_gets() -> None:
     assert not set(names) & set(namespaces_of(os.getpid()))
 
 
-@needs_root
+@needs_namespaces
 def test_a_delay_needs_netem_or_is_applied() -> None:
     from agentcomm.emulate.probe import measure_link
     try:

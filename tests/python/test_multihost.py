@@ -9,7 +9,6 @@ removes them afterwards; the tests skip where it may not (not root, no iproute2)
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from agentcomm.emulate import INTERFACE, Cluster, ClusterSpec, host_address
+from harness import needs_namespaces
 
 SCRIPT = r"""
 import sys, torch, torch.distributed as dist, agentcomm
@@ -96,8 +96,6 @@ print("ok", rank, name)
 @pytest.fixture
 def two_hosts():
     """Two emulated hosts (agentcomm.emulate): namespaces, a switch, nothing left afterwards."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to create network namespaces")
     with Cluster(ClusterSpec(hosts=2)) as cluster:
         yield cluster
 
@@ -117,6 +115,7 @@ def run_ranks(cluster: Cluster, script: Path, world: int, port: int, env: dict[i
         assert code == 0 and f"ok {rank}" in out, f"rank {rank} exit {code}\n{out}\n{err[-3000:]}"
 
 
+@needs_namespaces
 @pytest.mark.parametrize("pin_interface", [False, True])
 def test_ranks_on_two_hosts(two_hosts, pin_interface: bool, tmp_path) -> None:
     script = tmp_path / "rank.py"
@@ -125,9 +124,8 @@ def test_ranks_on_two_hosts(two_hosts, pin_interface: bool, tmp_path) -> None:
     run_ranks(two_hosts, script, 2, 29655, env, timeout=120)
 
 
+@needs_namespaces
 def test_hierarchical_two_hosts_two_ranks_each(tmp_path) -> None:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to create network namespaces")
     script = tmp_path / "hier.py"
     script.write_text(HIER_SCRIPT)
     with Cluster(ClusterSpec(hosts=2, ranks_per_host=2)) as cluster:

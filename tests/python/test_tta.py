@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from harness import needs_namespaces
 
 pytest.importorskip("sklearn")
 
@@ -76,7 +77,7 @@ def test_a_failing_strategy_is_reported_and_the_others_run(tmp_path: Path) -> No
     assert "ddp: its ranks exited with code 1 before writing results" in (tmp_path / "o" / "table.md").read_text()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2")
+@needs_namespaces
 def test_on_an_emulated_cluster_the_link_and_wire_bytes_are_measured(tmp_path: Path) -> None:
     p = tta(["--task", "digits", "--cluster", "2x1@100mbit", "--strategies", "ddp,q8-ef", "--max-steps", "20",
              "--eval-every", "10", "--target", "0.99", "--out", "o", "--no-plot"], tmp_path)
