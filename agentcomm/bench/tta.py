@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 from agentcomm.bench.tasks import TASKS, Task
+from agentcomm.emulate import index_value
 
 log = logging.getLogger("agentcomm.bench.tta")
 
@@ -140,29 +141,33 @@ def _wire_bytes() -> int:
         return 0
 
 
-def _latency_s(group: dist.ProcessGroup, reps: int = 30) -> float:
-    """A 4-byte all_reduce's time on ``group``: the median of ``reps``."""
-    t = torch.zeros(1)
+def _median_seconds(fn: Callable[[], object], reps: int) -> float:
+    """``fn``'s time, the median of ``reps`` calls."""
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        dist.all_reduce(t, group=group)
+        fn()
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
 
 
-def _compute_seconds(task: Task, x: torch.Tensor, y: torch.Tensor, reps: int = 20) -> float:
-    """One step's compute (forward, backward, optimiser) on a local replica: the median."""
+def _latency_s(group: dist.ProcessGroup) -> float:
+    """A 4-byte all_reduce's time on ``group`` (median of 30)."""
+    t = torch.zeros(1)
+    return _median_seconds(lambda: dist.all_reduce(t, group=group), 30)
+
+
+def _compute_seconds(task: Task, x: torch.Tensor, y: torch.Tensor) -> float:
+    """One step's compute (forward, backward, optimiser) on a local replica (median of 20)."""
     model = task.model()
     opt = torch.optim.SGD(model.parameters(), lr=task.lr)
-    times = []
-    for i in range(reps):
-        t0 = time.perf_counter()
+
+    def step() -> None:
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x[:task.batch]), y[:task.batch]).backward()
         opt.step()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+
+    return _median_seconds(step, 20)
 
 
 def run_strategy(cfg: dict, strategy: str, out: Path) -> None:
@@ -183,7 +188,8 @@ def run_strategy(cfg: dict, strategy: str, out: Path) -> None:
     extra_s = (slowdown_factor() - 1.0) * compute_s
     torch.manual_seed(0)
     model = task.model()
-    strat = _strategies()[strategy][1](model, groups, world, per_host)
+    about, factory = _strategies()[strategy]
+    strat = factory(model, groups, world, per_host)
     opt = torch.optim.SGD(model.parameters(), lr=task.lr, momentum=0.9)
     gen = torch.Generator().manual_seed(1000 + rank)
     target, budget, eval_every = float(cfg["target"]), float(cfg["budget_s"]), int(cfg["eval_every"])
@@ -227,7 +233,7 @@ def run_strategy(cfg: dict, strategy: str, out: Path) -> None:
     if rank == 0:
         hit = next((p for p in curve if p["acc"] >= target), None)
         result = {
-            "strategy": strategy, "about": _strategies()[strategy][0], "world": world, "steps": step,
+            "strategy": strategy, "about": about, "world": world, "steps": step,
             "time_s": max(float(c[0]) for c in clocks), "step_s": clock / max(step, 1),
             "compute_s": max(float(c[2]) for c in clocks),  # the slowest rank's, its slowdown included
             "wire_bytes": sum(float(c[1]) for c in clocks), "final_acc": curve[-1]["acc"] if curve else None,
@@ -474,8 +480,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--task", choices=sorted(TASKS))
     p.add_argument("--cluster", help="HOSTSxRANKS[@RATE] emulated cluster (root), e.g. 4x1@1gbit")
     p.add_argument("--ranks", type=int, help="without --cluster: ranks on this machine (default 4)")
-    p.add_argument("--host-rate", action="append", default=[], metavar="HOST=RATE")
-    p.add_argument("--slow-rank", action="append", default=[], metavar="RANK=FACTOR")
+    p.add_argument("--host-rate", action="append", default=[], metavar="HOST=RATE", type=index_value("--host-rate", str))
+    p.add_argument("--slow-rank", action="append", default=[], metavar="RANK=FACTOR",
+                   type=index_value("--slow-rank", float))
     p.add_argument("--strategies", help=f"comma-separated (default: {','.join(DEFAULT_STRATEGIES)}; with several ranks per host also {','.join(HIERARCHICAL_STRATEGIES)})")
     p.add_argument("--baseline", help="the strategy speed-ups are measured against (default bf16: 16-bit DDP)")
     p.add_argument("--target", type=float, help="held-out accuracy to reach (default: the task's)")
@@ -496,12 +503,8 @@ def main(argv: list[str] | None = None) -> None:
             setattr(cfg, key, getattr(args, key))
     if args.strategies:
         cfg.strategies = args.strategies.split(",")
-    for text in args.host_rate:
-        h, _, r = text.partition("=")
-        cfg.host_rates[h] = r
-    for text in args.slow_rank:
-        r, _, f = text.partition("=")
-        cfg.slow_ranks[r] = float(f)
+    cfg.host_rates.update({str(h): r for h, r in args.host_rate})
+    cfg.slow_ranks.update({str(r): f for r, f in args.slow_rank})
     cfg.plot = cfg.plot and not args.no_plot
     try:
         report = drive(cfg)

@@ -28,6 +28,7 @@ Example (root)::
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import logging
 import math
@@ -39,7 +40,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Sequence
+from typing import IO, Any, Callable, Sequence
 
 log = logging.getLogger("agentcomm.emulate")
 
@@ -149,6 +150,27 @@ class ClusterSpec:
         delay = f", {self.delay} delay" if self.delay else ""
         slow = "".join(f", rank {r} {f:g}x slower" for r, f in sorted(self.slow_ranks.items()))
         return f"{self.hosts} hosts x {self.ranks_per_host} ranks, links {links}{extra}{delay}{slow}"
+
+
+def index_value(kind: str, convert: Callable[[str], Any]) -> Callable[[str], tuple[int, Any]]:
+    """An argparse ``type`` for ``INDEX=VALUE`` options (``--host-rate 3=100mbit``,
+    ``--slow-rank 5=2.0``): the pair, or an error naming the option and the bad text.
+
+    Example::
+
+        p.add_argument("--slow-rank", action="append", type=index_value("--slow-rank", float))
+    """
+
+    def parse(text: str) -> tuple[int, Any]:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"{kind} {text!r}: expected INDEX=VALUE")
+        try:
+            return int(key), convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{kind} {text!r}: bad value {value!r}") from None
+
+    return parse
 
 
 def host_address(host: int) -> str:
@@ -427,5 +449,5 @@ class Slowdown:
             time.sleep((self.factor - 1.0) * (time.perf_counter() - self._start))
 
 
-__all__ = ["Cluster", "ClusterSpec", "EmulateError", "Slowdown", "host_address", "parse_delay", "parse_rate",
+__all__ = ["Cluster", "ClusterSpec", "EmulateError", "Slowdown", "host_address", "index_value", "parse_delay", "parse_rate",
            "remove_stale", "slowdown_factor"]

@@ -17,19 +17,7 @@ import logging
 import signal
 import sys
 
-from agentcomm.emulate import Cluster, ClusterSpec, EmulateError, remove_stale
-
-
-def _pair(kind: str, convert):
-    def parse(text: str):
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip().isdigit():
-            raise argparse.ArgumentTypeError(f"{kind} {text!r}: expected INDEX=VALUE")
-        try:
-            return int(key), convert(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{kind} {text!r}: bad value {value!r}") from None
-    return parse
+from agentcomm.emulate import Cluster, ClusterSpec, EmulateError, index_value, remove_stale
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,10 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--ranks-per-host", type=int, default=1)
     p.add_argument("--rate", help="every host's link rate, e.g. 1gbit (default: unshaped)")
-    p.add_argument("--host-rate", action="append", default=[], type=_pair("--host-rate", str),
+    p.add_argument("--host-rate", action="append", default=[], type=index_value("--host-rate", str),
                    metavar="HOST=RATE", help="one host's link rate, e.g. 3=100mbit (repeatable)")
     p.add_argument("--delay", help="one-way delay per link, e.g. 5ms (needs the kernel's sch_netem)")
-    p.add_argument("--slow-rank", action="append", default=[], type=_pair("--slow-rank", float),
+    p.add_argument("--slow-rank", action="append", default=[], type=index_value("--slow-rank", float),
                    metavar="RANK=FACTOR", help="that rank computes FACTOR times slower (repeatable)")
     p.add_argument("--master-port", type=int, default=29500)
     p.add_argument("--timeout", type=float, default=None, help="stop every rank after this many seconds")
