@@ -183,8 +183,16 @@ def python_compressor_hook(state: PythonCompressionState, bucket: dist.GradBucke
         if residual is not None:
             g.add_(residual)
         payload = state.compressor.encode(g, ctx)
+        # With error feedback this rank's own decode is needed now (the residual keeps what it
+        # lost) and again in the average: decode it once. A decode that views g is copied,
+        # since g is overwritten before the average.
+        own = None
         if residual is not None:
-            residual.copy_(g).sub_(state.compressor.decode(payload, ctx))
+            own = state.compressor.decode(payload, ctx)
+            if own.untyped_storage().data_ptr() == g.untyped_storage().data_ptr():
+                own = own.clone()
+            residual.copy_(g).sub_(own)
+        me = group.rank()
         mine = _pack(payload)
         t1 = time.perf_counter()
         state._py.encode_seconds += t1 - t0
@@ -198,6 +206,9 @@ def python_compressor_hook(state: PythonCompressionState, bucket: dist.GradBucke
             t2 = time.perf_counter()
             g.zero_()
             for r in range(world):
+                if r == me and own is not None:
+                    g.add_(own)
+                    continue
                 piece = gathered[r * mine.numel():(r + 1) * mine.numel()]
                 g.add_(state.compressor.decode(_unpack(piece, payload), ctx))
             g.div_(world)
