@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import shutil
 import socket
@@ -43,6 +44,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _unpickled(item: tuple) -> tuple:
+    rank, status, value = item
+    return rank, status, pickle.loads(value) if status == "ok" else value
+
+
 def _entry(fn: Callable, rank: int, world: int, port: int, env: dict, results: mp.Queue, args: tuple) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
@@ -53,7 +59,9 @@ def _entry(fn: Callable, rank: int, world: int, port: int, env: dict, results: m
         torch.set_num_threads(1)  # 2 cores shared by up to 8 ranks
         import agentcomm  # noqa: F401  registers the backend
 
-        value = fn(rank, world, *args)
+        # Plain pickle, not multiprocessing's: torch shares a tensor through a file descriptor
+        # that dies with this process, which may exit before the parent reads the result.
+        value = pickle.dumps(fn(rank, world, *args))
         results.put((rank, "ok", value))
     except BaseException:  # noqa: BLE001 - report everything to the parent
         results.put((rank, "error", traceback.format_exc()))
@@ -112,7 +120,7 @@ def run_world(fn: Callable, world_size: int, *args: Any, timeout: float = 300.0,
     try:
         while len(got) + len(errors) < world_size:
             try:
-                rank, status, value = results.get(timeout=0.5)
+                rank, status, value = _unpickled(results.get(timeout=0.5))
                 (got if status == "ok" else errors)[rank] = value
                 continue
             except queue.Empty:
@@ -124,7 +132,7 @@ def run_world(fn: Callable, world_size: int, *args: Any, timeout: float = 300.0,
                 time.sleep(0.5)
                 while True:
                     try:
-                        rank, status, value = results.get_nowait()
+                        rank, status, value = _unpickled(results.get_nowait())
                         (got if status == "ok" else errors)[rank] = value
                     except queue.Empty:
                         break
