@@ -378,7 +378,15 @@ class ParameterServer:
         dist.isend(t, group=self.group, group_dst=dst, tag=tag).get_future().wait()
 
     def _serve_worker(self, w: int) -> None:
-        """One worker's requests, in order, until it closes or its connection fails."""
+        """One worker's requests, in order, until it closes or its connection fails.
+
+        Invariant: until the worker closes, one receive for its next payload is posted here
+        before the worker can send it (posted first, then again before the reply that lets the
+        worker go on), so a large payload inside a host is copied once, straight from the
+        worker's memory into ``payload``, never parked. A push-only request sent before the
+        last one's apply finished may arrive first and be parked: correct, one copy slower.
+        The worker's CLOSE is followed by one payload-sized message that takes that receive.
+        """
         shard = self._shard
         assert shard is not None
         n = shard.hi - shard.lo
@@ -387,15 +395,21 @@ class ParameterServer:
         payload = dense if (count, dtype) == (n, torch.float32) else torch.empty(count, dtype=dtype)
         header = torch.empty(_HEADER, dtype=torch.int64)
         tag = self._tag
+
+        def post_payload() -> torch.futures.Future:
+            return dist.irecv(payload, group=self.group, group_src=w, tag=tag + 1).get_future()
+
+        incoming = post_payload()
         try:
             while True:
                 self._recv(header, w, tag)
                 kind, clock = int(header[0]), int(header[1])
                 if kind == _CLOSE:
+                    incoming.wait()  # the closing filler
                     shard.close(w)
                     return
                 if kind in (_PUSH, _PUSH_PULL):
-                    self._recv(payload, w, tag + 1)
+                    incoming.wait()
                     try:
                         if payload is not dense:
                             self.codec.decode(payload, dense)
@@ -407,6 +421,7 @@ class ParameterServer:
                             self._send(torch.tensor([_ERROR, clock, shard.version, -1]), w, tag + 2)
                             self._send(shard.param.detach(), w, tag + 3)
                         return
+                    incoming = post_payload()
                 if kind in (_PULL, _PUSH_PULL):
                     reply = torch.tensor(shard.begin_pull(w, clock), dtype=torch.int64)
                     try:
@@ -452,8 +467,7 @@ class ParameterServer:
         push = kind in (_PUSH, _PUSH_PULL)
         if push:
             self.clock += 1
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-            torch.cat([g.reshape(-1) for g in grads], out=self._grad)
+            self._pack_grads()
         local: tuple[int, int, int, int] | None = None
         local_server = None
         for s, (lo, hi) in zip(self.servers, self.bounds):
@@ -496,6 +510,23 @@ class ParameterServer:
             pending.local = local
         self._pending = pending
         return pending
+
+    def _pack_grads(self) -> None:
+        """The gradients into the flat buffer; afterwards every ``.grad`` is a view of it (as
+        DDP's ``gradient_as_bucket_view``), so a loop that zeroes gradients in place
+        (``zero_grad(set_to_none=False)``) has backward write straight into the buffer and
+        this copy is skipped. ``zero_grad()``'s default (None) costs one copy per push."""
+        offset = 0
+        for p in self.params:
+            view = self._grad[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+            if p.grad is None:
+                view.zero_()
+            elif p.grad.data_ptr() != view.data_ptr() or p.grad.stride() != view.stride():
+                view.copy_(p.grad)
+            else:
+                continue
+            p.grad = view
 
     def _seed(self, server: int) -> int:
         return (self.rank * 1_000_003 + self.clock * 7919 + server) & 0x7FFFFFFF
@@ -549,6 +580,11 @@ class ParameterServer:
                     self._shard.close(self.rank)
                 else:
                     self._send(torch.tensor([_CLOSE, self.clock, 0, 0], dtype=torch.int64), s, self._tag)
+                    count, dtype = self.codec.payload_shape(hi - lo)
+                    # The filler for the payload receive the server keeps posted (see _serve_worker).
+                    filler = self._grad[lo:hi] if (count, dtype) == (hi - lo, torch.float32) else torch.zeros(
+                        count, dtype=dtype)
+                    self._send(filler, s, self._tag + 1)
         self._closed = True
         if self.is_server:
             self.serve()
