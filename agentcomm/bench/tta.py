@@ -46,11 +46,20 @@ log = logging.getLogger("agentcomm.bench.tta")
 
 # ---- strategies ------------------------------------------------------------------------------
 class Strategy:
-    """How one rank trains: the module it runs, what follows the optimiser's step, and its stats."""
+    """How one rank trains: the module it runs, its optimiser step, what follows it, and its stats.
+
+    ``optimizer_step(opt)`` replaces ``opt.step()`` (a parameter server steps on its servers).
+    ``independent``: ranks never wait for each other to decide when to stop (rank 0 posts the
+    stop in the store; the others look every ``eval_every`` steps), so an asynchronous scheme
+    keeps its head start; rank 0's clock then includes its evaluations (the others train on).
+    """
 
     def __init__(self, module: torch.nn.Module, after_step: Callable[[], None] = lambda: None,
-                 finish: Callable[[], None] = lambda: None, state: Any = None) -> None:
+                 finish: Callable[[], None] = lambda: None, state: Any = None,
+                 optimizer_step: Callable[[torch.optim.Optimizer], None] = lambda opt: opt.step(),
+                 independent: bool = False) -> None:
         self.module, self.after_step, self.finish, self.state = module, after_step, finish, state
+        self.optimizer_step, self.independent = optimizer_step, independent
 
     def stats(self) -> dict[str, float] | None:
         """The compression hook's own accounting (agentcomm's hooks), else None."""
@@ -76,6 +85,20 @@ def _averaging(model: torch.nn.Module, averager: Any) -> Strategy:
     return Strategy(model, after_step=lambda: averager.average_parameters(params), finish=finish)
 
 
+def _parameter_server(model: torch.nn.Module, group: dist.ProcessGroup, lr: float, mode: str,
+                      staleness: int = 0) -> Strategy:
+    """agentcomm.ps with one server on the last rank, which also trains (every rank trains);
+    the server runs the runner's optimiser (SGD, momentum 0.9). One server, not a shard per
+    rank: a small model's step is bounded by messages, and this layout sends a third as many."""
+    from agentcomm.ps import ParameterServer
+
+    world = dist.get_world_size(group)
+    ps = ParameterServer(model, lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9), servers=[world - 1],
+                         workers=range(world), mode=mode, staleness=staleness, group=group)
+    return Strategy(model, optimizer_step=lambda opt: ps.step(), finish=ps.close, independent=mode == "async" or
+                    staleness > 0)
+
+
 def _hierarchy(world: int, per_host: int) -> dict[int, int]:
     inner = per_host if 1 < per_host < world else (2 if world % 2 == 0 and world > 2 else world)
     return {2: inner, 8: world} if inner < world else {4: world}
@@ -92,16 +115,22 @@ def _strategies() -> dict[str, tuple[str, Callable[..., Strategy]]]:
         return g["agentcomm"]
 
     table: dict[str, tuple[str, Callable[..., Strategy]]] = {
-        "ddp-gloo": ("DDP on Gloo, fp32", lambda m, g, w, r: _ddp(m, g["gloo"])),
-        "ddp": ("DDP on agentcomm, fp32", lambda m, g, w, r: _ddp(m, ac(g))),
-        "torch-fp16": ("torch's fp16_compress_hook", lambda m, g, w, r: _ddp(m, ac(g), (ac(g), default_hooks.fp16_compress_hook))),
-        "powersgd": ("torch's PowerSGD, rank 2", lambda m, g, w, r: _ddp(m, ac(g), (powerSGD_hook.PowerSGDState(
+        "ddp-gloo": ("DDP on Gloo, fp32", lambda m, g, w, r, lr: _ddp(m, g["gloo"])),
+        "ddp": ("DDP on agentcomm, fp32", lambda m, g, w, r, lr: _ddp(m, ac(g))),
+        "torch-fp16": ("torch's fp16_compress_hook", lambda m, g, w, r, lr: _ddp(m, ac(g), (ac(g), default_hooks.fp16_compress_hook))),
+        "powersgd": ("torch's PowerSGD, rank 2", lambda m, g, w, r, lr: _ddp(m, ac(g), (powerSGD_hook.PowerSGDState(
             process_group=ac(g), matrix_approximation_rank=2, start_powerSGD_iter=10), powerSGD_hook.powerSGD_hook))),
-        "bf16": ("agentcomm bf16 cast", lambda m, g, w, r: _ddp(m, ac(g), (H.CastState(ac(g), dtype=torch.bfloat16), H.cast_hook))),
-        "localsgd": ("local SGD, average every 4 steps", lambda m, g, w, r: _averaging(m, PeriodicAverager(period=4))),
-        "hier-avg": ("hierarchical averaging", lambda m, g, w, r: _averaging(m, HierarchicalAverager(_hierarchy(w, r)))),
+        "bf16": ("agentcomm bf16 cast", lambda m, g, w, r, lr: _ddp(m, ac(g), (H.CastState(ac(g), dtype=torch.bfloat16), H.cast_hook))),
+        "localsgd": ("local SGD, average every 4 steps", lambda m, g, w, r, lr: _averaging(m, PeriodicAverager(period=4))),
+        "hier-avg": ("hierarchical averaging", lambda m, g, w, r, lr: _averaging(m, HierarchicalAverager(_hierarchy(w, r)))),
         "async-avg": ("asynchronous averaging, period 4, staleness 2",
-                      lambda m, g, w, r: _averaging(m, AsyncAverager(period=4, max_staleness=2))),
+                      lambda m, g, w, r, lr: _averaging(m, AsyncAverager(period=4, max_staleness=2))),
+        "ps-sync": ("parameter server, synchronous (SSP bound 0), one server",
+                    lambda m, g, w, r, lr: _parameter_server(m, ac(g), lr, "ssp", 0)),
+        "ps-ssp": ("parameter server, stale-synchronous, bound 2, one server",
+                   lambda m, g, w, r, lr: _parameter_server(m, ac(g), lr, "ssp", 2)),
+        "ps-async": ("parameter server, asynchronous, one server",
+                     lambda m, g, w, r, lr: _parameter_server(m, ac(g), lr, "async")),
     }
     schemes: dict[str, tuple[str, Callable[..., Any], Callable]] = {  # name -> (words, state(group, **kw), hook)
         "topk": ("top-k 1%", lambda g, **kw: H.TopKState(g, ratio=0.01, **kw), H.topk_hook),
@@ -118,7 +147,7 @@ def _strategies() -> dict[str, tuple[str, Callable[..., Strategy]]]:
             name = key + ("-ef" if ef else "") + ("-hier" if hier else "")
             about = words + (" with EF" if ef else " without EF") + (
                 ", dense in each host, compressed between hosts" if hier else "")
-            table[name] = (about, lambda m, g, w, r, ef=ef, hier=hier, state=state, hook=hook: _ddp(
+            table[name] = (about, lambda m, g, w, r, lr, ef=ef, hier=hier, state=state, hook=hook: _ddp(
                 m, ac(g), (state(ac(g), error_feedback=ef, hierarchical=hier), hook)))
     return table
 
@@ -189,12 +218,13 @@ def run_strategy(cfg: dict, strategy: str, out: Path) -> None:
     torch.manual_seed(0)
     model = task.model()
     about, factory = _strategies()[strategy]
-    strat = factory(model, groups, world, per_host)
+    strat = factory(model, groups, world, per_host, task.lr)
     opt = torch.optim.SGD(model.parameters(), lr=task.lr, momentum=0.9)
     gen = torch.Generator().manual_seed(1000 + rank)
     target, budget, eval_every = float(cfg["target"]), float(cfg["budget_s"]), int(cfg["eval_every"])
     curve: list[dict] = []
     clock, wire0, loss_sum, losses, step = 0.0, _wire_bytes(), 0.0, 0, 0
+    store = dist.distributed_c10d._get_default_store()
     dist.barrier()
     latency = {name: _latency_s(g) for name, g in groups.items()}  # the cost model's per-collective time
     dist.barrier()
@@ -206,7 +236,7 @@ def run_strategy(cfg: dict, strategy: str, out: Path) -> None:
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(strat.module(xs[idx]), ys[idx])
         loss.backward()
-        opt.step()
+        strat.optimizer_step(opt)
         strat.after_step()
         clock += time.perf_counter() - t0
         step += 1
@@ -214,13 +244,23 @@ def run_strategy(cfg: dict, strategy: str, out: Path) -> None:
         losses += 1
         if step % eval_every and step < int(cfg["max_steps"]):
             continue
+        t0 = time.perf_counter()
         acc = -1.0
         if rank == 0:
             with torch.no_grad():
                 acc = float((model(xte).argmax(1) == yte).float().mean())
             curve.append({"t": clock, "step": step, "acc": acc, "loss": loss_sum / losses})
         loss_sum, losses = 0.0, 0
-        stop = torch.tensor([float(acc >= target), float(clock >= budget or step >= int(cfg["max_steps"]))])
+        done = clock >= budget or step >= int(cfg["max_steps"])
+        if strat.independent:
+            # No collective: rank 0 posts the stop, the others see it at their next look.
+            if rank == 0 and (acc >= target or done):
+                store.set("tta/stop", "1")
+            clock += time.perf_counter() - t0 if rank == 0 else 0.0
+            if done or store.check(["tta/stop"]):
+                break
+            continue
+        stop = torch.tensor([float(acc >= target), float(done)])
         dist.all_reduce(stop, op=dist.ReduceOp.MAX)  # on Gloo; the clock is stopped
         if stop.max() > 0:
             break
@@ -294,6 +334,8 @@ def traffic(result: dict, shapes: list[tuple[int, ...]], hosts: int, per_host: i
     strategy, steps, world = result["strategy"], max(result["steps"], 1), result["world"]
     P = 4.0 * sum(math.prod(s) for s in shapes)
     stats = result.get("stats")
+    if strategy.startswith("ps-"):  # the server's host sends P to (and receives P from) each other host's rank
+        return 2.0, P * (world - per_host)
     if strategy in ("localsgd", "async-avg"):  # period 4 over the world (leaders' ring across hosts)
         return 0.25, _ring(hosts, P) / 4
     if strategy == "hier-avg":  # at a step, the largest due period's group averages

@@ -2,7 +2,8 @@
 
 Roles. Every rank of the group builds one :class:`ParameterServer` (a collective call).
 With ``servers=None`` every rank hosts a shard and trains (colocated); with
-``servers=[...]`` those ranks only serve and the others train. The flat float32 parameter
+``servers=[...]`` those ranks only serve and the others train; ``workers=[...]`` says who
+trains explicitly (a rank may serve and train). The flat float32 parameter
 vector is cut into one contiguous range per server, equal in size (BytePS's balance by
 bytes), each range with its own optimizer (any ``torch.optim`` optimizer: its state lives
 with the shard).
@@ -281,7 +282,9 @@ class ParameterServer:
         params: a module, or its parameters (all float32, on CPU).
         optimizer: ``make(params_list) -> torch.optim.Optimizer``, run on each server for its
             shard (one flat parameter), e.g. ``lambda p: torch.optim.Adam(p, lr=1e-3)``.
-        servers: group ranks that only serve; None: every rank serves a shard and trains.
+        servers: group ranks that hold a shard; None: every rank.
+        workers: group ranks that train; None: every rank if ``servers`` is None, else the ranks
+            that are not servers. A rank may be both (it reaches its own shard without messages).
         mode: ``"async"`` or ``"ssp"`` (with ``staleness``; 0 is synchronous SGD).
         staleness: the SSP bound s >= 0.
         compression: None (dense), a :class:`~agentcomm.ps.codec.Codec`, or "topk"/"q8"/"q4"/"q1".
@@ -299,7 +302,8 @@ class ParameterServer:
     """
 
     def __init__(self, params: torch.nn.Module | Iterable, optimizer: Callable[[list], torch.optim.Optimizer], *,
-                 servers: Sequence[int] | None = None, mode: str = "async", staleness: int = 0,
+                 servers: Sequence[int] | None = None, workers: Sequence[int] | None = None,
+                 mode: str = "async", staleness: int = 0,
                  compression: Codec | str | None = None, push_scale: float | None = None,
                  group: dist.ProcessGroup | None = None, checkpoint: dict | None = None) -> None:
         global _instances
@@ -314,10 +318,12 @@ class ParameterServer:
         self.rank, self.world = dist.get_rank(self.group), dist.get_world_size(self.group)
         self.mode, self.staleness = mode, staleness
         self.codec = codec_from(compression)
-        self.colocated = servers is None
         self.servers = _group_rank_list(self.group, servers, self.world, "servers")
-        self.workers = list(range(self.world)) if self.colocated else [r for r in range(self.world)
-                                                                       if r not in self.servers]
+        if workers is not None:
+            self.workers = _group_rank_list(self.group, workers, self.world, "workers")
+        else:
+            self.workers = list(range(self.world)) if servers is None else [r for r in range(self.world)
+                                                                            if r not in self.servers]
         if not self.workers:
             raise ValueError(f"agentcomm.ps: every rank of the group is a server ({self.servers}); leave at least "
                              f"one worker, or pass servers=None to colocate")

@@ -25,7 +25,8 @@ def tta(args: list[str], tmp_path: Path, timeout: float = 600) -> subprocess.Com
 
 
 def test_tiny_config_writes_json_table_and_plot(tmp_path: Path) -> None:
-    config = {"task": "digits", "ranks": 2, "strategies": ["ddp-gloo", "ddp", "topk-ef", "async-avg"],
+    config = {"task": "digits", "ranks": 2, "strategies": ["ddp-gloo", "ddp", "topk-ef", "async-avg", "ps-sync",
+                                                       "ps-async"],
               "baseline": "ddp", "target": 0.99, "max_steps": 50, "eval_every": 25, "budget_s": 120,
               "out": str(tmp_path / "out")}
     (tmp_path / "run.json").write_text(json.dumps(config))
@@ -43,6 +44,8 @@ def test_tiny_config_writes_json_table_and_plot(tmp_path: Path) -> None:
     by = {r["strategy"]: r for r in report["results"]}
     assert [pt["acc"] for pt in by["ddp"]["curve"]] == [pt["acc"] for pt in by["ddp-gloo"]["curve"]]
     assert by["ddp"]["curve"][-1]["acc"] > 0.5  # it learns
+    for ps in ("ps-sync", "ps-async"):  # the parameter server learns as well
+        assert by[ps]["curve"][-1]["acc"] > 0.5, by[ps]["curve"]
     stats = by["topk-ef"]["stats"]
     assert stats and stats["raw_bytes"] > 5 * stats["sent_bytes"] > 0, stats  # top-k 1% sends far less
     assert by["ddp"]["stats"] is None
