@@ -245,6 +245,39 @@ def test_bad_input_is_refused(cases):
     assert "is a server only" in errors[6]
 
 
+# ---- three ranks: a rank that serves and trains ------------------------------------------------
+def _three(rank: int, world: int) -> dict:
+    import agentcomm.ps as ps
+
+    dist.init_process_group("agentcomm")
+    out: dict = {}
+    # Synchronous, one server on rank 2 which also trains (workers=all): synchronous SGD.
+    model = _model()
+    srv = ps.ParameterServer(model, _sgd, servers=[2], workers=range(world), mode="ssp", staleness=0)
+    _train(srv, model, 5)
+    srv.close()
+    out["sync"] = (_flat(model), srv.workers)
+    # SSP bound 2 with rank 0 slow, the same layout: the bound holds in rank 2's log and is reached.
+    model = _model()
+    srv = ps.ParameterServer(model, _sgd, servers=[2], workers=range(world), mode="ssp", staleness=2)
+    _train(srv, model, 10, slow=0.03 if rank == 0 else 0.0)
+    srv.close()
+    out["ssp-log"] = [(e.worker, e.clock, e.min_clock) for e in srv.server_log()]
+    return out
+
+
+def test_three_ranks_a_server_that_also_trains():
+    res = run_world(_three, 3, timeout=120)
+    ref = _reference_sync([0, 1, 2], 5, _sgd)
+    for r in res:
+        assert r["sync"][1] == [0, 1, 2]
+        torch.testing.assert_close(r["sync"][0], ref, rtol=1e-5, atol=1e-6)
+    log = res[2]["ssp-log"]
+    assert len(log) == 3 * 10 and not res[0]["ssp-log"]  # every pull answered by rank 2, none by the others
+    ahead = max(clock - min_clock for _, clock, min_clock in log)
+    assert ahead == 2, f"SSP bound 2: a worker ran {ahead} clocks ahead of the slowest (must reach, never pass, 2)"
+
+
 # ---- a worker dies -----------------------------------------------------------------------------
 def _dead_worker(rank: int, world: int, mode: str) -> dict:
     import agentcomm.ps as ps
