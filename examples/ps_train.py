@@ -25,14 +25,7 @@ import torch.distributed as dist
 from agentcomm.bench import harness
 import agentcomm  # noqa: F401  (registers the backend)
 from agentcomm.ps import ParameterServer
-
-
-def dataset(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1234)
-    centers = torch.randn(10, 64, generator=g) * 2.0
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 10, (n,), generator=g)
-    return centers[y] + torch.randn(n, 64, generator=g) * 7.0, y
+from averaging import dataset  # examples/averaging.py's synthetic problem (this folder is on sys.path)
 
 
 def run(rank: int, world: int, args: argparse.Namespace) -> None:
