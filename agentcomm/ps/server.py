@@ -431,8 +431,10 @@ class ParameterServer:
                 if kind in (_PULL, _PUSH_PULL):
                     reply = torch.tensor(shard.begin_pull(w, clock), dtype=torch.int64)
                     try:
-                        self._send(reply, w, tag + 2)
-                        self._send(shard.param.detach(), w, tag + 3)
+                        sends = [dist.isend(t, group=self.group, group_dst=w, tag=tag + i).get_future()
+                                 for i, t in ((2, reply), (3, shard.param.detach()))]
+                        for f in sends:
+                            f.wait()
                     finally:
                         shard.end_pull()
         except Exception as e:  # noqa: BLE001 - the worker is gone (or the group failed)
