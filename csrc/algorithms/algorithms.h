@@ -12,7 +12,7 @@
 
 namespace agentcomm::algorithms {
 
-enum class AllReduceAlgo { Auto, Ring, Direct, ShmFlat, ShmStaged, ShmCma, Hierarchical };
+enum class AllReduceAlgo { Auto, Ring, Direct, RecursiveDoubling, ShmFlat, ShmStaged, ShmCma, Hierarchical };
 
 struct AllReduceOptions {
   void* data = nullptr;  // in place
@@ -46,6 +46,9 @@ void allReduceRing(Context& ctx, const AllReduceOptions& opts);
 // One step: every rank sends its whole buffer to every peer and reduces all
 // n contributions in rank order. (n-1) * S bytes per rank; latency of one hop.
 void allReduceDirect(Context& ctx, const AllReduceOptions& opts);
+// Recursive doubling: ceil(log2 n) whole-vector exchanges (non-powers of two fold
+// the extra ranks in first); small messages among many ranks.
+void allReduceRecursiveDoubling(Context& ctx, const AllReduceOptions& opts);
 // Shared memory inside one host (allreduce_shm.cc): flat slots for small
 // messages, slot-staged reduce-scatter + all-gather, and the single-copy
 // version reading peers' buffers directly (Cross Memory Attach).

@@ -14,6 +14,12 @@ namespace {
 // TCP: direct exchange moves (n-1)*S bytes per rank but needs one hop; the
 // ring moves 2(n-1)/n*S in 2(n-1) hops. Below this size latency dominates.
 constexpr size_t kDirectMaxBytes = 32 * 1024;
+constexpr int kDirectMaxRanks = 16;
+// Above kDirectMaxRanks, recursive doubling: log2(n) hops moving log2(n)*S
+// against the ring's 2(n-1) hops moving 2S. It wins while
+// (2(n-1) - log2 n)*alpha > (log2 n - 2)*S/beta; at n = 64, alpha = 50 us,
+// beta = 1.25 GB/s that is S < 1.9 MB: 256 KiB keeps a wide margin.
+constexpr size_t kRecursiveMaxBytes = 256 * 1024;
 // Shared memory: the flat algorithm reads n*S bytes per rank after one sync;
 // the staged one reads ~(2+1/n)*S after two. Measured crossover (bench/RESULTS.md).
 constexpr size_t kShmFlatMaxBytes = 32 * 1024;
@@ -34,7 +40,10 @@ constexpr Entry kTable[] = {
      }},
     {AllReduceAlgo::ShmStaged, [](size_t, int, const transport::ShmDomain* shm) { return shm != nullptr; }},
     {AllReduceAlgo::Direct, [](size_t bytes, int n, const transport::ShmDomain*) {
-       return bytes <= kDirectMaxBytes && n <= 16;
+       return bytes <= kDirectMaxBytes && n <= kDirectMaxRanks;
+     }},
+    {AllReduceAlgo::RecursiveDoubling, [](size_t bytes, int n, const transport::ShmDomain*) {
+       return bytes <= kRecursiveMaxBytes && n > kDirectMaxRanks;
      }},
     {AllReduceAlgo::Ring, [](size_t, int, const transport::ShmDomain*) { return true; }},
 };
@@ -43,17 +52,21 @@ AllReduceAlgo parse(const std::string& name) {
   if (name.empty()) return AllReduceAlgo::Auto;
   if (name == "ring" || name == "tcp") return AllReduceAlgo::Ring;
   if (name == "direct") return AllReduceAlgo::Direct;
+  if (name == "recursive_doubling") return AllReduceAlgo::RecursiveDoubling;
   if (name == "shm_flat") return AllReduceAlgo::ShmFlat;
   if (name == "shm_staged") return AllReduceAlgo::ShmStaged;
   if (name == "shm_cma") return AllReduceAlgo::ShmCma;
   if (name == "hierarchical") return AllReduceAlgo::Hierarchical;
   throw InvalidArgument(strCat("AGENTCOMM_ALGO: '", name,
-                               "' is not an all_reduce algorithm (auto, ring, direct, shm_flat, shm_staged, shm_cma, hierarchical)"));
+                               "' is not an all_reduce algorithm (auto, ring, direct, recursive_doubling, shm_flat, ",
+                               "shm_staged, shm_cma, hierarchical)"));
 }
 }  // namespace
 
 AllReduceAlgo tcpAllReduceAlgo(size_t bytes, int n) {
-  return bytes <= kDirectMaxBytes && n <= 16 ? AllReduceAlgo::Direct : AllReduceAlgo::Ring;
+  for (const auto& e : kTable)  // without shared memory the shm entries never apply
+    if (e.applies(bytes, n, nullptr)) return e.algo;
+  return AllReduceAlgo::Ring;
 }
 
 const char* allReduceAlgoName(AllReduceAlgo algo) {
@@ -61,6 +74,7 @@ const char* allReduceAlgoName(AllReduceAlgo algo) {
     case AllReduceAlgo::Auto: return "auto";
     case AllReduceAlgo::Ring: return "ring";
     case AllReduceAlgo::Direct: return "direct";
+    case AllReduceAlgo::RecursiveDoubling: return "recursive_doubling";
     case AllReduceAlgo::ShmFlat: return "shm_flat";
     case AllReduceAlgo::ShmStaged: return "shm_staged";
     case AllReduceAlgo::ShmCma: return "shm_cma";
@@ -77,7 +91,8 @@ AllReduceAlgo chooseAllReduceAlgo(size_t bytes, int n, const transport::ShmDomai
     requested = env;
     // A whole-group algorithm named in AGENTCOMM_ALGO still applies inside
     // each host; across hosts with several ranks each the hierarchy runs.
-    if (multiHost && requested != AllReduceAlgo::Ring && requested != AllReduceAlgo::Direct) {
+    if (multiHost && requested != AllReduceAlgo::Ring && requested != AllReduceAlgo::Direct &&
+        requested != AllReduceAlgo::RecursiveDoubling) {
       return AllReduceAlgo::Hierarchical;
     }
   }
@@ -110,6 +125,7 @@ void allReduce(Context& ctx, const AllReduceOptions& opts) {
   noteAlgorithm(allReduceAlgoName(algo));
   switch (algo) {
     case AllReduceAlgo::Direct: return allReduceDirect(ctx, opts);
+    case AllReduceAlgo::RecursiveDoubling: return allReduceRecursiveDoubling(ctx, opts);
     case AllReduceAlgo::ShmFlat: return allReduceShmFlat(ctx, opts);
     case AllReduceAlgo::ShmStaged: return allReduceShmStaged(ctx, opts);
     case AllReduceAlgo::ShmCma: return allReduceShmCma(ctx, opts);

@@ -65,10 +65,10 @@ Path pathFor(const Context& ctx, const char* collective, size_t bytes) {
     if (shm == nullptr) return Path::Tcp;
     return shm->cma() && bytes >= kCmaMinBytes ? Path::ShmCma : Path::ShmStaged;
   }
-  if (forced == "tcp" || forced == "ring" || forced == "direct") return Path::Tcp;
+  if (forced == "tcp" || forced == "ring" || forced == "direct" || forced == "recursive_doubling") return Path::Tcp;
   const bool staged = forced == "shm_staged" || forced == "shm_flat";
   AC_CHECK(staged || forced == "shm_cma", InvalidArgument, "AGENTCOMM_ALGO: '", forced, "' is not an algorithm of ",
-           collective, " (auto, tcp, ring, direct, shm_flat, shm_staged, shm_cma)");
+           collective, " (auto, tcp, ring, direct, recursive_doubling, shm_flat, shm_staged, shm_cma)");
   AC_CHECK(shm != nullptr, InvalidArgument, "AGENTCOMM_ALGO=", forced, " needs every rank of the group on one host",
            " with shared memory (AGENTCOMM_SHM not 0)");
   AC_CHECK(staged || shm->cma(), InvalidArgument, "AGENTCOMM_ALGO=shm_cma: cross-memory attach is unavailable: ",

@@ -49,7 +49,7 @@ std::string forcedAlgo(const char* collective);
 
 // Automatic choice for collectives other than all_reduce: shared memory when
 // the group has a domain (directly from peers' memory for large messages),
-// otherwise TCP. Honours AGENTCOMM_ALGO: tcp|ring|direct force TCP,
+// otherwise TCP. Honours AGENTCOMM_ALGO: tcp|ring|direct|recursive_doubling force TCP,
 // shm_staged|shm_flat force the slots, shm_cma forces Cross Memory Attach.
 Path choosePath(const Context& ctx, const char* collective, size_t bytes);
 

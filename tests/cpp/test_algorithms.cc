@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -58,7 +59,7 @@ TEST_P(WorldSize, AllReduceEveryAlgoAndOp) {
   const int n = GetParam();
   ranktest::runInProc(n, [&](transport::Transport& t) {
     uint64_t seq = 0;
-    for (AllReduceAlgo algo : {AllReduceAlgo::Ring, AllReduceAlgo::Direct}) {
+    for (AllReduceAlgo algo : {AllReduceAlgo::Ring, AllReduceAlgo::Direct, AllReduceAlgo::RecursiveDoubling}) {
       for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Product, ReduceOp::Min, ReduceOp::Max}) {
         for (size_t count : kCounts) {
           std::vector<float> buf(count);
@@ -78,6 +79,29 @@ TEST_P(WorldSize, AllReduceEveryAlgoAndOp) {
       }
     }
   });
+}
+
+TEST_P(WorldSize, RecursiveDoublingGivesEveryRankTheSameBits) {
+  // Inputs whose sums round: any rank combining in another order would differ in the last bits.
+  const int n = GetParam();
+  const size_t count = 257;
+  std::vector<std::vector<float>> results(n);
+  ranktest::runInProc(n, [&](transport::Transport& t) {
+    uint64_t seq = 0;
+    for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Product}) {
+      std::vector<float> buf(count);
+      for (size_t j = 0; j < count; ++j) buf[j] = 1.0f + 0.1f * static_cast<float>((t.rank() * 31 + j * 17) % 13) / 3.0f;
+      Context ctx = makeCtx(t, ++seq, CollectiveKind::AllReduce, DataType::Float32, op, count);
+      AllReduceOptions o;
+      o.data = buf.data();
+      o.count = count;
+      o.algo = AllReduceAlgo::RecursiveDoubling;
+      allReduce(ctx, o);
+      results[t.rank()].insert(results[t.rank()].end(), buf.begin(), buf.end());
+    }
+  });
+  for (int r = 1; r < n; ++r)
+    ASSERT_EQ(std::memcmp(results[r].data(), results[0].data(), results[0].size() * sizeof(float)), 0) << "rank " << r;
 }
 
 TEST_P(WorldSize, AllReduceBitwiseInt32AndPremul) {
@@ -370,3 +394,154 @@ TEST(Errors, AbortedCommunicatorFailsFast) {
     EXPECT_THROW(allReduce(ctx, o), CommError);
   });
 }
+
+// ---- many ranks: 256, 1000 and 1024 threads over the in-process transport --------------------------
+// Every collective with odd sizes at world sizes a real job reaches; the automatic all_reduce
+// choice at these sizes is recursive doubling for small vectors and the ring for large ones.
+class ManyRanks : public ::testing::TestWithParam<int> {};
+
+TEST_P(ManyRanks, EveryCollective) {
+  const int n = GetParam();
+  ranktest::runInProc(n, [&](transport::Transport& t) {
+    const int r = t.rank();
+    uint64_t seq = 0;
+    auto ctxFor = [&](CollectiveKind kind, ReduceOp op = ReduceOp::Sum, uint64_t sig = 0) {
+      Context ctx = makeCtx(t, ++seq, kind, DataType::Float32, op, sig, 1 << 20);
+      // Ring steps at 1,024 threads on a 2-core machine: seconds, not milliseconds.
+      ctx.deadline = transport::Clock::now() + std::chrono::seconds(240);
+      return ctx;
+    };
+    // all_reduce: 0, 1 and 7 elements (recursive doubling); at 256 ranks also 70001 (280 KB: the
+    // ring, blocks of odd sizes). The ring's 2(n-1) steps at 1,024 threads on 2 cores take ~30 s;
+    // all_gather and reduce_scatter below run the same ring schedule at every size.
+    for (size_t count : {size_t{0}, size_t{1}, size_t{7}, size_t{70001}}) {
+      if (count > 7 && n > 256) continue;
+      for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max}) {
+        if (count > 7 && op == ReduceOp::Max) continue;
+        std::vector<float> buf(count);
+        for (size_t j = 0; j < count; ++j) buf[j] = input(r, j);
+        Context ctx = ctxFor(CollectiveKind::AllReduce, op, count);
+        AllReduceOptions o;
+        o.data = buf.data();
+        o.count = count;
+        allReduce(ctx, o);
+        for (size_t j = 0; j < count; ++j)
+          ASSERT_NEAR(buf[j], expectedReduce(op, n, j), expectedReduce(op, n, j) * 1e-6) << "count " << count;
+      }
+    }
+    // broadcast from an odd root.
+    {
+      const int root = n / 3;
+      std::vector<float> buf(5, -1.0f);
+      if (r == root)
+        for (size_t j = 0; j < 5; ++j) buf[j] = input(root, j);
+      Context ctx = ctxFor(CollectiveKind::Broadcast, ReduceOp::Sum, 5);
+      broadcast(ctx, {buf.data(), 5, root});
+      for (size_t j = 0; j < 5; ++j) ASSERT_EQ(buf[j], input(root, j));
+    }
+    // reduce to the last rank.
+    {
+      std::vector<float> buf(3);
+      for (size_t j = 0; j < 3; ++j) buf[j] = input(r, j);
+      Context ctx = ctxFor(CollectiveKind::Reduce);
+      ReduceOptions o;
+      o.data = buf.data();
+      o.count = 3;
+      o.root = n - 1;
+      reduce(ctx, o);
+      for (size_t j = 0; j < 3; ++j) ASSERT_EQ(buf[j], r == n - 1 ? expectedReduce(ReduceOp::Sum, n, j) : input(r, j));
+    }
+    // all_gather and reduce_scatter with blocks of 0, 1 and 2 elements.
+    {
+      std::vector<size_t> counts(n);
+      for (int k = 0; k < n; ++k) counts[k] = static_cast<size_t>(k % 3);
+      std::vector<float> in(counts[r]);
+      for (size_t j = 0; j < in.size(); ++j) in[j] = input(r, j);
+      std::vector<std::vector<float>> outs(n);
+      AllGatherOptions g;
+      g.input = in.data();
+      for (int k = 0; k < n; ++k) {
+        outs[k].assign(counts[k], -1);
+        g.outputs.push_back(outs[k].data());
+      }
+      g.counts = counts;
+      Context gc = ctxFor(CollectiveKind::AllGather);
+      allGather(gc, g);
+      for (int k = 0; k < n; ++k)
+        for (size_t j = 0; j < counts[k]; ++j) ASSERT_EQ(outs[k][j], input(k, j));
+
+      std::vector<std::vector<float>> ins(n);
+      ReduceScatterOptions rs;
+      size_t offset = 0;
+      for (int k = 0; k < n; ++k) {
+        for (size_t j = 0; j < counts[k]; ++j) ins[k].push_back(input(r, offset + j));
+        rs.inputs.push_back(ins[k].data());
+        offset += counts[k];
+      }
+      rs.counts = counts;
+      std::vector<float> out(counts[r], -1);
+      rs.output = out.data();
+      Context rc = ctxFor(CollectiveKind::ReduceScatter);
+      reduceScatter(rc, rs);
+      size_t mine = 0;
+      for (int k = 0; k < r; ++k) mine += counts[k];
+      for (size_t j = 0; j < out.size(); ++j) ASSERT_EQ(out[j], expectedReduce(ReduceOp::Sum, n, mine + j));
+    }
+    // gather to and scatter from rank 0, 2 elements each.
+    {
+      std::vector<float> in = {input(r, 0), input(r, 1)};
+      std::vector<std::vector<float>> outs(n, std::vector<float>(2, -1));
+      GatherOptions g;
+      g.input = in.data();
+      g.count = 2;
+      if (r == 0)
+        for (int k = 0; k < n; ++k) {
+          g.outputs.push_back(outs[k].data());
+          g.counts.push_back(2);
+        }
+      Context gc = ctxFor(CollectiveKind::Gather);
+      gather(gc, g);
+      if (r == 0)
+        for (int k = 0; k < n; ++k) ASSERT_EQ(outs[k], (std::vector<float>{input(k, 0), input(k, 1)}));
+      ScatterOptions sc;
+      std::vector<float> out(2, -1);
+      sc.output = out.data();
+      sc.count = 2;
+      if (r == 0)
+        for (int k = 0; k < n; ++k) {
+          sc.inputs.push_back(outs[k].data());
+          sc.counts.push_back(2);
+        }
+      Context scc = ctxFor(CollectiveKind::Scatter);
+      scatter(scc, sc);
+      ASSERT_EQ(out, in);
+    }
+    // all_to_all: one element to each of the next two ranks, none to the others.
+    {
+      AllToAllOptions o;
+      std::vector<float> in, out;
+      for (int p = 0; p < n; ++p) {
+        const size_t c = ((p - r + n) % n == 1 || (p - r + n) % n == 2) ? 1 : 0;
+        o.inOffsets.push_back(in.size());
+        o.inCounts.push_back(c);
+        if (c) in.push_back(static_cast<float>(r * 10000 + p));
+      }
+      for (int p = 0; p < n; ++p) {
+        const size_t c = ((r - p + n) % n == 1 || (r - p + n) % n == 2) ? 1 : 0;
+        o.outOffsets.push_back(out.size());
+        o.outCounts.push_back(c);
+        if (c) out.push_back(-1);
+      }
+      o.input = in.data();
+      o.output = out.data();
+      Context ctx = ctxFor(CollectiveKind::AllToAll);
+      allToAll(ctx, o);
+      for (int p = 0; p < n; ++p)
+        if (o.outCounts[p]) ASSERT_EQ(out[o.outOffsets[p]], static_cast<float>(p * 10000 + r));
+    }
+    Context bc = ctxFor(CollectiveKind::Barrier);
+    barrier(bc);
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Scale, ManyRanks, ::testing::Values(256, 1000, 1024));

@@ -39,7 +39,8 @@ def forced_matrix(rank: int, world: int, algo: str) -> tuple:
     return c.cases, c.failures
 
 
-CASES = [("ring", 3), ("direct", 3), ("shm_flat", 3), ("shm_staged", 3), ("shm_cma", 3), ("shm_staged", 2),
+CASES = [("ring", 3), ("direct", 3), ("recursive_doubling", 3), ("recursive_doubling", 4), ("shm_flat", 3),
+         ("shm_staged", 3), ("shm_cma", 3), ("shm_staged", 2),
          ("shm_cma", 4)]
 
 
