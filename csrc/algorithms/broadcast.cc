@@ -1,6 +1,8 @@
-// Broadcast: small messages go root -> every rank directly (one hop); large
-// ones travel a chain root -> root+1 -> ... in chunks, each rank forwarding a
-// chunk as soon as it lands (time ~ (n-2) * chunk + S at link speed).
+// Broadcast: small messages go root -> every rank directly (one hop) up to
+// kFlatMaxRanks ranks, and down a binomial tree beyond (ceil(log2 n) hops; the
+// root sends log2 n messages, not n-1); large ones travel a chain root ->
+// root+1 -> ... in chunks, each rank forwarding a chunk as soon as it lands
+// (time ~ (n-2) * chunk + S at link speed).
 #include <vector>
 
 #include "algorithms/algorithms.h"
@@ -12,6 +14,26 @@ namespace agentcomm::algorithms {
 namespace {
 constexpr uint64_t kPhaseBroadcast = 3;
 constexpr size_t kFlatMaxBytes = 64 * 1024;
+constexpr int kFlatMaxRanks = 16;
+
+// Binomial tree over positions relative to the root (MPICH's): position q
+// receives from q minus its lowest set bit, then sends to q + 2^k for every
+// 2^k below that bit (largest first, so the deepest subtree starts first).
+void broadcastTree(Context& ctx, uint8_t* data, size_t bytes, int root) {
+  const int n = ctx.size();
+  const int pos = (ctx.rank() - root + n) % n;
+  int mask = 1;
+  while (mask < n) {
+    if (pos & mask) {
+      auto h = ctx.postRecv((pos - mask + root) % n, makeTag(kPhaseBroadcast, 2, 0), data, bytes);
+      ctx.wait(h);
+      break;
+    }
+    mask <<= 1;
+  }
+  for (mask >>= 1; mask > 0; mask >>= 1)
+    if (pos + mask < n) ctx.send((pos + mask + root) % n, makeTag(kPhaseBroadcast, 2, 0), data, bytes);
+}
 }  // namespace
 
 void broadcast(Context& ctx, const BroadcastOptions& opts) {
@@ -21,6 +43,7 @@ void broadcast(Context& ctx, const BroadcastOptions& opts) {
   auto* data = static_cast<uint8_t*>(opts.data);
   if (n == 1) return;
   if (Path p = choosePath(ctx, "broadcast", opts.count * es); p != Path::Tcp) return broadcastShm(ctx, opts, p);
+  if (opts.count * es <= kFlatMaxBytes && n > kFlatMaxRanks) return broadcastTree(ctx, data, opts.count * es, opts.root);
   if (opts.count * es <= kFlatMaxBytes) {
     if (r == opts.root) {
       for (int k = 1; k < n; ++k) ctx.send((opts.root + k) % n, makeTag(kPhaseBroadcast, 0, 0), data, opts.count * es);

@@ -128,7 +128,11 @@ void randomkAllReduce(Context& ctx, const SparseAllReduceOptions& o) {
   if (o.stats) {
     const size_t n = static_cast<size_t>(ctx.size());
     const size_t bytes = k * sizeof(float);
-    o.stats->sentBytes += ar.algo == AllReduceAlgo::Direct ? (n - 1) * bytes : 2 * (n - 1) * bytes / n;
+    size_t steps = 0;  // recursive doubling: ceil(log2 n) whole-vector sends at most
+    while ((size_t{1} << steps) < n) ++steps;
+    o.stats->sentBytes += ar.algo == AllReduceAlgo::Direct              ? (n - 1) * bytes
+                          : ar.algo == AllReduceAlgo::RecursiveDoubling ? steps * bytes
+                                                                        : 2 * (n - 1) * bytes / n;
   }
   if (o.encodedVal) return;  // the caller scatters
   const auto t0 = Clock::now();

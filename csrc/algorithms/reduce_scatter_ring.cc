@@ -1,11 +1,37 @@
 // Ring reduce-scatter of blocks that may differ in size; inputs stay intact
-// (partial sums live in the receive buffers).
+// (partial sums live in the receive buffers). Small totals among many ranks run
+// as a recursive-doubling all-reduce of the packed blocks (log2 n steps of the
+// whole vector instead of n-1 ring steps), each rank keeping its block.
+#include <cstring>
+
 #include "algorithms/algorithms.h"
 #include "algorithms/shm_common.h"
 #include "algorithms/ring_primitives.h"
 #include "core/error.h"
 
 namespace agentcomm::algorithms {
+
+namespace {
+constexpr size_t kLatencyMaxBytes = 256 * 1024;  // the whole input, as all_reduce's recursive doubling
+constexpr int kLatencyMinRanks = 17;
+
+void reduceScatterByAllReduce(Context& ctx, const ReduceScatterOptions& opts, size_t total) {
+  const size_t es = ctx.elemSize();
+  uint8_t* packed = Context::scratch(1, total * es);  // slot 0 is recursive doubling's
+  size_t offset = 0, mine = 0;
+  for (int k = 0; k < ctx.size(); ++k) {
+    if (k == ctx.rank()) mine = offset;
+    if (opts.counts[k] > 0) std::memcpy(packed + offset, opts.inputs[k], opts.counts[k] * es);
+    offset += opts.counts[k] * es;
+  }
+  AllReduceOptions ar;
+  ar.data = packed;
+  ar.count = total;
+  ar.premulFactor = opts.premulFactor;
+  allReduceRecursiveDoubling(ctx, ar);
+  if (opts.counts[ctx.rank()] > 0) std::memcpy(opts.output, packed + mine, opts.counts[ctx.rank()] * es);
+}
+}  // namespace
 
 void reduceScatter(Context& ctx, const ReduceScatterOptions& opts) {
   const int n = ctx.size();
@@ -16,6 +42,7 @@ void reduceScatter(Context& ctx, const ReduceScatterOptions& opts) {
   if (Path p = choosePath(ctx, "reduce_scatter", total * ctx.elemSize()); p != Path::Tcp) {
     return reduceScatterShm(ctx, opts, p);
   }
+  if (n >= kLatencyMinRanks && total * ctx.elemSize() <= kLatencyMaxBytes) return reduceScatterByAllReduce(ctx, opts, total);
   detail::RingBlocks rb;
   rb.counts = opts.counts;
   for (int k = 0; k < n; ++k) rb.inputs.push_back(static_cast<const uint8_t*>(opts.inputs[k]));

@@ -3,6 +3,9 @@
 // integers so every expected value has an exact closed form.
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -13,6 +16,7 @@
 #include "algorithms/algorithms.h"
 #include "core/error.h"
 #include "rank_threads.h"
+#include "tcp_mesh.h"
 
 using namespace agentcomm;
 using namespace agentcomm::algorithms;
@@ -395,153 +399,192 @@ TEST(Errors, AbortedCommunicatorFailsFast) {
   });
 }
 
-// ---- many ranks: 256, 1000 and 1024 threads over the in-process transport --------------------------
-// Every collective with odd sizes at world sizes a real job reaches; the automatic all_reduce
-// choice at these sizes is recursive doubling for small vectors and the ring for large ones.
+// ---- many ranks: 17 to 1024 threads over the in-process transport -----------------------------------
+// Every collective with odd sizes at world sizes a real job reaches. Above 16 ranks small messages
+// take the latency algorithms (recursive doubling, a binomial broadcast tree, Bruck's all-gather,
+// reduce-scatter as recursive doubling); up to 256 ranks large ones take the ring as well.
+namespace {
+void everyCollective(transport::Transport& t) {
+  const int n = t.size();
+  const int r = t.rank();
+  uint64_t seq = 0;
+  auto ctxFor = [&](CollectiveKind kind, ReduceOp op = ReduceOp::Sum, uint64_t sig = 0) {
+    Context ctx = makeCtx(t, ++seq, kind, DataType::Float32, op, sig, 1 << 20);
+    // Ring steps at 1,024 threads on a 2-core machine: seconds, not milliseconds.
+    ctx.deadline = transport::Clock::now() + std::chrono::seconds(240);
+    return ctx;
+  };
+  // all_reduce: 0, 1 and 7 elements (recursive doubling); at 256 ranks also 70001 (280 KB: the
+  // ring, blocks of odd sizes). The ring's 2(n-1) steps at 1,024 threads on 2 cores take ~30 s;
+  // all_gather and reduce_scatter below run the same ring schedule at every size.
+  for (size_t count : {size_t{0}, size_t{1}, size_t{7}, size_t{70001}}) {
+    if (count > 7 && n > 256) continue;
+    for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max}) {
+      if (count > 7 && op == ReduceOp::Max) continue;
+      std::vector<float> buf(count);
+      for (size_t j = 0; j < count; ++j) buf[j] = input(r, j);
+      Context ctx = ctxFor(CollectiveKind::AllReduce, op, count);
+      AllReduceOptions o;
+      o.data = buf.data();
+      o.count = count;
+      allReduce(ctx, o);
+      for (size_t j = 0; j < count; ++j)
+        ASSERT_NEAR(buf[j], expectedReduce(op, n, j), expectedReduce(op, n, j) * 1e-6) << "count " << count;
+    }
+  }
+  // broadcast from an odd root.
+  {
+    const int root = n / 3;
+    std::vector<float> buf(5, -1.0f);
+    if (r == root)
+      for (size_t j = 0; j < 5; ++j) buf[j] = input(root, j);
+    Context ctx = ctxFor(CollectiveKind::Broadcast, ReduceOp::Sum, 5);
+    broadcast(ctx, {buf.data(), 5, root});
+    for (size_t j = 0; j < 5; ++j) ASSERT_EQ(buf[j], input(root, j));
+  }
+  // reduce to the last rank.
+  {
+    std::vector<float> buf(3);
+    for (size_t j = 0; j < 3; ++j) buf[j] = input(r, j);
+    Context ctx = ctxFor(CollectiveKind::Reduce);
+    ReduceOptions o;
+    o.data = buf.data();
+    o.count = 3;
+    o.root = n - 1;
+    reduce(ctx, o);
+    for (size_t j = 0; j < 3; ++j) ASSERT_EQ(buf[j], r == n - 1 ? expectedReduce(ReduceOp::Sum, n, j) : input(r, j));
+  }
+  // all_gather and reduce_scatter with blocks of 0, 1 and 2 elements.
+  {
+    std::vector<size_t> counts(n);
+    for (int k = 0; k < n; ++k) counts[k] = static_cast<size_t>(k % 3);
+    std::vector<float> in(counts[r]);
+    for (size_t j = 0; j < in.size(); ++j) in[j] = input(r, j);
+    std::vector<std::vector<float>> outs(n);
+    AllGatherOptions g;
+    g.input = in.data();
+    for (int k = 0; k < n; ++k) {
+      outs[k].assign(counts[k], -1);
+      g.outputs.push_back(outs[k].data());
+    }
+    g.counts = counts;
+    Context gc = ctxFor(CollectiveKind::AllGather);
+    allGather(gc, g);
+    for (int k = 0; k < n; ++k)
+      for (size_t j = 0; j < counts[k]; ++j) ASSERT_EQ(outs[k][j], input(k, j));
+
+    std::vector<std::vector<float>> ins(n);
+    ReduceScatterOptions rs;
+    size_t offset = 0;
+    for (int k = 0; k < n; ++k) {
+      for (size_t j = 0; j < counts[k]; ++j) ins[k].push_back(input(r, offset + j));
+      rs.inputs.push_back(ins[k].data());
+      offset += counts[k];
+    }
+    rs.counts = counts;
+    std::vector<float> out(counts[r], -1);
+    rs.output = out.data();
+    Context rc = ctxFor(CollectiveKind::ReduceScatter);
+    reduceScatter(rc, rs);
+    size_t mine = 0;
+    for (int k = 0; k < r; ++k) mine += counts[k];
+    for (size_t j = 0; j < out.size(); ++j) ASSERT_EQ(out[j], expectedReduce(ReduceOp::Sum, n, mine + j));
+  }
+  // all_gather with 300+ elements per rank (over 256 KiB in all: the ring), up to 256 ranks.
+  if (n <= 256) {
+    std::vector<size_t> counts(n);
+    for (int k = 0; k < n; ++k) counts[k] = 300 + static_cast<size_t>(k % 3);
+    std::vector<float> in(counts[r]);
+    for (size_t j = 0; j < in.size(); ++j) in[j] = input(r, j);
+    std::vector<std::vector<float>> outs(n);
+    AllGatherOptions g;
+    g.input = in.data();
+    for (int k = 0; k < n; ++k) {
+      outs[k].assign(counts[k], -1);
+      g.outputs.push_back(outs[k].data());
+    }
+    g.counts = counts;
+    Context gc = ctxFor(CollectiveKind::AllGather);
+    allGather(gc, g);
+    for (int k = 0; k < n; ++k)
+      for (size_t j = 0; j < counts[k]; ++j) ASSERT_EQ(outs[k][j], input(k, j));
+  }
+  // gather to and scatter from rank 0, 2 elements each.
+  {
+    std::vector<float> in = {input(r, 0), input(r, 1)};
+    std::vector<std::vector<float>> outs(n, std::vector<float>(2, -1));
+    GatherOptions g;
+    g.input = in.data();
+    g.count = 2;
+    if (r == 0)
+      for (int k = 0; k < n; ++k) {
+        g.outputs.push_back(outs[k].data());
+        g.counts.push_back(2);
+      }
+    Context gc = ctxFor(CollectiveKind::Gather);
+    gather(gc, g);
+    if (r == 0)
+      for (int k = 0; k < n; ++k) ASSERT_EQ(outs[k], (std::vector<float>{input(k, 0), input(k, 1)}));
+    ScatterOptions sc;
+    std::vector<float> out(2, -1);
+    sc.output = out.data();
+    sc.count = 2;
+    if (r == 0)
+      for (int k = 0; k < n; ++k) {
+        sc.inputs.push_back(outs[k].data());
+        sc.counts.push_back(2);
+      }
+    Context scc = ctxFor(CollectiveKind::Scatter);
+    scatter(scc, sc);
+    ASSERT_EQ(out, in);
+  }
+  // all_to_all: one element to each of the next two ranks, none to the others.
+  {
+    AllToAllOptions o;
+    std::vector<float> in, out;
+    for (int p = 0; p < n; ++p) {
+      const size_t c = ((p - r + n) % n == 1 || (p - r + n) % n == 2) ? 1 : 0;
+      o.inOffsets.push_back(in.size());
+      o.inCounts.push_back(c);
+      if (c) in.push_back(static_cast<float>(r * 10000 + p));
+    }
+    for (int p = 0; p < n; ++p) {
+      const size_t c = ((r - p + n) % n == 1 || (r - p + n) % n == 2) ? 1 : 0;
+      o.outOffsets.push_back(out.size());
+      o.outCounts.push_back(c);
+      if (c) out.push_back(-1);
+    }
+    o.input = in.data();
+    o.output = out.data();
+    Context ctx = ctxFor(CollectiveKind::AllToAll);
+    allToAll(ctx, o);
+    for (int p = 0; p < n; ++p)
+      if (o.outCounts[p]) ASSERT_EQ(out[o.outOffsets[p]], static_cast<float>(p * 10000 + r));
+  }
+  Context bc = ctxFor(CollectiveKind::Barrier);
+  barrier(bc);
+}
+}  // namespace
+
 class ManyRanks : public ::testing::TestWithParam<int> {};
 
-TEST_P(ManyRanks, EveryCollective) {
-  const int n = GetParam();
-  ranktest::runInProc(n, [&](transport::Transport& t) {
-    const int r = t.rank();
-    uint64_t seq = 0;
-    auto ctxFor = [&](CollectiveKind kind, ReduceOp op = ReduceOp::Sum, uint64_t sig = 0) {
-      Context ctx = makeCtx(t, ++seq, kind, DataType::Float32, op, sig, 1 << 20);
-      // Ring steps at 1,024 threads on a 2-core machine: seconds, not milliseconds.
-      ctx.deadline = transport::Clock::now() + std::chrono::seconds(240);
-      return ctx;
-    };
-    // all_reduce: 0, 1 and 7 elements (recursive doubling); at 256 ranks also 70001 (280 KB: the
-    // ring, blocks of odd sizes). The ring's 2(n-1) steps at 1,024 threads on 2 cores take ~30 s;
-    // all_gather and reduce_scatter below run the same ring schedule at every size.
-    for (size_t count : {size_t{0}, size_t{1}, size_t{7}, size_t{70001}}) {
-      if (count > 7 && n > 256) continue;
-      for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max}) {
-        if (count > 7 && op == ReduceOp::Max) continue;
-        std::vector<float> buf(count);
-        for (size_t j = 0; j < count; ++j) buf[j] = input(r, j);
-        Context ctx = ctxFor(CollectiveKind::AllReduce, op, count);
-        AllReduceOptions o;
-        o.data = buf.data();
-        o.count = count;
-        allReduce(ctx, o);
-        for (size_t j = 0; j < count; ++j)
-          ASSERT_NEAR(buf[j], expectedReduce(op, n, j), expectedReduce(op, n, j) * 1e-6) << "count " << count;
-      }
-    }
-    // broadcast from an odd root.
-    {
-      const int root = n / 3;
-      std::vector<float> buf(5, -1.0f);
-      if (r == root)
-        for (size_t j = 0; j < 5; ++j) buf[j] = input(root, j);
-      Context ctx = ctxFor(CollectiveKind::Broadcast, ReduceOp::Sum, 5);
-      broadcast(ctx, {buf.data(), 5, root});
-      for (size_t j = 0; j < 5; ++j) ASSERT_EQ(buf[j], input(root, j));
-    }
-    // reduce to the last rank.
-    {
-      std::vector<float> buf(3);
-      for (size_t j = 0; j < 3; ++j) buf[j] = input(r, j);
-      Context ctx = ctxFor(CollectiveKind::Reduce);
-      ReduceOptions o;
-      o.data = buf.data();
-      o.count = 3;
-      o.root = n - 1;
-      reduce(ctx, o);
-      for (size_t j = 0; j < 3; ++j) ASSERT_EQ(buf[j], r == n - 1 ? expectedReduce(ReduceOp::Sum, n, j) : input(r, j));
-    }
-    // all_gather and reduce_scatter with blocks of 0, 1 and 2 elements.
-    {
-      std::vector<size_t> counts(n);
-      for (int k = 0; k < n; ++k) counts[k] = static_cast<size_t>(k % 3);
-      std::vector<float> in(counts[r]);
-      for (size_t j = 0; j < in.size(); ++j) in[j] = input(r, j);
-      std::vector<std::vector<float>> outs(n);
-      AllGatherOptions g;
-      g.input = in.data();
-      for (int k = 0; k < n; ++k) {
-        outs[k].assign(counts[k], -1);
-        g.outputs.push_back(outs[k].data());
-      }
-      g.counts = counts;
-      Context gc = ctxFor(CollectiveKind::AllGather);
-      allGather(gc, g);
-      for (int k = 0; k < n; ++k)
-        for (size_t j = 0; j < counts[k]; ++j) ASSERT_EQ(outs[k][j], input(k, j));
+TEST_P(ManyRanks, EveryCollective) { ranktest::runInProc(GetParam(), everyCollective); }
 
-      std::vector<std::vector<float>> ins(n);
-      ReduceScatterOptions rs;
-      size_t offset = 0;
-      for (int k = 0; k < n; ++k) {
-        for (size_t j = 0; j < counts[k]; ++j) ins[k].push_back(input(r, offset + j));
-        rs.inputs.push_back(ins[k].data());
-        offset += counts[k];
-      }
-      rs.counts = counts;
-      std::vector<float> out(counts[r], -1);
-      rs.output = out.data();
-      Context rc = ctxFor(CollectiveKind::ReduceScatter);
-      reduceScatter(rc, rs);
-      size_t mine = 0;
-      for (int k = 0; k < r; ++k) mine += counts[k];
-      for (size_t j = 0; j < out.size(); ++j) ASSERT_EQ(out[j], expectedReduce(ReduceOp::Sum, n, mine + j));
-    }
-    // gather to and scatter from rank 0, 2 elements each.
-    {
-      std::vector<float> in = {input(r, 0), input(r, 1)};
-      std::vector<std::vector<float>> outs(n, std::vector<float>(2, -1));
-      GatherOptions g;
-      g.input = in.data();
-      g.count = 2;
-      if (r == 0)
-        for (int k = 0; k < n; ++k) {
-          g.outputs.push_back(outs[k].data());
-          g.counts.push_back(2);
-        }
-      Context gc = ctxFor(CollectiveKind::Gather);
-      gather(gc, g);
-      if (r == 0)
-        for (int k = 0; k < n; ++k) ASSERT_EQ(outs[k], (std::vector<float>{input(k, 0), input(k, 1)}));
-      ScatterOptions sc;
-      std::vector<float> out(2, -1);
-      sc.output = out.data();
-      sc.count = 2;
-      if (r == 0)
-        for (int k = 0; k < n; ++k) {
-          sc.inputs.push_back(outs[k].data());
-          sc.counts.push_back(2);
-        }
-      Context scc = ctxFor(CollectiveKind::Scatter);
-      scatter(scc, sc);
-      ASSERT_EQ(out, in);
-    }
-    // all_to_all: one element to each of the next two ranks, none to the others.
-    {
-      AllToAllOptions o;
-      std::vector<float> in, out;
-      for (int p = 0; p < n; ++p) {
-        const size_t c = ((p - r + n) % n == 1 || (p - r + n) % n == 2) ? 1 : 0;
-        o.inOffsets.push_back(in.size());
-        o.inCounts.push_back(c);
-        if (c) in.push_back(static_cast<float>(r * 10000 + p));
-      }
-      for (int p = 0; p < n; ++p) {
-        const size_t c = ((r - p + n) % n == 1 || (r - p + n) % n == 2) ? 1 : 0;
-        o.outOffsets.push_back(out.size());
-        o.outCounts.push_back(c);
-        if (c) out.push_back(-1);
-      }
-      o.input = in.data();
-      o.output = out.data();
-      Context ctx = ctxFor(CollectiveKind::AllToAll);
-      allToAll(ctx, o);
-      for (int p = 0; p < n; ++p)
-        if (o.outCounts[p]) ASSERT_EQ(out[o.outOffsets[p]], static_cast<float>(p * 10000 + r));
-    }
-    Context bc = ctxFor(CollectiveKind::Barrier);
-    barrier(bc);
-  });
+INSTANTIATE_TEST_SUITE_P(Scale, ManyRanks, ::testing::Values(17, 33, 256, 1000, 1024));
+
+// 64 ranks as threads over real TCP on loopback: a full mesh (4,032 connections, 8,064
+// descriptors in this one process), then every collective.
+TEST(TcpScale, SixtyFourRanksEveryCollective) {
+  const int n = 64;
+  rlimit lim{};
+  getrlimit(RLIMIT_NOFILE, &lim);
+  const rlim_t need = 2 * n * n + 256;
+  if (lim.rlim_cur < need) {
+    lim.rlim_cur = std::min(need, lim.rlim_max);
+    setrlimit(RLIMIT_NOFILE, &lim);
+  }
+  if (lim.rlim_cur < need) GTEST_SKIP() << "RLIMIT_NOFILE hard limit " << lim.rlim_max << " < " << need;
+  transport::HashStore store;
+  auto ts = ranktest::makeTcpMesh(store, n);
+  ranktest::forEachRank(n, [&](int r) { everyCollective(*ts[r]); });
 }
-
-INSTANTIATE_TEST_SUITE_P(Scale, ManyRanks, ::testing::Values(256, 1000, 1024));
