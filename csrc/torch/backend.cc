@@ -32,6 +32,24 @@ class StoreAdapter : public transport::Store {
     }
     return store_->get(key);
   }
+  std::vector<std::vector<uint8_t>> multiGet(const std::vector<std::string>& keys,
+                                             std::chrono::milliseconds timeout) override {
+    if (keys.empty()) return {};
+    try {
+      store_->wait(keys, timeout);
+    } catch (const c10::Error& e) {
+      std::string missing = keys.front();
+      for (const auto& k : keys) {
+        if (!store_->check({k})) {
+          missing = k;
+          break;
+        }
+      }
+      throw TimeoutError(strCat("agentcomm: rendezvous timed out waiting for store key '", missing,
+                                "' (did every rank start and call init_process_group?): ", e.what_without_backtrace()));
+    }
+    return store_->multiGet(keys);
+  }
 
  private:
   c10::intrusive_ptr<c10d::Store> store_;

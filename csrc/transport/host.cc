@@ -57,8 +57,11 @@ HostMap exchangeHosts(Store& store, int rank, int size, const std::string& keyPr
   store.set(strCat(keyPrefix, "host/", rank), toBytes(strCat(shmEnabledHere() ? 1 : 0, " ", hostId())));
   std::vector<std::string> ids(size);
   HostMap map;
+  std::vector<std::string> keys;
+  for (int r = 0; r < size; ++r) keys.push_back(strCat(keyPrefix, "host/", r));
+  const auto values = store.multiGet(keys, timeout);
   for (int r = 0; r < size; ++r) {
-    const std::string v = fromBytes(store.get(strCat(keyPrefix, "host/", r), timeout));
+    const std::string v = fromBytes(values[r]);
     if (v.rfind("0 ", 0) == 0) map.shmAllowed = false;
     ids[r] = v.size() > 2 ? v.substr(2) : v;
   }

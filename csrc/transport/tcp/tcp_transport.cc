@@ -328,18 +328,22 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
   });
 
   std::string connectError;
-  for (int peer = 0; peer < rank && connectError.empty(); ++peer) {
-    std::string value;
+  // Every lower rank's address in one read (one round trip to a batching store).
+  std::vector<std::vector<uint8_t>> addresses;
+  {
+    std::vector<std::string> keys;
+    for (int peer = 0; peer < rank; ++peer) keys.push_back(strCat(options.keyPrefix, "addr/", peer));
     try {
-      value = fromBytes(store.get(strCat(options.keyPrefix, "addr/", peer), options.timeout));
+      addresses = store.multiGet(keys, options.timeout);
     } catch (const TimeoutError& e) {
       timedOut = true;
-      connectError = strCat("agentcomm: rank ", peer, " never published its address: ", e.what());
-      break;
+      connectError = strCat("agentcomm: a lower rank never published its address (the key names it): ", e.what());
     } catch (const std::exception& e) {
-      connectError = strCat("agentcomm: rank ", peer, " never published its address: ", e.what());
-      break;
+      connectError = strCat("agentcomm: could not read the lower ranks' addresses: ", e.what());
     }
+  }
+  for (int peer = 0; peer < rank && connectError.empty(); ++peer) {
+    const std::string value = fromBytes(addresses[peer]);
     std::istringstream in(value);
     std::string theirHost, theirAddr;
     int theirPort = 0, pinned = 0;
