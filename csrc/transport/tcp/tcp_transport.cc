@@ -33,6 +33,8 @@ namespace {
 constexpr uint32_t kHelloMagic = 0x41434831;  // "ACH1"
 constexpr std::chrono::milliseconds kHelloTimeout{2000};
 // Accepted connections whose hello is still outstanding, at most (setup).
+// A flood beyond this evicts the oldest; the bound grows with the world, since
+// every higher rank dials at once.
 constexpr size_t kMaxPendingHellos = 256;
 
 #pragma pack(push, 1)
@@ -75,30 +77,6 @@ bool drain(int fd, uint64_t n) {
     size_t chunk = n < sizeof(scratch) ? static_cast<size_t>(n) : sizeof(scratch);
     if (!readFull(fd, scratch, chunk)) return false;
     n -= chunk;
-  }
-  return true;
-}
-
-// Reads exactly n bytes, giving up at the deadline.
-bool readFullDeadline(int fd, void* buf, size_t n, Deadline deadline) {
-  auto* p = static_cast<uint8_t*>(buf);
-  while (n > 0) {
-    pollfd pfd{fd, POLLIN, 0};
-    int pr = ::poll(&pfd, 1, remainingMs(deadline));
-    if (pr == 0) return false;
-    if (pr < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    ssize_t r = ::recv(fd, p, n, MSG_DONTWAIT);
-    if (r > 0) {
-      p += r;
-      n -= static_cast<size_t>(r);
-    } else if (r == 0) {
-      return false;
-    } else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
-      return false;
-    }
   }
   return true;
 }
@@ -319,7 +297,8 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
           char fromText[INET_ADDRSTRLEN] = "?";
           ::inet_ntop(AF_INET, &from.sin_addr, fromText, sizeof(fromText));
           // Bounded: a flood of silent connections evicts the oldest, whose time is nearly up.
-          if (pending.size() >= kMaxPendingHellos) drop(0, "too many connections owe their hello");
+          if (pending.size() >= std::max(kMaxPendingHellos, 2 * static_cast<size_t>(size)))
+            drop(0, "too many connections owe their hello");
           pending.push_back(Pending{fd, fromText, Hello{}, 0, std::min(deadline, now + kHelloTimeout)});
         }
       }
@@ -342,46 +321,145 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
       connectError = strCat("agentcomm: could not read the lower ranks' addresses: ", e.what());
     }
   }
-  for (int peer = 0; peer < rank && connectError.empty(); ++peer) {
-    const std::string value = fromBytes(addresses[peer]);
-    std::istringstream in(value);
-    std::string theirHost, theirAddr;
-    int theirPort = 0, pinned = 0;
-    in >> theirHost >> theirAddr >> theirPort >> pinned;
-    // Same host and nobody pinned an interface: loopback always works there.
-    const std::string target = (theirHost == myHost && !pinned && ifname.empty()) ? "127.0.0.1" : theirAddr;
+  // Dial every lower rank at once (non-blocking connects, hellos sent as each
+  // connection completes, replies read as they come) instead of one round trip
+  // after another: with many ranks on few cores each round trip waits for the
+  // peer's acceptor to be scheduled.
+  struct Dial {
+    int peer = -1;
+    std::string target;
+    int port = 0;
     sockaddr_in to{};
-    to.sin_family = AF_INET;
-    to.sin_port = htons(static_cast<uint16_t>(theirPort));
-    ::inet_pton(AF_INET, target.c_str(), &to.sin_addr);
     int fd = -1;
-    while (true) {
-      fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      if (::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof(to)) == 0) break;
-      int err = errno;
-      ::close(fd);
-      fd = -1;
-      if (Clock::now() >= deadline) {
+    bool connected = false;
+    size_t wrote = 0;  // hello bytes sent
+    Hello theirs{};
+    size_t got = 0;  // hello bytes read
+    Deadline retryAt{};
+    int lastErr = 0;
+  };
+  std::vector<Dial> dials;
+  if (connectError.empty()) {
+    for (int peer = 0; peer < rank; ++peer) {
+      std::istringstream in(fromBytes(addresses[peer]));
+      std::string theirHost, theirAddr;
+      int theirPort = 0, pinned = 0;
+      in >> theirHost >> theirAddr >> theirPort >> pinned;
+      Dial d;
+      d.peer = peer;
+      // Same host and nobody pinned an interface: loopback always works there.
+      d.target = (theirHost == myHost && !pinned && ifname.empty()) ? "127.0.0.1" : theirAddr;
+      d.port = theirPort;
+      d.to.sin_family = AF_INET;
+      d.to.sin_port = htons(static_cast<uint16_t>(theirPort));
+      ::inet_pton(AF_INET, d.target.c_str(), &d.to.sin_addr);
+      d.retryAt = Clock::now();
+      dials.push_back(std::move(d));
+    }
+  }
+  auto startDial = [](Dial& d) {
+    d.fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    d.connected = false;
+    d.wrote = d.got = 0;
+    if (d.fd < 0) {
+      d.lastErr = errno;
+    } else if (::connect(d.fd, reinterpret_cast<sockaddr*>(&d.to), sizeof(d.to)) == 0) {
+      d.connected = true;
+      return;
+    } else if (errno == EINPROGRESS) {
+      return;
+    } else {
+      d.lastErr = errno;
+      ::close(d.fd);
+      d.fd = -1;
+    }
+    d.retryAt = Clock::now() + std::chrono::milliseconds(50);
+  };
+  auto retryLater = [](Dial& d, int err) {
+    d.lastErr = err;
+    ::close(d.fd);
+    d.fd = -1;
+    d.retryAt = Clock::now() + std::chrono::milliseconds(50);
+  };
+  size_t left = dials.size();
+  std::vector<bool> done(dials.size(), false);
+  std::vector<pollfd> dialPfds;
+  std::vector<size_t> polled;
+  while (left > 0 && connectError.empty()) {
+    const Deadline now = Clock::now();
+    for (size_t i = 0; i < dials.size(); ++i)
+      if (!done[i] && dials[i].fd < 0 && now >= dials[i].retryAt) startDial(dials[i]);
+    dialPfds.clear();
+    polled.clear();
+    Deadline wake = deadline;
+    for (size_t i = 0; i < dials.size(); ++i) {
+      if (done[i]) continue;
+      Dial& d = dials[i];
+      if (d.fd < 0) {
+        wake = std::min(wake, d.retryAt);
+        continue;
+      }
+      short events = !d.connected ? POLLOUT : d.wrote < sizeof(Hello) ? POLLOUT : POLLIN;
+      dialPfds.push_back(pollfd{d.fd, events, 0});
+      polled.push_back(i);
+    }
+    if (Clock::now() >= deadline) {
+      for (size_t i = 0; i < dials.size(); ++i) {
+        if (done[i]) continue;
         timedOut = true;
-        connectError = strCat("agentcomm: cannot connect to rank ", peer, " at ", target, ":", theirPort, ": ",
-                              errnoText(err));
+        connectError = strCat("agentcomm: cannot connect to rank ", dials[i].peer, " at ", dials[i].target, ":",
+                              dials[i].port, ": ", dials[i].lastErr ? errnoText(dials[i].lastErr) : "no hello in time");
         break;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    if (fd < 0) break;
-    iovec iov{&mine, sizeof(mine)};
-    Hello theirs{};
-    if (writeAll(fd, &iov, 1, deadline) != 0 || !readFullDeadline(fd, &theirs, sizeof(theirs), deadline) ||
-        theirs.magic != kHelloMagic || theirs.rank != peer ||
-        std::memcmp(theirs.token, mine.token, sizeof(mine.token)) != 0) {
-      ::close(fd);
-      connectError = strCat("agentcomm: handshake with rank ", peer, " at ", target, ":", theirPort,
-                            " failed (peer gone, or not part of this job)");
       break;
     }
-    peers_[peer]->fd = fd;
+    if (::poll(dialPfds.data(), dialPfds.size(), remainingMs(wake)) < 0 && errno != EINTR) continue;
+    for (size_t k = 0; k < polled.size() && connectError.empty(); ++k) {
+      if (dialPfds[k].revents == 0) continue;
+      const size_t i = polled[k];
+      Dial& d = dials[i];
+      if (!d.connected) {
+        int err = 0;
+        socklen_t elen = sizeof(err);
+        ::getsockopt(d.fd, SOL_SOCKET, SO_ERROR, &err, &elen);
+        if (err != 0) {
+          retryLater(d, err);  // not listening yet, or refused: try again shortly, until the deadline
+          continue;
+        }
+        d.connected = true;
+      }
+      if (d.wrote < sizeof(Hello)) {
+        const ssize_t w = ::send(d.fd, reinterpret_cast<const uint8_t*>(&mine) + d.wrote, sizeof(Hello) - d.wrote,
+                                 MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) d.wrote += static_cast<size_t>(w);
+        else if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) retryLater(d, errno);
+        continue;
+      }
+      const ssize_t r = ::recv(d.fd, reinterpret_cast<uint8_t*>(&d.theirs) + d.got, sizeof(Hello) - d.got,
+                               MSG_DONTWAIT);
+      if (r > 0) {
+        d.got += static_cast<size_t>(r);
+      } else if (r == 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) {
+        d.got = 0;  // the peer closed: a handshake failure, below
+      } else {
+        continue;
+      }
+      if (d.got > 0 && d.got < sizeof(Hello)) continue;
+      if (d.got == 0 || d.theirs.magic != kHelloMagic || d.theirs.rank != d.peer ||
+          std::memcmp(d.theirs.token, mine.token, sizeof(mine.token)) != 0) {
+        connectError = strCat("agentcomm: handshake with rank ", d.peer, " at ", d.target, ":", d.port,
+                              " failed (peer gone, or not part of this job)");
+        break;
+      }
+      ::fcntl(d.fd, F_SETFL, ::fcntl(d.fd, F_GETFL) & ~O_NONBLOCK);  // the reader blocks
+      peers_[d.peer]->fd = d.fd;
+      d.fd = -1;
+      done[i] = true;
+      --left;
+    }
   }
+  for (size_t i = 0; i < dials.size(); ++i)
+    if (!done[i] && dials[i].fd >= 0) ::close(dials[i].fd);
   if (!connectError.empty()) {
     stopAccepting.store(true);
     ::shutdown(lfd, SHUT_RDWR);  // wakes the acceptor's poll
