@@ -454,10 +454,8 @@ void everyCollective(transport::Transport& t) {
     reduce(ctx, o);
     for (size_t j = 0; j < 3; ++j) ASSERT_EQ(buf[j], r == n - 1 ? expectedReduce(ReduceOp::Sum, n, j) : input(r, j));
   }
-  // all_gather and reduce_scatter with blocks of 0, 1 and 2 elements.
-  {
-    std::vector<size_t> counts(n);
-    for (int k = 0; k < n; ++k) counts[k] = static_cast<size_t>(k % 3);
+  // all_gather of blocks of the given sizes, checked on every rank.
+  auto allGatherChecked = [&](const std::vector<size_t>& counts) {
     std::vector<float> in(counts[r]);
     for (size_t j = 0; j < in.size(); ++j) in[j] = input(r, j);
     std::vector<std::vector<float>> outs(n);
@@ -472,6 +470,12 @@ void everyCollective(transport::Transport& t) {
     allGather(gc, g);
     for (int k = 0; k < n; ++k)
       for (size_t j = 0; j < counts[k]; ++j) ASSERT_EQ(outs[k][j], input(k, j));
+  };
+  // all_gather and reduce_scatter with blocks of 0, 1 and 2 elements.
+  {
+    std::vector<size_t> counts(n);
+    for (int k = 0; k < n; ++k) counts[k] = static_cast<size_t>(k % 3);
+    allGatherChecked(counts);
 
     std::vector<std::vector<float>> ins(n);
     ReduceScatterOptions rs;
@@ -494,20 +498,7 @@ void everyCollective(transport::Transport& t) {
   if (n <= 256) {
     std::vector<size_t> counts(n);
     for (int k = 0; k < n; ++k) counts[k] = 300 + static_cast<size_t>(k % 3);
-    std::vector<float> in(counts[r]);
-    for (size_t j = 0; j < in.size(); ++j) in[j] = input(r, j);
-    std::vector<std::vector<float>> outs(n);
-    AllGatherOptions g;
-    g.input = in.data();
-    for (int k = 0; k < n; ++k) {
-      outs[k].assign(counts[k], -1);
-      g.outputs.push_back(outs[k].data());
-    }
-    g.counts = counts;
-    Context gc = ctxFor(CollectiveKind::AllGather);
-    allGather(gc, g);
-    for (int k = 0; k < n; ++k)
-      for (size_t j = 0; j < counts[k]; ++j) ASSERT_EQ(outs[k][j], input(k, j));
+    allGatherChecked(counts);
   }
   // gather to and scatter from rank 0, 2 elements each.
   {
