@@ -50,10 +50,10 @@ class TcpTransport : public Transport {
   struct Peer {
     int fd = -1;
     std::timed_mutex sendMutex;
-    std::thread reader;
   };
 
-  void readerLoop(int src);
+  // Reads every peer's frames on one thread (events_), whatever the world size.
+  void eventLoop();
   void writeFrame(int dst, const Header& h, const void* data, Deadline deadline, bool bestEffort);
   // writeFrame with dst's send mutex already held (released on return).
   void writeLocked(int dst, const Header& h, const void* data, Deadline deadline, bool bestEffort);
@@ -62,6 +62,7 @@ class TcpTransport : public Transport {
   std::vector<std::unique_ptr<Peer>> peers_;
   std::atomic<bool> closing_{false};
   std::atomic<bool> aborted_{false};
+  std::thread events_;
   std::string listenAddr_;
   int listenPort_ = 0;
 };
