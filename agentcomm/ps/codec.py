@@ -41,6 +41,9 @@ class Codec:
 
     name = "codec"
     error_feedback = False
+    # True when the payload is the gradient itself (no decode); not inferable from the
+    # payload's shape: top-k at ratio 0.5 also sends n float32.
+    is_dense = False
 
     def payload_shape(self, n: int) -> tuple[int, torch.dtype]:
         """(element count, dtype) of the payload for an ``n``-element shard."""
@@ -68,6 +71,7 @@ class Dense(Codec):
     """
 
     name = "dense"
+    is_dense = True
 
     def payload_shape(self, n: int) -> tuple[int, torch.dtype]:
         return n, torch.float32

@@ -200,10 +200,6 @@ class _Shard:
             self._cond.notify_all()
         _log.warning("agentcomm.ps: worker rank %d stopped (clock %d): %s", worker, self.clocks[worker], why)
 
-    def finished(self) -> bool:
-        with self._cond:
-            return not self._active()
-
     def wait_for_clocks(self, clocks: dict[int, int]) -> None:
         """Until every live worker's pushes up to ``clocks[w]`` are in (and, synchronous, applied)."""
         with self._cond:
@@ -270,8 +266,6 @@ class _Pending:
                     f"agentcomm.ps: worker rank {culprit} stopped (its last push was clock {min_clock}) and the "
                     f"staleness bound {self.ps.staleness} cannot hold without it (server rank {server}); "
                     f"use mode='async' to go on without it")
-        if statuses:
-            self.ps.last_min_clock = min(m for _, (_, m, _, _) in statuses)
         return self
 
 
@@ -350,7 +344,6 @@ class ParameterServer:
         # Everyone starts from the same parameters (group rank 0's), as DDP does.
         dist.broadcast(self._flat, group=self.group, group_src=0)
         self.clock = 0
-        self.last_min_clock = 0
         self._residual: dict[int, torch.Tensor] = {}
         if self.is_worker and self.codec.error_feedback:
             self._residual = {s: torch.zeros(hi - lo) for s, (lo, hi) in zip(self.servers, self.bounds) if hi > lo}
@@ -398,7 +391,7 @@ class ParameterServer:
         n = shard.hi - shard.lo
         count, dtype = self.codec.payload_shape(n)
         dense = torch.empty(n)
-        payload = dense if (count, dtype) == (n, torch.float32) else torch.empty(count, dtype=dtype)
+        payload = dense if self.codec.is_dense else torch.empty(count, dtype=dtype)
         header = torch.empty(_HEADER, dtype=torch.int64)
         tag = self._tag
 
@@ -590,8 +583,7 @@ class ParameterServer:
                     self._send(torch.tensor([_CLOSE, self.clock, 0, 0], dtype=torch.int64), s, self._tag)
                     count, dtype = self.codec.payload_shape(hi - lo)
                     # The filler for the payload receive the server keeps posted (see _serve_worker).
-                    filler = self._grad[lo:hi] if (count, dtype) == (hi - lo, torch.float32) else torch.zeros(
-                        count, dtype=dtype)
+                    filler = self._grad[lo:hi] if self.codec.is_dense else torch.zeros(count, dtype=dtype)
                     self._send(filler, s, self._tag + 1)
         self._closed = True
         if self.is_server:

@@ -119,7 +119,8 @@ def _cases(rank: int, world: int) -> dict:
     # 4. Compression with error feedback (top-k 10 %, 8-bit) in sync mode, constant gradients,
     #    plain SGD: the parameters moved by exactly what was sent, i.e. lr * mean over workers of
     #    (steps * g - residual); without EF the residual is not kept (and the error is larger).
-    for codec in (ps.TopK(0.1), ps.Quantize(8), ps.Quantize(1)):
+    # TopK(0.5) on the 58-element shard sends exactly 58 float32: as many as dense.
+    for codec in (ps.TopK(0.1), ps.TopK(0.5), ps.Quantize(8), ps.Quantize(1)):
         model = _model()
         start = _flat(model)
         srv = ps.ParameterServer(model, lambda p: torch.optim.SGD(p, lr=LR), servers=[0], mode="ssp", staleness=0,
@@ -217,7 +218,7 @@ def test_async_waits_for_nobody_and_applies_every_push(cases):
     assert ahead >= 8, f"fast workers should run far ahead of the slow one in async mode, got {ahead}"
 
 
-@pytest.mark.parametrize("codec", ["top-k 0.1 with EF", "8-bit with EF", "1-bit with EF"])
+@pytest.mark.parametrize("codec", ["top-k 0.1 with EF", "top-k 0.5 with EF", "8-bit with EF", "1-bit with EF"])
 def test_compression_with_error_feedback_loses_nothing(cases, codec):
     got = [c[f"codec-{codec}"] for c in cases if f"codec-{codec}" in c]
     assert len(got) == 3
