@@ -306,6 +306,7 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
     sockaddr_in to{};
     int fd = -1;
     bool connected = false;
+    bool done = false;  // handshake complete: the fd belongs to peers_ now
     size_t wrote = 0;  // hello bytes sent
     Hello theirs{};
     size_t got = 0;  // hello bytes read
@@ -356,18 +357,17 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
     d.retryAt = Clock::now() + std::chrono::milliseconds(50);
   };
   size_t left = dials.size();
-  std::vector<bool> done(dials.size(), false);
   std::vector<pollfd> dialPfds;
   std::vector<size_t> polled;
   while (left > 0 && connectError.empty()) {
     const Deadline now = Clock::now();
     for (size_t i = 0; i < dials.size(); ++i)
-      if (!done[i] && dials[i].fd < 0 && now >= dials[i].retryAt) startDial(dials[i]);
+      if (!dials[i].done && dials[i].fd < 0 && now >= dials[i].retryAt) startDial(dials[i]);
     dialPfds.clear();
     polled.clear();
     Deadline wake = deadline;
     for (size_t i = 0; i < dials.size(); ++i) {
-      if (done[i]) continue;
+      if (dials[i].done) continue;
       Dial& d = dials[i];
       if (d.fd < 0) {
         wake = std::min(wake, d.retryAt);
@@ -379,7 +379,7 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
     }
     if (Clock::now() >= deadline) {
       for (size_t i = 0; i < dials.size(); ++i) {
-        if (done[i]) continue;
+        if (dials[i].done) continue;
         timedOut = true;
         connectError = strCat("agentcomm: cannot connect to rank ", dials[i].peer, " at ", dials[i].target, ":",
                               dials[i].port, ": ", dials[i].lastErr ? errnoText(dials[i].lastErr) : "no hello in time");
@@ -428,12 +428,12 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
       ::fcntl(d.fd, F_SETFL, ::fcntl(d.fd, F_GETFL) & ~O_NONBLOCK);  // the reader blocks
       peers_[d.peer]->fd = d.fd;
       d.fd = -1;
-      done[i] = true;
+      d.done = true;
       --left;
     }
   }
   for (size_t i = 0; i < dials.size(); ++i)
-    if (!done[i] && dials[i].fd >= 0) ::close(dials[i].fd);
+    if (!dials[i].done && dials[i].fd >= 0) ::close(dials[i].fd);
   if (!connectError.empty()) {
     stopAccepting.store(true);
     ::shutdown(lfd, SHUT_RDWR);  // wakes the acceptor's poll
