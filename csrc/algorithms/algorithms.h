@@ -12,6 +12,16 @@
 
 namespace agentcomm::algorithms {
 
+// Many ranks, small messages over TCP: from kLogStepMinRanks ranks on, messages
+// up to kLogStepMaxBytes take the log2(n)-step algorithms (recursive-doubling
+// all_reduce and reduce_scatter, binomial-tree broadcast, Bruck all_gather)
+// instead of n-1 direct messages or a ring's n-1 steps. Against the ring they win
+// while (2(n-1) - log2 n)*alpha > (log2 n - 2)*S/beta; at n = 64, alpha = 50 us,
+// beta = 1.25 GB/s that is S < 1.9 MB: 256 KiB keeps a wide margin.
+constexpr int kLogStepMinRanks = 17;
+constexpr size_t kLogStepMaxBytes = 256 * 1024;
+inline bool logStepApplies(size_t bytes, int n) { return n >= kLogStepMinRanks && bytes <= kLogStepMaxBytes; }
+
 enum class AllReduceAlgo { Auto, Ring, Direct, RecursiveDoubling, ShmFlat, ShmStaged, ShmCma, Hierarchical };
 
 struct AllReduceOptions {

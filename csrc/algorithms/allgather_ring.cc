@@ -13,8 +13,6 @@ namespace agentcomm::algorithms {
 
 namespace {
 constexpr uint64_t kPhaseBruck = 13;
-constexpr size_t kBruckMaxBytes = 256 * 1024;  // the whole result; see docs/algorithms.md
-constexpr int kBruckMinRanks = 17;
 
 // Bruck, Ho, Kipnis, Upfal and Weathersby (1997). This rank's scratch holds blocks
 // in the order r, r+1, ..., r+n-1 (mod n), packed. At distance d = 1, 2, 4, ... it
@@ -49,7 +47,7 @@ void allGather(Context& ctx, const AllGatherOptions& opts) {
   size_t total = 0;
   for (size_t c : opts.counts) total += c;
   if (Path p = choosePath(ctx, "all_gather", total * ctx.elemSize()); p != Path::Tcp) return allGatherShm(ctx, opts, p);
-  if (n >= kBruckMinRanks && total * ctx.elemSize() <= kBruckMaxBytes) return allGatherBruck(ctx, opts);
+  if (logStepApplies(total * ctx.elemSize(), n)) return allGatherBruck(ctx, opts);  // the whole result
   std::vector<uint8_t*> blocks(n);
   for (int k = 0; k < n; ++k) blocks[k] = static_cast<uint8_t*>(opts.outputs[k]);
   if (opts.input != opts.outputs[r] && opts.counts[r] > 0)

@@ -13,13 +13,8 @@ namespace agentcomm::algorithms {
 namespace {
 // TCP: direct exchange moves (n-1)*S bytes per rank but needs one hop; the
 // ring moves 2(n-1)/n*S in 2(n-1) hops. Below this size latency dominates.
+// From kLogStepMinRanks ranks on, recursive doubling instead (algorithms.h).
 constexpr size_t kDirectMaxBytes = 32 * 1024;
-constexpr int kDirectMaxRanks = 16;
-// Above kDirectMaxRanks, recursive doubling: log2(n) hops moving log2(n)*S
-// against the ring's 2(n-1) hops moving 2S. It wins while
-// (2(n-1) - log2 n)*alpha > (log2 n - 2)*S/beta; at n = 64, alpha = 50 us,
-// beta = 1.25 GB/s that is S < 1.9 MB: 256 KiB keeps a wide margin.
-constexpr size_t kRecursiveMaxBytes = 256 * 1024;
 // Shared memory: the flat algorithm reads n*S bytes per rank after one sync;
 // the staged one reads ~(2+1/n)*S after two. Measured crossover (bench/RESULTS.md).
 constexpr size_t kShmFlatMaxBytes = 32 * 1024;
@@ -40,10 +35,10 @@ constexpr Entry kTable[] = {
      }},
     {AllReduceAlgo::ShmStaged, [](size_t, int, const transport::ShmDomain* shm) { return shm != nullptr; }},
     {AllReduceAlgo::Direct, [](size_t bytes, int n, const transport::ShmDomain*) {
-       return bytes <= kDirectMaxBytes && n <= kDirectMaxRanks;
+       return bytes <= kDirectMaxBytes && n < kLogStepMinRanks;
      }},
     {AllReduceAlgo::RecursiveDoubling, [](size_t bytes, int n, const transport::ShmDomain*) {
-       return bytes <= kRecursiveMaxBytes && n > kDirectMaxRanks;
+       return logStepApplies(bytes, n);
      }},
     {AllReduceAlgo::Ring, [](size_t, int, const transport::ShmDomain*) { return true; }},
 };

@@ -1,5 +1,5 @@
-// Broadcast: small messages go root -> every rank directly (one hop) up to
-// kFlatMaxRanks ranks, and down a binomial tree beyond (ceil(log2 n) hops; the
+// Broadcast: small messages go root -> every rank directly (one hop) below
+// kLogStepMinRanks ranks (algorithms.h), and down a binomial tree from there (ceil(log2 n) hops; the
 // root sends log2 n messages, not n-1); large ones travel a chain root ->
 // root+1 -> ... in chunks, each rank forwarding a chunk as soon as it lands
 // (time ~ (n-2) * chunk + S at link speed).
@@ -14,7 +14,6 @@ namespace agentcomm::algorithms {
 namespace {
 constexpr uint64_t kPhaseBroadcast = 3;
 constexpr size_t kFlatMaxBytes = 64 * 1024;
-constexpr int kFlatMaxRanks = 16;
 
 // Binomial tree over positions relative to the root (MPICH's): position q
 // receives from q minus its lowest set bit, then sends to q + 2^k for every
@@ -43,7 +42,7 @@ void broadcast(Context& ctx, const BroadcastOptions& opts) {
   auto* data = static_cast<uint8_t*>(opts.data);
   if (n == 1) return;
   if (Path p = choosePath(ctx, "broadcast", opts.count * es); p != Path::Tcp) return broadcastShm(ctx, opts, p);
-  if (opts.count * es <= kFlatMaxBytes && n > kFlatMaxRanks) return broadcastTree(ctx, data, opts.count * es, opts.root);
+  if (opts.count * es <= kFlatMaxBytes && n >= kLogStepMinRanks) return broadcastTree(ctx, data, opts.count * es, opts.root);
   if (opts.count * es <= kFlatMaxBytes) {
     if (r == opts.root) {
       for (int k = 1; k < n; ++k) ctx.send((opts.root + k) % n, makeTag(kPhaseBroadcast, 0, 0), data, opts.count * es);

@@ -12,9 +12,6 @@
 namespace agentcomm::algorithms {
 
 namespace {
-constexpr size_t kLatencyMaxBytes = 256 * 1024;  // the whole input, as all_reduce's recursive doubling
-constexpr int kLatencyMinRanks = 17;
-
 void reduceScatterByAllReduce(Context& ctx, const ReduceScatterOptions& opts, size_t total) {
   const size_t es = ctx.elemSize();
   uint8_t* packed = Context::scratch(1, total * es);  // slot 0 is recursive doubling's
@@ -42,7 +39,7 @@ void reduceScatter(Context& ctx, const ReduceScatterOptions& opts) {
   if (Path p = choosePath(ctx, "reduce_scatter", total * ctx.elemSize()); p != Path::Tcp) {
     return reduceScatterShm(ctx, opts, p);
   }
-  if (n >= kLatencyMinRanks && total * ctx.elemSize() <= kLatencyMaxBytes) return reduceScatterByAllReduce(ctx, opts, total);
+  if (logStepApplies(total * ctx.elemSize(), n)) return reduceScatterByAllReduce(ctx, opts, total);  // whole input
   detail::RingBlocks rb;
   rb.counts = opts.counts;
   for (int k = 0; k < n; ++k) rb.inputs.push_back(static_cast<const uint8_t*>(opts.inputs[k]));
