@@ -3,7 +3,7 @@
     python bench/ps_pushpull.py [--numel 25000000] [--reps 10]
 
 Rank 0 serves one shard of ``numel`` float32 (plain SGD, so the server's optimizer step is
-one pass over the shard), rank 1 trains. Measured on the worker, median of ``reps``:
+one pass over the shard), rank 1 trains. Measured on the worker, median of ``reps`` (the upper one for an even count):
 
 * push: ``ps.push().wait()`` with the server idle -- the gradient received by the server (the
   send completes when the server has copied it out, by rendezvous inside a host), ``.grad``
@@ -19,23 +19,13 @@ Prints each one's GB/s (bytes of one direction / time) and push and pull as a fr
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.distributed as dist
 
 from agentcomm.bench import harness
+from agentcomm.bench.harness import median_seconds
 import agentcomm  # noqa: F401
-
-
-def _median(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def run(rank: int, world: int, args: argparse.Namespace) -> None:
@@ -51,23 +41,20 @@ def run(rank: int, world: int, args: argparse.Namespace) -> None:
         src, dst = torch.ones(args.numel), torch.empty(args.numel)
         for _ in range(2):  # warm: first touches, the rendezvous's first mapping
             ps.step()
-        def push(fresh: bool) -> float:
-            times = []
-            for _ in range(args.reps):
-                ps.pull().wait()  # the server is idle: its thread answers after the last apply
-                if fresh:
-                    p.grad = torch.ones_like(p)  # as after zero_grad() + backward: one pack copy
-                t0 = time.perf_counter()
-                ps.push().wait()
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times)
+        def idle_server(fresh: bool) -> None:
+            ps.pull().wait()  # the server is idle: its thread answers after the last apply
+            if fresh:
+                p.grad = torch.ones_like(p)  # as after zero_grad() + backward: one pack copy
+
+        def push() -> None:
+            ps.push().wait()
 
         row = {
-            "memcpy": _median(lambda: dst.copy_(src), args.reps),
-            "push": push(fresh=False),
-            "push+pack": push(fresh=True),
-            "pull": _median(lambda: ps.pull().wait(), args.reps),
-            "step": _median(ps.step, args.reps),
+            "memcpy": median_seconds(lambda: dst.copy_(src), args.reps),
+            "push": median_seconds(push, args.reps, before=lambda: idle_server(False)),
+            "push+pack": median_seconds(push, args.reps, before=lambda: idle_server(True)),
+            "pull": median_seconds(lambda: ps.pull().wait(), args.reps),
+            "step": median_seconds(ps.step, args.reps),
         }
         print(f"{args.numel:,} float32 ({nbytes / 1e6:.0f} MB), median of {args.reps}:")
         for name, s in row.items():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ def worker(backend: str, out: str) -> None:
     import torch.distributed as dist
 
     import agentcomm  # noqa: F401  registers the backend
+    from agentcomm.bench.harness import median_seconds
 
     torch.set_num_threads(1)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -65,13 +65,8 @@ def worker(backend: str, out: str) -> None:
     for key, numel, reps in (("allreduce_4k_us", 1024, 50), ("allreduce_16m_ms", 4 << 20, 5)):
         t = torch.ones(numel)
         dist.all_reduce(t)  # warm: first touch, first use of each connection
-        times = []
-        for _ in range(reps):
-            dist.barrier()
-            s = time.perf_counter()
-            dist.all_reduce(t)
-            times.append(time.perf_counter() - s)
-        row[key] = statistics.median(times) * (1e6 if key.endswith("_us") else 1e3)
+        row[key] = median_seconds(lambda: dist.all_reduce(t), reps, before=dist.barrier) * (
+            1e6 if key.endswith("_us") else 1e3)
     rows: list = [None] * world
     dist.all_gather_object(rows, row)
     if rank == 0:

@@ -237,6 +237,24 @@ def time_case(case: Case, iters: int, warmup: int, ref_group: dist.ProcessGroup,
     return float(samples.median())
 
 
+def median_seconds(fn: Callable[[], object], reps: int, before: Callable[[], object] | None = None) -> float:
+    """``fn``'s time, the median of ``reps`` calls (the upper one for an even count);
+    ``before``, when given, runs untimed ahead of each call (a barrier, a reset).
+
+    Example:
+        >>> median_seconds(lambda: sum(range(1000)), 5) > 0
+        True
+    """
+    times = []
+    for _ in range(reps):
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def spawn_local(fn: Callable[..., None], world: int, *args: Any) -> None:
     """Runs ``fn(rank, world, *args)`` on ``world`` local processes with an env://
     rendezvous on a free loopback port (what the examples and bench scripts share).

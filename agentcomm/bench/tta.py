@@ -38,6 +38,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from agentcomm.bench.harness import median_seconds
 from agentcomm.bench.tasks import TASKS, Task
 from agentcomm.emulate import index_value
 
@@ -170,20 +171,10 @@ def _wire_bytes() -> int:
         return 0
 
 
-def _median_seconds(fn: Callable[[], object], reps: int) -> float:
-    """``fn``'s time, the median of ``reps`` calls."""
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 def _latency_s(group: dist.ProcessGroup) -> float:
     """A 4-byte all_reduce's time on ``group`` (median of 30)."""
     t = torch.zeros(1)
-    return _median_seconds(lambda: dist.all_reduce(t, group=group), 30)
+    return median_seconds(lambda: dist.all_reduce(t, group=group), 30)
 
 
 def _compute_seconds(task: Task, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -196,7 +187,7 @@ def _compute_seconds(task: Task, x: torch.Tensor, y: torch.Tensor) -> float:
         torch.nn.functional.cross_entropy(model(x[:task.batch]), y[:task.batch]).backward()
         opt.step()
 
-    return _median_seconds(step, 20)
+    return median_seconds(step, 20)
 
 
 def run_strategy(cfg: dict, strategy: str, out: Path) -> None:
