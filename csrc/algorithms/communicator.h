@@ -75,6 +75,8 @@ class Communicator {
   int size() const { return size_; }
   const std::string& groupName() const { return options_.groupName; }
   std::chrono::milliseconds timeout() const { return options_.timeout; }
+  // The prefix of this group's bootstrap keys in its store.
+  const std::string& keyPrefix() const { return options_.keyPrefix; }
   size_t chunkBytes() const { return options_.chunkBytes; }
   // "shm+cma/tcp", "hierarchical(shm)/tcp", "tcp", "inproc", ...
   const std::string& pathName() const { return pathName_; }

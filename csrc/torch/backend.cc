@@ -8,6 +8,8 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+
 #include "core/cpu_budget.h"
 #include "core/error.h"
 #include "core/logging.h"
@@ -93,14 +95,15 @@ void withoutGil(const Fn& fn) {
 }  // namespace
 
 AgentBackend::AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
-                           std::chrono::milliseconds timeout, std::string groupName)
-    : c10d::Backend(rank, size), timeout_(timeout) {
+                           std::chrono::milliseconds timeout, std::string groupName, std::string keyPrefix)
+    : c10d::Backend(rank, size), store_(store), groupName_(groupName), timeout_(timeout) {
   static std::once_flag logRankOnce;  // the first group created is (nearly always) the default one
   std::call_once(logRankOnce, [rank] { setLogRank(rank); });
   StoreAdapter adapter(store);
   algorithms::CommunicatorOptions options;
   options.timeout = timeout;
   options.groupName = std::move(groupName);
+  options.keyPrefix = std::move(keyPrefix);
   try {
     comm_ = std::make_unique<algorithms::Communicator>(adapter, rank, size, std::move(options));
   } catch (const Error& e) {
@@ -129,6 +132,71 @@ void AgentBackend::shutdownNoGil() {
     scheduler_->stopCompleting();
     comm_->release();
   });
+}
+
+c10::intrusive_ptr<c10d::Backend::Options> AgentBackend::getBackendOptions() {
+  auto opts = c10::make_intrusive<Options>("agentcomm", timeout_);
+  opts->group_name = groupName_;
+  return opts;
+}
+
+c10::intrusive_ptr<c10d::Backend> AgentBackend::split(const c10::intrusive_ptr<c10d::Store>& store,
+                                                      const std::vector<int>& ranks,
+                                                      const c10::intrusive_ptr<Options>& opts) {
+  for (int r : ranks)
+    TORCH_CHECK_VALUE(r >= 0 && r < size_, "agentcomm split: rank ", r, " is not in this group of ", size_, " ranks");
+  const auto me = std::find(ranks.begin(), ranks.end(), rank_);
+  if (me == ranks.end()) return nullptr;
+  const auto timeout = opts ? opts->timeout : timeout_;
+  std::string name = opts && !opts->group_name.empty() ? opts->group_name : groupName_ + ":split";
+  // torch (2.13 and before) calls split once per device type this backend
+  // serves (cpu and cuda), with the same store: a second bootstrap there
+  // would read the first child's keys. The same split gets the same child.
+  std::string key = name;
+  for (int r : ranks) key += strCat(",", r);
+  std::lock_guard<std::mutex> lock(splitMu_);
+  auto it = splitChildren_.find(key);
+  if (it != splitChildren_.end()) {
+    if (auto alive = it->second.lock()) return alive;
+  }
+  c10::intrusive_ptr<AgentBackend> child;
+  withoutGil([&] {
+    child = c10::make_intrusive<AgentBackend>(store, static_cast<int>(me - ranks.begin()),
+                                              static_cast<int>(ranks.size()), timeout, std::move(name));
+  });
+  splitChildren_.insert_or_assign(key, c10::weak_intrusive_ptr<AgentBackend>(child));
+  return child;
+}
+
+c10::intrusive_ptr<c10d::Backend> AgentBackend::shrink(const std::vector<int64_t>& ranksToExclude, int shrinkFlags,
+                                                       const c10::intrusive_ptr<Options>& optsOverride) {
+  TORCH_CHECK_VALUE(!ranksToExclude.empty(), "agentcomm shrink: ranks_to_exclude is empty");
+  std::vector<bool> excluded(static_cast<size_t>(size_), false);
+  std::string names;
+  for (int64_t r : ranksToExclude) {
+    TORCH_CHECK_VALUE(r >= 0 && r < size_, "agentcomm shrink: rank ", r, " is not in this group of ", size_, " ranks");
+    TORCH_CHECK_VALUE(r != rank_, "agentcomm shrink: rank ", r,
+                      " excludes itself; only the remaining ranks call shrink_group");
+    TORCH_CHECK_VALUE(!excluded[static_cast<size_t>(r)], "agentcomm shrink: rank ", r, " is excluded twice");
+    excluded[static_cast<size_t>(r)] = true;
+    names += strCat(names.empty() ? "" : ",", r);
+  }
+  int newRank = 0;
+  for (int r = 0; r < rank_; ++r) newRank += excluded[static_cast<size_t>(r)] ? 0 : 1;
+  const int newSize = size_ - static_cast<int>(ranksToExclude.size());
+  if (shrinkFlags & 1) {  // SHRINK_ABORT
+    comm_->noteFailure(algorithms::FailureKind::Local);
+    comm_->abort("agentcomm: the process group was shrunk with SHRINK_ABORT");
+  }
+  const auto timeout = optsOverride ? optsOverride->timeout : timeout_;
+  std::string name = optsOverride && !optsOverride->group_name.empty() ? optsOverride->group_name
+                                                                       : groupName_ + ":shrunk";
+  const std::string prefix = strCat(comm_->keyPrefix(), "shrink", shrinks_.fetch_add(1) + 1, "-", names, "/");
+  c10::intrusive_ptr<AgentBackend> child;
+  withoutGil([&] {
+    child = c10::make_intrusive<AgentBackend>(store_, newRank, newSize, timeout, std::move(name), prefix);
+  });
+  return child;
 }
 
 void AgentBackend::abort() {

@@ -19,8 +19,10 @@
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -39,12 +41,32 @@ using transport::Deadline;
 
 class AgentBackend : public c10d::Backend {
  public:
+  // keyPrefix: the bootstrap's store keys (empty: storeKeyPrefix(); a shrunk
+  // group uses its own, beside its parent's keys in the same store).
   AgentBackend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size, std::chrono::milliseconds timeout,
-               std::string groupName);
+               std::string groupName, std::string keyPrefix = "");
   ~AgentBackend() override;
 
   const std::string getBackendName() const override { return "agentcomm"; }
   void setTimeout(std::chrono::milliseconds timeout) override { timeout_ = timeout; }
+  c10::intrusive_ptr<Options> getBackendOptions() override;
+
+  // torch's split_group / ProcessGroup.split_group: a new group of `ranks`
+  // (this group's ranks; null when this rank is not among them), bootstrapped
+  // through `store` as any new group (the parent stays usable).
+  bool supportsSplitting() const override { return true; }
+  c10::intrusive_ptr<c10d::Backend> split(const c10::intrusive_ptr<c10d::Store>& store, const std::vector<int>& ranks,
+                                          const c10::intrusive_ptr<Options>& opts) override;
+  // torch's shrink_group: the group without `ranksToExclude` (e.g. dead
+  // ranks), called by every remaining rank only. The new group bootstraps
+  // through this group's store under its own keys (the n-th shrink and the
+  // excluded ranks name them, so survivors that disagree time out instead of
+  // mixing); a store hosted by an excluded rank cannot serve it (TCPStore on
+  // rank 0: use torchrun's agent store). shrinkFlags & 1 (SHRINK_ABORT):
+  // abort this group first, failing its ops still blocked.
+  bool supportsShrinking() const override { return true; }
+  c10::intrusive_ptr<c10d::Backend> shrink(const std::vector<int64_t>& ranksToExclude, int shrinkFlags,
+                                           const c10::intrusive_ptr<Options>& optsOverride) override;
 
   c10::intrusive_ptr<c10d::Work> broadcast(std::vector<at::Tensor>& tensors, const c10d::BroadcastOptions& opts) override;
   c10::intrusive_ptr<c10d::Work> allreduce(std::vector<at::Tensor>& tensors, const c10d::AllreduceOptions& opts) override;
@@ -158,6 +180,11 @@ class AgentBackend : public c10d::Backend {
   c10::intrusive_ptr<AgentWork> postRecv(Tensors& tensors, int srcRank, int tag);
   void shutdownNoGil();
 
+  c10::intrusive_ptr<c10d::Store> store_;  // the bootstrap's, kept for shrink()
+  std::string groupName_;
+  std::atomic<int> shrinks_{0};
+  std::mutex splitMu_;  // splitChildren_
+  std::map<std::string, c10::weak_intrusive_ptr<AgentBackend>> splitChildren_;  // by name and ranks  // how often this group was shrunk: names the next one's keys
   std::unique_ptr<algorithms::Communicator> comm_;
   std::unique_ptr<Scheduler> scheduler_;
   std::chrono::milliseconds timeout_;

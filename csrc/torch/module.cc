@@ -24,6 +24,11 @@ PYBIND11_MODULE(_C, m) {
            }),
            py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("timeout_seconds"), py::arg("group_name") = "",
            py::call_guard<py::gil_scoped_release>())
+      // torch's split_group deep-copies `options` into the new group's; torch's
+      // Options object cannot be copied, and None makes splitGroup ask
+      // getBackendOptions() (this group's timeout and name) instead.
+      .def_property_readonly("options", [](const AgentBackend&) { return py::none(); },
+                             "None: split_group then takes this group's timeout and name")
       .def_property_readonly("transport", &AgentBackend::transportName)
       .def_property_readonly("local_ranks", &AgentBackend::localRanks,
                              "this group's ranks on this host (host name, boot id and network namespace match), ascending")

@@ -229,3 +229,90 @@ def test_abort_from_another_thread_ends_a_blocked_all_reduce(transport):
     assert r0["latency"] < 1.0, r0
     assert "aborted by the user" in r0["after"]
     assert r1["peer_after"] and "aborted" in r1["peer_after"], r1
+
+
+# ----------------------------------------------------------------- shrink and split
+
+def shrink_case(rank: int, world: int, transport: str) -> dict:
+    """The last rank dies; the others see the failure, shrink the world without it and go on; then
+    they shrink once more (new rank 1 leaves) and check the rank numbering and the sums each time."""
+    dist.init_process_group("agentcomm", timeout=timedelta(seconds=20))
+    b = _backend(dist.group.WORLD)
+    out: dict = {"supports": (b.supports_shrinking, b.supports_splitting)}
+    dist.all_reduce(torch.ones(4))
+    if rank == world - 1:
+        time.sleep(0.2)
+        os._exit(1)  # killed: no goodbye to the peers
+    try:
+        dist.all_reduce(torch.ones(1 << 12))  # the dead rank never joins
+        out["failed"] = ""
+    except Exception as e:  # noqa: BLE001
+        out["failed"] = str(e)
+    with pytest.raises(ValueError, match="excludes itself"):
+        b.shrink([rank], 0, None)
+    dist.shrink_group([world - 1], shrink_flags=1)  # SHRINK_ABORT; the default group is replaced
+    out["rank1"], out["size1"] = dist.get_rank(), dist.get_world_size()
+    t = torch.full((1001,), float(rank + 1))
+    dist.all_reduce(t)
+    out["sum1"] = t[0].item()
+    if dist.get_rank() == 1:
+        dist.barrier()  # the others' shrink may begin while this rank is still here
+        return out
+    dist.barrier()
+    dist.shrink_group([1])
+    out["rank2"], out["size2"] = dist.get_rank(), dist.get_world_size()
+    t = torch.full((7,), float(rank + 1), dtype=torch.float64)
+    dist.all_reduce(t)
+    out["sum2"] = t[0].item()
+    return out
+
+
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
+def test_shrink_group_after_a_rank_dies(transport):
+    world = 4
+    env = {"AGENTCOMM_SHM": "0"} if transport == "tcp" else {}
+    outs = run_world(shrink_case, world, transport, timeout=180, env=env, allow_exit=(world - 1,))
+    assert outs[world - 1] is None
+    for rank, out in enumerate(outs[: world - 1]):
+        assert out["supports"] == (True, True)
+        assert out["failed"], out  # the lost peer was reported, not waited for forever
+        assert (out["rank1"], out["size1"]) == (rank, world - 1)
+        assert out["sum1"] == sum(r + 1 for r in range(world - 1))  # 1 + 2 + 3
+        if rank != 1:
+            assert (out["rank2"], out["size2"]) == ([0, None, 1][rank], 2)
+            assert out["sum2"] == 1 + 3  # old ranks 0 and 2
+
+
+def split_case(rank: int, world: int) -> dict:
+    """ProcessGroup.split_group (what torch's split_group calls once a device is bound): {0, 2} and {1, 3}."""
+    dist.init_process_group("agentcomm", timeout=timedelta(seconds=30))
+    pg = dist.group.WORLD
+    mine = [0, 2] if rank % 2 == 0 else [1, 3]
+    sub = pg.split_group(mine, timeout=timedelta(seconds=20))
+    b = sub._get_backend(torch.device("cpu"))
+    t = torch.full((65541,), float(rank + 1))
+    sub.allreduce([t]).wait()
+    out = {"rank": sub.rank(), "size": sub.size(), "sum": t[0].item(), "type": type(b).__name__,
+           "name": sub.group_name}
+    # A rank left out of the split gets no group; the parent still works.
+    three = pg.split_group([0, 1, 2], timeout=timedelta(seconds=20))
+    out["left_out"] = three is None
+    if three is not None:
+        u = torch.ones(3, dtype=torch.int64)
+        three.allreduce([u]).wait()
+        out["three_sum"] = u[0].item()
+    v = torch.full((3,), float(rank + 1))
+    dist.all_reduce(v)
+    out["parent_sum"] = v[0].item()
+    return out
+
+
+def test_split_group():
+    outs = run_world(split_case, 4, timeout=120)
+    for rank, out in enumerate(outs):
+        assert (out["rank"], out["size"]) == (rank // 2, 2)
+        assert out["sum"] == (1 + 3 if rank % 2 == 0 else 2 + 4)
+        assert out["type"] == "ProcessGroupAgentComm" and out["name"], out
+        assert out["left_out"] == (rank == 3)
+        assert out.get("three_sum") == (3 if rank < 3 else None)
+        assert out["parent_sum"] == 1 + 2 + 3 + 4
