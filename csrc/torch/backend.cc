@@ -126,6 +126,7 @@ void AgentBackend::shutdown() {
 void AgentBackend::shutdownNoGil() {
   std::call_once(shutdownOnce_, [this] {
     scheduler_->stopIssuing();
+    if (cudaMade_.load()) cuda_->stopWatching();  // before the group it would fail goes
     // Fails receives still posted (their completions drain below), without
     // telling peers: they see our sockets close.
     comm_->shutdown();
@@ -271,7 +272,7 @@ c10::intrusive_ptr<AgentWork> AgentBackend::enqueueCollective(c10d::OpType type,
 #ifndef AGENTCOMM_WITH_CUDA
 bool cudaBuilt() { return false; }
 void* currentCudaStream(const at::Tensor&) { return nullptr; }
-std::unique_ptr<CudaContext> makeCudaContext(int, int) {
+std::unique_ptr<CudaContext> makeCudaContext(int, int, GroupLink) {
   TORCH_CHECK(false, "agentcomm was built without CUDA support (against a torch without CUDA): reinstall it "
                      "with `pip install --no-build-isolation .` under a CUDA build of torch, or move the tensors "
                      "to the CPU");
@@ -279,7 +280,15 @@ std::unique_ptr<CudaContext> makeCudaContext(int, int) {
 #endif
 
 CudaContext& AgentBackend::cuda() {
-  std::call_once(cudaOnce_, [&] { cuda_ = makeCudaContext(rank_, size_); });
+  std::call_once(cudaOnce_, [&] {
+    GroupLink group{[this] { return comm_->failure(); },
+                    [this](const std::string& why) {
+                      comm_->noteFailure(algorithms::FailureKind::Timeout);
+                      comm_->abort(why);
+                    }};
+    cuda_ = makeCudaContext(rank_, size_, std::move(group));
+    cudaMade_.store(true);
+  });
   return *cuda_;
 }
 

@@ -190,6 +190,7 @@ class AgentBackend : public c10d::Backend {
   std::chrono::milliseconds timeout_;
   std::once_flag cudaOnce_;
   std::unique_ptr<CudaContext> cuda_;
+  std::atomic<bool> cudaMade_{false};  // cuda_ is set (shutdown may race a first CUDA op)
   std::once_flag shutdownOnce_;
 };
 

@@ -79,6 +79,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduceOnDevice(const at::Tensor&
     // Every rank of the group is on this host: reduce on the device over CUDA IPC.
     const FinalScale scale = rop == ReduceOp::Avg ? FinalScale::divide(size_) : FinalScale::none();
     StagePtr stage = cuda().streamStage(ct);
+    const auto timeout = opts.timeout == c10d::kUnsetTimeout ? timeout_ : opts.timeout;
     return enqueueCollective(c10d::OpType::ALLREDUCE, "agentcomm:all_reduce", {ct}, opts.timeout,
                              [=, this](Deadline d) {
                                auto exchange = [&](const void* mine, void* all, size_t bytes) {
@@ -90,7 +91,7 @@ c10::intrusive_ptr<c10d::Work> AgentBackend::allreduceOnDevice(const at::Tensor&
                                  }
                                  comm_->allGather(o, DataType::UInt8, d);
                                };
-                               cuda().allReduce(ct, rop, scale, *stage, exchange);
+                               cuda().allReduce(ct, rop, scale, *stage, exchange, timeout);
                              },
                              false, stage);
   }

@@ -11,12 +11,19 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
+#include <thread>
 #include <unordered_set>
 
 #include "algorithms/device_peers.h"
+#include "core/env.h"
+#include "core/error.h"
 #include "core/logging.h"
 #include "kernels/cuda/kernels_cuda.h"
 
@@ -222,6 +229,131 @@ class Stage final : public CudaStage {
   bool pipelined_ = false;
 };
 
+// Watches the device part of the ops that wait on other processes' events
+// (cuda_support.h, CudaContext::allReduce): one event per op, recorded on the
+// internal stream behind everything the op queued, polled by one thread (a
+// millisecond apart; it sleeps while nothing is watched). Events of one stream
+// complete in order, so only the oldest is polled.
+class DeviceWatch {
+ public:
+  using Clock = std::chrono::steady_clock;
+  // How long device work may stay queued once the group has failed (a peer
+  // lost, abort()) before it is declared stuck: a peer that died after its
+  // part ran lets ours finish within this.
+  static constexpr std::chrono::seconds kStuckGrace{5};
+  enum class OnStuck { Exit, Abort };
+
+  DeviceWatch(GroupLink group, OnStuck onStuck) : group_(std::move(group)), onStuck_(onStuck) {}
+  ~DeviceWatch() { stop(); }
+
+  // Worker thread: watch what `stream` has queued so far (one op: `what`).
+  void add(int device, cudaStream_t stream, std::chrono::milliseconds timeout, std::string what) {
+    cudaEvent_t ev = nullptr;
+    check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate (watch)");
+    check(cudaEventRecord(ev, stream), "record (watch)");
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopped_) {
+      cudaEventDestroy(ev);
+      return;
+    }
+    entries_.push_back(Entry{ev, device, Clock::now() + timeout, std::min<std::chrono::milliseconds>(timeout, kStuckGrace),
+                             std::move(what)});
+    if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
+    cv_.notify_one();
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopped_) return;
+      stopped_ = true;
+      cv_.notify_one();
+    }
+    if (thread_.joinable()) thread_.join();
+    // Entries left are dropped; their events are not destroyed (the device
+    // may still be waiting to record them; a destroy then is harmless but a
+    // stuck stream gains nothing from it).
+  }
+
+ private:
+  struct Entry {
+    cudaEvent_t ev;
+    int device;
+    Clock::time_point deadline;
+    std::chrono::milliseconds grace;
+    std::string what;
+  };
+
+  void loop() {
+    std::optional<Clock::time_point> failedAt;
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stopped_) {
+      if (entries_.empty()) {
+        cv_.wait(lock, [&] { return stopped_ || !entries_.empty(); });
+        continue;
+      }
+      Entry& e = entries_.front();
+      lock.unlock();
+      cudaSetDevice(e.device);
+      const cudaError_t q = cudaEventQuery(e.ev);
+      const auto now = Clock::now();
+      std::string why;
+      if (q == cudaSuccess) {
+        cudaEventDestroy(e.ev);
+      } else if (q != cudaErrorNotReady) {
+        why = strCat("the device reported an error (", cudaGetErrorString(q), ")");
+      } else if (now > e.deadline) {
+        why = "it has not finished within the op's timeout";
+      } else if (auto failure = group_.failure()) {
+        if (!failedAt) failedAt = now;
+        if (now - *failedAt > e.grace)
+          why = strCat("it has not finished ", e.grace.count(), " ms after the group failed (", *failure, ")");
+      }
+      if (!why.empty()) stuck(e, why);  // returns only for OnStuck::Abort
+      lock.lock();
+      if (q == cudaSuccess) {
+        entries_.pop_front();
+      } else if (!why.empty()) {
+        entries_.clear();  // the group is failed now; nothing queued after it can finish either
+      } else {
+        cv_.wait_for(lock, std::chrono::milliseconds(1), [&] { return stopped_; });
+      }
+    }
+  }
+
+  void stuck(const Entry& e, const std::string& why) {
+    const std::string text = strCat(
+        "agentcomm: ", e.what, " on cuda:", e.device, " is stuck on the device: ", why,
+        ". Its stream waits for events of the group's other processes (CUDA IPC), so a peer died or stopped "
+        "after the exchange; a wait queued on the device cannot be cancelled, and every stream that waits for "
+        "this result is blocked with it. ",
+        onStuck_ == OnStuck::Exit ? "Ending the process (AGENTCOMM_CUDA_STUCK=exit; torchrun restarts it; "
+                                    "=abort fails the group instead and leaves the process to you)"
+                                  : "The group is failed (AGENTCOMM_CUDA_STUCK=abort); end this process to free the GPU");
+    AC_LOG(Warn, text);
+    if (onStuck_ == OnStuck::Exit) {
+      std::fflush(nullptr);
+      std::abort();
+    }
+    group_.fail(text);
+  }
+
+  const GroupLink group_;
+  const OnStuck onStuck_;
+  std::mutex mu_;  // entries_, stopped_, thread_ (start)
+  std::condition_variable cv_;
+  std::deque<Entry> entries_;
+  bool stopped_ = false;
+  std::thread thread_;
+};
+
+DeviceWatch::OnStuck onStuckSetting() {
+  const char* v = envText("AGENTCOMM_CUDA_STUCK");
+  if (v == nullptr || std::strcmp(v, "exit") == 0) return DeviceWatch::OnStuck::Exit;
+  if (std::strcmp(v, "abort") == 0) return DeviceWatch::OnStuck::Abort;
+  TORCH_CHECK_VALUE(false, "AGENTCOMM_CUDA_STUCK=", v, " is not a choice: exit (the default) or abort");
+}
+
 // What every rank publishes per all-reduce: where its tensor lives (an IPC
 // handle of the allocation it belongs to, and the offset in it), its events,
 // and what it passes, so that disagreeing ranks fail instead of corrupting.
@@ -240,9 +372,10 @@ std::string bytesKey(const void* p, size_t n) { return std::string(static_cast<c
 
 class Context final : public CudaContext {
  public:
-  Context(int rank, int size) : rank_(rank), size_(size) {}
+  Context(int rank, int size, GroupLink group) : rank_(rank), size_(size), watch_(std::move(group), onStuckSetting()) {}
 
   ~Context() override {
+    watch_.stop();
     for (auto& [key, ptr] : mapped_) cudaIpcCloseMemHandle(ptr);
     for (auto& [key, ev] : peerEvents_) cudaEventDestroy(ev);
     // The internal streams are never destroyed: the caching allocator keeps
@@ -291,8 +424,10 @@ class Context final : public CudaContext {
            (c == ReduceOp::Sum || c == ReduceOp::Product || c == ReduceOp::Min || c == ReduceOp::Max);
   }
 
-  void allReduce(const at::Tensor& t, ReduceOp op, FinalScale scale, CudaStage& stage,
-                 const Exchange& exchange) override {
+  void stopWatching() override { watch_.stop(); }
+
+  void allReduce(const at::Tensor& t, ReduceOp op, FinalScale scale, CudaStage& stage, const Exchange& exchange,
+                 std::chrono::milliseconds timeout) override {
     c10::cuda::CUDAGuard guard(t.device());
     cudaStream_t st = static_cast<cudaStream_t>(stage.stream());
     Mine& mine = mineFor(t.device());
@@ -360,6 +495,8 @@ class Context final : public CudaContext {
     exchange(&token, tokens.data(), sizeof token);
     for (int r : plan.leaders)
       if (r != rank_) check(cudaStreamWaitEvent(st, peerEvent(all[static_cast<size_t>(r)].done), 0), "wait (peer done)");
+    watch_.add(t.device().index(), st, timeout,
+               strCat("all_reduce #", ++ops_, " over CUDA IPC (", t.numel(), " elements)"));
   }
 
  private:
@@ -443,6 +580,8 @@ class Context final : public CudaContext {
   std::map<int, Mine> mine_;
   std::map<std::string, void*> mapped_;
   std::map<std::string, cudaEvent_t> peerEvents_;
+  uint64_t ops_ = 0;  // IPC all-reduces so far, for the watch's messages
+  DeviceWatch watch_;
 };
 
 }  // namespace
@@ -451,6 +590,8 @@ void* currentCudaStream(const at::Tensor& t) {
   return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
 }
 
-std::unique_ptr<CudaContext> makeCudaContext(int rank, int size) { return std::make_unique<Context>(rank, size); }
+std::unique_ptr<CudaContext> makeCudaContext(int rank, int size, GroupLink group) {
+  return std::make_unique<Context>(rank, size, std::move(group));
+}
 
 }  // namespace agentcomm::torch_adapter

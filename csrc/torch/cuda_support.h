@@ -30,8 +30,10 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/ivalue.h>
 
+#include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -118,8 +120,31 @@ class CudaContext {
   // any rank cannot export its tensor's memory, every rank raises
   // the same clear error (set AGENTCOMM_CUDA_IPC=0 to stage through host
   // memory), so the ranks never disagree on the path.
+  //
+  // The leaders' kernels wait on the device for the peers' "ready" events and
+  // every rank's stream for the leaders' "done" events: waits on other
+  // processes that cannot be cancelled once queued. A peer that dies or stops
+  // after the exchange would leave this process's stream (and every stream
+  // that waits for its results) blocked for good. So each such op is watched
+  // until its device part finishes: if it has not finished `timeout` after
+  // it was queued, or some seconds (kStuckGrace, at most `timeout`) after the
+  // group failed (a peer lost, abort()), the op is declared stuck:
+  // AGENTCOMM_CUDA_STUCK=exit (the default, as NCCL's watchdog under torch)
+  // logs why and ends the process (abort(): torchrun restarts it; the blocked
+  // stream cannot be freed otherwise); =abort fails the group with that text
+  // instead (every later op raises it) and leaves the process to the caller.
+  // A CUDA error seen there is reported the same way.
   virtual void allReduce(const at::Tensor& t, ReduceOp op, FinalScale scale, CudaStage& stage,
-                         const Exchange& exchange) = 0;
+                         const Exchange& exchange, std::chrono::milliseconds timeout) = 0;
+  // Stops watching (shutdown: the group is going away; what is queued is dropped).
+  virtual void stopWatching() = 0;
+};
+
+// What the CUDA side needs of its group: its failure so far (none: nullopt),
+// and a way to fail it with a text (sticky; tells the peers).
+struct GroupLink {
+  std::function<std::optional<std::string>()> failure;
+  std::function<void(const std::string&)> fail;
 };
 
 // The current CUDA stream (a cudaStream_t) of t's device, for kernels queued
@@ -127,6 +152,6 @@ class CudaContext {
 void* currentCudaStream(const at::Tensor& t);
 
 // Throws (RuntimeError naming the cause) if this build has no CUDA support.
-std::unique_ptr<CudaContext> makeCudaContext(int rank, int size);
+std::unique_ptr<CudaContext> makeCudaContext(int rank, int size, GroupLink group);
 
 }  // namespace agentcomm::torch_adapter

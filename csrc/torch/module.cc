@@ -29,6 +29,12 @@ PYBIND11_MODULE(_C, m) {
       // getBackendOptions() (this group's timeout and name) instead.
       .def_property_readonly("options", [](const AgentBackend&) { return py::none(); },
                              "None: split_group then takes this group's timeout and name")
+      // torch's new_group asks the default group's backend, when that can
+      // split and a device is bound, to take part in a split that leaves this
+      // rank out (ncclCommSplit needs every rank). A new group here
+      // bootstraps through the store among its members only: nothing to do.
+      .def("perform_nocolor_split", [](AgentBackend&, const py::object&) {}, py::arg("device"),
+           "no-op: a rank outside a new group takes no part in making it")
       .def_property_readonly("transport", &AgentBackend::transportName)
       .def_property_readonly("local_ranks", &AgentBackend::localRanks,
                              "this group's ranks on this host (host name, boot id and network namespace match), ascending")

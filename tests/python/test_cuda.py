@@ -15,7 +15,10 @@ Without a GPU (or with a build lacking CUDA) the module skips and says why.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -319,6 +322,104 @@ def test_averagers_on_cuda() -> None:
     for r in run_world(_averaging_body, 4, timeout=300):
         for name, err in r.items():
             assert err < 1e-6, (name, r)
+
+
+def _split_shrink_body(rank: int, world: int) -> dict:
+    """A device-bound world of 3: new_group without a rank (torch asks that rank for a "nocolor
+    split"), split_group into {0, 2} and {1}, then shrink_group without rank 2."""
+    dev = torch.device("cuda", 0)
+    torch.cuda.set_device(dev)
+    dist.init_process_group("agentcomm", device_id=dev, timeout=timedelta(seconds=60))
+    out: dict = {}
+    g01 = dist.new_group([0, 1])
+    if rank < 2:
+        x = torch.full((1000,), float(rank + 1), device=dev)
+        dist.all_reduce(x, group=g01)
+        out["g01"] = x[0].item()
+    sub = dist.split_group(split_ranks=[[0, 2], [1]])
+    x = torch.full((65541,), float(rank + 1), device=dev)
+    dist.all_reduce(x, group=sub)
+    out["split"] = (dist.get_rank(sub), dist.get_world_size(sub), x[0].item())
+    dist.barrier()
+    if rank == 2:
+        return out  # leaves; the others shrink the world without it
+    dist.shrink_group([2])
+    x = torch.full((4097,), float(rank + 1), device=dev)
+    dist.all_reduce(x)
+    out["shrunk"] = (dist.get_rank(), dist.get_world_size(), x[0].item())
+    return out
+
+
+def test_split_and_shrink_on_cuda() -> None:
+    outs = run_world(_split_shrink_body, 3, timeout=240)
+    assert [o.get("g01") for o in outs] == [3.0, 3.0, None]
+    assert [o["split"] for o in outs] == [(0, 2, 4.0), (0, 1, 2.0), (1, 2, 4.0)]
+    assert [o.get("shrunk") for o in outs] == [(0, 2, 3.0), (1, 2, 3.0), None]
+
+
+def _stuck_body(rank: int, world: int) -> dict:
+    """Rank 1 dies after the exchange of an IPC all_reduce whose input its stream has not reached
+    (a long kernel queued before it): rank 0's stream waits for its "ready" event."""
+    dev = torch.device("cuda", 0)
+    torch.cuda.set_device(dev)
+    dist.init_process_group("agentcomm", timeout=timedelta(seconds=20))
+    x = torch.ones(1 << 20, device=dev)
+    dist.all_reduce(x)
+    torch.cuda.synchronize()
+    dist.barrier()
+    if rank == 1:
+        torch.cuda._sleep(4_000_000_000)  # ~2 s of the GPU's clock
+        dist.all_reduce(x, async_op=True)
+        time.sleep(0.5)  # the exchange is over; the kernel and the "ready" event are still queued
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.all_reduce(x, async_op=True).wait()  # returns once queued; the current stream waits on the device
+    done = torch.cuda.Event()
+    done.record()
+    b = dist.group.WORLD._get_backend(dev)
+    t0 = time.monotonic()
+    out = {"finished": False, "error": None}
+    while time.monotonic() - t0 < 40:
+        out["error"] = b.error()
+        if done.query():
+            out["finished"] = True
+            break
+        if out["error"] and "stuck on the device" in out["error"]:
+            break
+        time.sleep(0.05)
+    out["seconds"] = time.monotonic() - t0
+    try:
+        dist.all_reduce(torch.ones(3, device=dev))
+        out["next"] = ""
+    except Exception as e:  # noqa: BLE001
+        out["next"] = str(e)
+    return out
+
+
+def test_a_peer_dying_inside_an_ipc_all_reduce_is_reported() -> None:
+    """The device wait on a dead peer's event is watched: the survivor's group fails with a clear
+    error (AGENTCOMM_CUDA_STUCK=abort) instead of its stream hanging silently; or the device work
+    finished (the driver completed the dead peer's work), and the next op fails as after any loss."""
+    outs = run_world(_stuck_body, 2, timeout=180, env={"AGENTCOMM_CUDA_STUCK": "abort"}, allow_exit=(0, 1))
+    r0 = outs[0]
+    if r0 is None:
+        pytest.fail("rank 0 exited without a result (see its output)")
+    print(r0)
+    assert r0["finished"] or "stuck on the device" in (r0["error"] or ""), r0
+    assert r0["next"], r0  # the group is failed either way: the peer is gone
+
+
+def _first_cuda_op_error(rank: int, world: int) -> str:
+    _init(rank)
+    try:
+        dist.all_reduce(torch.ones(10, device="cuda:0"))
+        return ""
+    except Exception as e:  # noqa: BLE001
+        return str(e)
+
+
+def test_bad_cuda_stuck_setting_is_named() -> None:
+    for msg in run_world(_first_cuda_op_error, 2, timeout=120, env={"AGENTCOMM_CUDA_STUCK": "sometimes"}):
+        assert "AGENTCOMM_CUDA_STUCK=sometimes" in msg, msg
 
 
 def test_kernels_on_cuda_match_cpu() -> None:
