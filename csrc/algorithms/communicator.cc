@@ -130,7 +130,7 @@ void Communicator::bootstrap(transport::Store& store) {
 // The receiving half of the rendezvous protocol, and the failure listener:
 // set before the first peer can send anything our way.
 void Communicator::startRendezvous() {
-  answers_.start([this](std::function<void()>& answer) {
+  answers_.start("ac_answers", [this](std::function<void()>& answer) {
     try {
       answer();
     } catch (const std::exception& e) {  // the offering peer is gone or the group failed: it learns that way

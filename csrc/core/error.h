@@ -1,6 +1,7 @@
 #pragma once
 // Errors raised by the core. The torch adapter maps each kind to the matching
 // Python exception (ValueError, TypeError, DistBackendError, timeout).
+#include <cstring>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -42,6 +43,9 @@ std::string strCat(const Args&... args) {
   (ss << ... << args);
   return ss.str();
 }
+
+// strerror(err) and the number: "Connection refused (errno 111)".
+inline std::string errnoText(int err) { return strCat(std::strerror(err), " (errno ", err, ")"); }
 
 }  // namespace agentcomm
 

@@ -5,6 +5,9 @@
 // waits for the inline job). Used for sends, completions and rendezvous
 // answers, each of which must never wait behind the others.
 //
+// The thread starts with the first job pushed (a lane that only ever runs
+// inline, or never, costs no thread: a process with many groups keeps few).
+//
 // Invariants: at most one job runs at a time (busy_); a job pushed after
 // stop(), or left queued by stop(false), is never run: `drop` receives it
 // (on the pushing or stopping thread) so that its owner can fail it.
@@ -13,6 +16,8 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+
+#include "core/thread_name.h"
 
 namespace agentcomm {
 
@@ -24,11 +29,12 @@ class Lane {
   Lane& operator=(const Lane&) = delete;
   ~Lane() { stop(false); }
 
-  // exec runs each job on the lane's thread; drop gets the jobs that never run.
-  void start(std::function<void(Job&)> exec, std::function<void(Job&)> drop = {}) {
+  // exec runs each job on the lane's thread (named `name`, at most 15
+  // characters); drop gets the jobs that never run. Call once, before any push.
+  void start(const char* name, std::function<void(Job&)> exec, std::function<void(Job&)> drop = {}) {
+    name_ = name;
     exec_ = std::move(exec);
     drop_ = std::move(drop);
-    thread_ = std::thread([this] { loop(); });
   }
 
   void push(Job job) {
@@ -36,6 +42,7 @@ class Lane {
       std::lock_guard<std::mutex> lock(mu_);
       if (!stopping_) {
         queue_.push_back(std::move(job));
+        if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
         cv_.notify_one();
         return;
       }
@@ -69,6 +76,7 @@ class Lane {
       if (!drain) left.swap(queue_);
       cv_.notify_all();
     }
+    // thread_ is only set under mu_ before stopping_ (push): seen here.
     if (thread_.joinable()) thread_.join();
     if (drop_)
       for (auto& job : left) drop_(job);
@@ -76,6 +84,7 @@ class Lane {
 
  private:
   void loop() {
+    nameThisThread(name_);
     while (true) {
       Job job;
       {
@@ -97,7 +106,8 @@ class Lane {
   std::deque<Job> queue_;
   bool stopping_ = false;
   bool busy_ = false;  // a job runs (on the lane's thread or inline)
-  std::thread thread_;
+  std::thread thread_;  // started by the first push (under mu_)
+  const char* name_ = "ac_lane";
   std::function<void(Job&)> exec_;
   std::function<void(Job&)> drop_;
 };

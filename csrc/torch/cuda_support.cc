@@ -25,6 +25,7 @@
 #include "core/env.h"
 #include "core/error.h"
 #include "core/logging.h"
+#include "core/thread_name.h"
 #include "kernels/cuda/kernels_cuda.h"
 
 namespace agentcomm::torch_adapter {
@@ -258,7 +259,10 @@ class DeviceWatch {
     }
     entries_.push_back(Entry{ev, device, Clock::now() + timeout, std::min<std::chrono::milliseconds>(timeout, kStuckGrace),
                              std::move(what)});
-    if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
+    if (!thread_.joinable()) thread_ = std::thread([this] {
+      nameThisThread("ac_cuda_watch");
+      loop();
+    });
     cv_.notify_one();
   }
 

@@ -1,5 +1,7 @@
 #include "torch/scheduler.h"
 
+#include "core/thread_name.h"
+
 namespace agentcomm::torch_adapter {
 
 namespace {
@@ -17,9 +19,8 @@ Scheduler::Scheduler(std::function<std::exception_ptr()> shutdownError) : shutdo
   auto fail = [this](ScheduledOp& op) {
     if (op.complete) op.complete(shutdownError_());
   };
-  worker_ = std::thread([this] { workerLoop(); });
-  sends_.start(runOp, fail);
-  completions_.start(runOp, fail);
+  sends_.start("ac_sends", runOp, fail);
+  completions_.start("ac_completions", runOp, fail);
 }
 
 Scheduler::~Scheduler() {
@@ -33,6 +34,7 @@ void Scheduler::CompletionPool::submit(std::function<void()> task) {
   if (idle_ == 0) {
     // Every thread is busy (possibly blocked inside a callback): add one.
     threads_.emplace_back([this] {
+      nameThisThread("ac_callbacks");
       std::unique_lock<std::mutex> lk(mu_);
       while (true) {
         if (tasks_.empty()) {
@@ -146,6 +148,12 @@ void Scheduler::collective(ScheduledOp op, bool mayInline) {
     if (stopping_) std::rethrow_exception(shutdownError_());
     Node* parent = (tlScheduler == this && tlParent != nullptr) ? static_cast<Node*>(tlParent) : &root_;
     parent->children.push_back(std::move(node));
+    // The worker starts with the first op that is not run inline (a group
+    // used only by blocking calls never needs one).
+    if (!worker_.joinable()) worker_ = std::thread([this] {
+      nameThisThread("ac_worker");
+      workerLoop();
+    });
   }
   cv_.notify_all();
 }
@@ -162,7 +170,7 @@ void Scheduler::stopIssuing() {
     stopping_ = true;
     cv_.notify_all();
   }
-  if (worker_.joinable()) worker_.join();
+  if (worker_.joinable()) worker_.join();  // set under mu_ before stopping_: seen here
   completionPool_.stop();
   sends_.stop(false);
 }

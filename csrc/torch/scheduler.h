@@ -104,7 +104,7 @@ class Scheduler {
   bool stopping_ = false;
   bool workerBusy_ = false;     // the worker runs a node or waits on its subtree
   bool inlineRunning_ = false;  // a caller is running an op inline
-  std::thread worker_;
+  std::thread worker_;  // started (under mu_) by the first op queued for it
   CompletionPool completionPool_;
   Lane<ScheduledOp> sends_;
   Lane<ScheduledOp> completions_;

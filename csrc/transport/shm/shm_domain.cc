@@ -51,7 +51,6 @@ std::atomic<size_t> gMappedBytes{0};
 
 size_t roundUp(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
-std::string errnoText(int err) { return strCat(std::strerror(err), " (errno ", err, ")"); }
 
 long futexWait(std::atomic<uint32_t>* addr, uint32_t expected, long timeoutNs) {
   timespec ts{static_cast<time_t>(timeoutNs / 1000000000L), timeoutNs % 1000000000L};

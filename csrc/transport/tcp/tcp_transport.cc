@@ -10,7 +10,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -26,6 +25,7 @@
 #include "core/env.h"
 #include "core/error.h"
 #include "core/logging.h"
+#include "core/thread_name.h"
 #include "transport/fault.h"
 
 namespace agentcomm::transport {
@@ -53,7 +53,6 @@ int remainingMs(Deadline deadline) {
   return left > 1000000 ? 1000000 : static_cast<int>(left);
 }
 
-std::string errnoText(int err) { return std::string(std::strerror(err)); }
 
 // Writes the iovecs fully with non-blocking sends and poll, so a dead or
 // stopped peer cannot hold us past the deadline. Returns 0, or an errno
@@ -198,6 +197,7 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
   bool timedOut = false;
   std::atomic<bool> stopAccepting{false};
   std::thread acceptor([&] {
+    nameThisThread("ac_tcp_accept");
     struct Pending {
       int fd = -1;
       std::string from;
@@ -448,7 +448,20 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
   ::close(lfd);
   for (int r = 0; r < size; ++r)
     if (r != rank) setNoDelay(peers_[r]->fd);
-  if (size > 1) events_ = std::thread([this] { eventLoop(); });
+  if (size > 1) {
+    reading_.resize(static_cast<size_t>(size));
+    sink_.resize(65536);
+    loop_ = EventLoop::shared();
+    try {
+      for (int r = 0; r < size; ++r)
+        if (r != rank && peers_[r]->fd >= 0) loop_->add(peers_[r]->fd, this, static_cast<uint32_t>(r));
+    } catch (...) {
+      loop_->detach(this);  // no destructor runs for a constructor that throws
+      for (auto& p : peers_)
+        if (p->fd >= 0) ::close(p->fd);
+      throw;
+    }
+  }
   AC_LOG(Info, "tcp transport: rank ", rank, " connected to ", size - 1, " peer(s)");
 }
 
@@ -457,134 +470,102 @@ TcpTransport::~TcpTransport() {
   for (int r = 0; r < size_; ++r) {
     if (peers_[r]->fd >= 0) ::shutdown(peers_[r]->fd, SHUT_RDWR);
   }
-  if (events_.joinable()) events_.join();
+  if (loop_) {
+    loop_->detach(this, [this] {
+      for (int r = 0; r < size_; ++r) {
+        Reading& s = reading_[static_cast<size_t>(r)];
+        if (r != rank_ && !s.done && s.inBody && !s.abortText && s.d.accepted) mailbox_.endDelivery(s.d, false);
+      }
+    });
+  }
   for (int r = 0; r < size_; ++r)
     if (peers_[r]->fd >= 0) ::close(peers_[r]->fd);
 }
 
-// One thread reads every peer of this transport (epoll, level-triggered), with a
-// small state machine per peer: a header, then its payload straight into the
-// receive the mailbox matched (or into a sink when nothing may take it). A peer
-// gets at most kReadBudget bytes per turn, so one large message cannot hold up
-// the small ones of the others. Deliveries, rendezvous pulls and the mailbox's
-// callbacks run here, as they ran on each peer's reader before: none may block
-// on another delivery.
-void TcpTransport::eventLoop() {
+// The event loop calls onReadable for a peer with data (level-triggered),
+// holding a small state machine per peer: a header, then its payload straight
+// into the receive the mailbox matched (or into a sink when nothing may take
+// it). A peer gets at most kReadBudget bytes per turn, so one large message
+// cannot hold up the small ones of the others (of every group: the loop is the
+// process's). Deliveries, rendezvous pulls and the mailbox's callbacks run on
+// the loop's thread: none may block on another delivery.
+void TcpTransport::finishPeer(int src, bool lost) {
+  Reading& s = reading_[static_cast<size_t>(src)];
+  if (s.inBody && !s.abortText && s.d.accepted) mailbox_.endDelivery(s.d, false);
+  s.done = true;
+  loop_->remove(peers_[src]->fd);
+  if (lost && !closing_.load()) {
+    // Not an abort of the whole communicator: only what still waits on this
+    // peer fails (its receives; sends to it fail with EPIPE). A peer that
+    // finished its last collective and left early is no error for the others.
+    mailbox_.failPeer(src, strCat("agentcomm: lost the connection to rank ", src,
+                                  " (it exited, crashed, or destroyed its process group)"));
+  }
+}
+
+bool TcpTransport::completeFrame(int src) {
+  Reading& s = reading_[static_cast<size_t>(src)];
+  s.inBody = false;
+  if (s.abortText) {
+    // A peer passing on another rank's abort: keep the text of the rank it
+    // started on, not a chain of every rank it went through.
+    const bool forwarded =
+        s.text.rfind("agentcomm: rank ", 0) == 0 && s.text.find(" aborted: ") != std::string::npos;
+    abort(forwarded ? s.text : strCat("agentcomm: rank ", src, " aborted: ", s.text));
+    finishPeer(src, false);
+    return false;
+  }
+  if (s.d.accepted) mailbox_.endDelivery(s.d, true);
+  s.d = Mailbox::Delivery{};
+  return true;
+}
+
+void TcpTransport::onReadable(uint32_t tag) {
   constexpr size_t kReadBudget = size_t{4} << 20;
-  struct Reading {
-    Header h{};
-    size_t headerGot = 0;
-    bool inBody = false;
-    bool abortText = false;
-    Mailbox::Delivery d;
-    uint8_t* dst = nullptr;  // null in a body: drain (nothing may take it)
-    uint64_t left = 0;
-    std::string text;
-    bool done = false;
-  };
-  std::vector<Reading> st(static_cast<size_t>(size_));
-  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
-  if (ep < 0) {
-    abort(strCat("agentcomm: epoll_create1 failed: ", errnoText(errno)));
-    return;
-  }
-  int active = 0;
-  for (int r = 0; r < size_; ++r) {
-    if (r == rank_ || peers_[r]->fd < 0) continue;
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLRDHUP;
-    ev.data.u32 = static_cast<uint32_t>(r);
-    if (::epoll_ctl(ep, EPOLL_CTL_ADD, peers_[r]->fd, &ev) == 0) ++active;
-  }
-  std::vector<uint8_t> sink(65536);
-  auto finish = [&](int src, bool lost) {
-    Reading& s = st[static_cast<size_t>(src)];
-    if (s.inBody && !s.abortText && s.d.accepted) mailbox_.endDelivery(s.d, false);
-    s.done = true;
-    ::epoll_ctl(ep, EPOLL_CTL_DEL, peers_[src]->fd, nullptr);
-    --active;
-    if (lost && !closing_.load()) {
-      // Not an abort of the whole communicator: only what still waits on this
-      // peer fails (its receives; sends to it fail with EPIPE). A peer that
-      // finished its last collective and left early is no error for the others.
-      mailbox_.failPeer(src, strCat("agentcomm: lost the connection to rank ", src,
-                                    " (it exited, crashed, or destroyed its process group)"));
-    }
-  };
-  // A frame's last byte arrived. Returns false when this peer is finished (an Abort frame).
-  auto complete = [&](int src) -> bool {
-    Reading& s = st[static_cast<size_t>(src)];
-    s.inBody = false;
-    if (s.abortText) {
-      // A peer passing on another rank's abort: keep the text of the rank it
-      // started on, not a chain of every rank it went through.
-      const bool forwarded =
-          s.text.rfind("agentcomm: rank ", 0) == 0 && s.text.find(" aborted: ") != std::string::npos;
-      abort(forwarded ? s.text : strCat("agentcomm: rank ", src, " aborted: ", s.text));
-      finish(src, false);
-      return false;
-    }
-    if (s.d.accepted) mailbox_.endDelivery(s.d, true);
-    s.d = Mailbox::Delivery{};
-    return true;
-  };
-  auto serve = [&](int src) {
-    Reading& s = st[static_cast<size_t>(src)];
-    const int fd = peers_[src]->fd;
-    size_t budget = kReadBudget;
-    while (budget > 0) {
-      if (!s.inBody) {
-        const ssize_t r = ::recv(fd, reinterpret_cast<uint8_t*>(&s.h) + s.headerGot, sizeof(Header) - s.headerGot,
-                                 MSG_DONTWAIT);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-        if (r <= 0) return finish(src, true);
-        s.headerGot += static_cast<size_t>(r);
-        if (s.headerGot < sizeof(Header)) continue;
-        s.headerGot = 0;
-        const std::string bad = validateHeader(s.h);
-        if (!bad.empty()) {
-          abort(strCat("agentcomm: malformed frame from rank ", src, " (", bad, "); dropping the connection"));
-          return finish(src, false);
-        }
-        s.inBody = true;
-        s.abortText = s.h.kind == static_cast<uint8_t>(MsgKind::Abort);
-        if (s.abortText) {
-          s.text.assign(static_cast<size_t>(std::min<uint64_t>(s.h.nbytes, 65536)), '\0');
-          s.dst = reinterpret_cast<uint8_t*>(s.text.data());
-          s.left = s.text.size();
-        } else {
-          s.d = mailbox_.beginDelivery(src, s.h);
-          s.dst = s.d.accepted ? static_cast<uint8_t*>(s.d.dst) : nullptr;
-          s.left = s.h.nbytes;
-        }
-        if (s.left == 0 && !complete(src)) return;
-        continue;
-      }
-      const size_t want = static_cast<size_t>(std::min<uint64_t>(s.left, s.dst ? budget : sink.size()));
-      const ssize_t r = ::recv(fd, s.dst ? s.dst : sink.data(), want, MSG_DONTWAIT);
+  const int src = static_cast<int>(tag);
+  Reading& s = reading_[static_cast<size_t>(src)];
+  if (s.done) return;
+  const int fd = peers_[src]->fd;
+  size_t budget = kReadBudget;
+  while (budget > 0) {
+    if (!s.inBody) {
+      const ssize_t r = ::recv(fd, reinterpret_cast<uint8_t*>(&s.h) + s.headerGot, sizeof(Header) - s.headerGot,
+                               MSG_DONTWAIT);
       if (r < 0 && errno == EINTR) continue;
       if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-      if (r <= 0) return finish(src, true);
-      if (s.dst) s.dst += r;
-      s.left -= static_cast<uint64_t>(r);
-      budget -= std::min(budget, static_cast<size_t>(r));
-      if (s.left == 0 && !complete(src)) return;
+      if (r <= 0) return finishPeer(src, true);
+      s.headerGot += static_cast<size_t>(r);
+      if (s.headerGot < sizeof(Header)) continue;
+      s.headerGot = 0;
+      const std::string bad = validateHeader(s.h);
+      if (!bad.empty()) {
+        abort(strCat("agentcomm: malformed frame from rank ", src, " (", bad, "); dropping the connection"));
+        return finishPeer(src, false);
+      }
+      s.inBody = true;
+      s.abortText = s.h.kind == static_cast<uint8_t>(MsgKind::Abort);
+      if (s.abortText) {
+        s.text.assign(static_cast<size_t>(std::min<uint64_t>(s.h.nbytes, 65536)), '\0');
+        s.dst = reinterpret_cast<uint8_t*>(s.text.data());
+        s.left = s.text.size();
+      } else {
+        s.d = mailbox_.beginDelivery(src, s.h);
+        s.dst = s.d.accepted ? static_cast<uint8_t*>(s.d.dst) : nullptr;
+        s.left = s.h.nbytes;
+      }
+      if (s.left == 0 && !completeFrame(src)) return;
+      continue;
     }
-  };
-  std::vector<epoll_event> events(static_cast<size_t>(std::min(std::max(size_ - 1, 1), 256)));
-  while (active > 0) {
-    const int n = ::epoll_wait(ep, events.data(), static_cast<int>(events.size()), -1);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    for (int i = 0; i < n; ++i) {
-      const int src = static_cast<int>(events[static_cast<size_t>(i)].data.u32);
-      if (!st[static_cast<size_t>(src)].done) serve(src);
-    }
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(s.left, s.dst ? budget : sink_.size()));
+    const ssize_t r = ::recv(fd, s.dst ? s.dst : sink_.data(), want, MSG_DONTWAIT);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (r <= 0) return finishPeer(src, true);
+    if (s.dst) s.dst += r;
+    s.left -= static_cast<uint64_t>(r);
+    budget -= std::min(budget, static_cast<size_t>(r));
+    if (s.left == 0 && !completeFrame(src)) return;
   }
-  ::close(ep);
 }
 
 void TcpTransport::writeFrame(int dst, const Header& h, const void* data, Deadline deadline, bool bestEffort) {

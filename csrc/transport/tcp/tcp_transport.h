@@ -11,9 +11,10 @@
 // slot. Ranks whose host-id (boot id + network namespace) matches connect over
 // loopback.
 //
-// Progress: one reader thread per peer reads a header, asks the Mailbox where
-// the payload goes (a posted user buffer, or a parking buffer), and reads it
-// there. Senders write under a per-peer mutex so frames never interleave.
+// Progress: the process's one TCP event loop (event_loop.h), shared by every
+// group, reads each peer's frames: a header, then the payload where the
+// Mailbox says (a posted user buffer, or a parking buffer). Senders write
+// under a per-peer mutex so frames never interleave.
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "transport/store.h"
+#include "transport/tcp/event_loop.h"
 #include "transport/transport.h"
 
 namespace agentcomm::transport {
@@ -33,7 +35,7 @@ struct TcpOptions {
   std::string keyPrefix = "agentcomm/";
 };
 
-class TcpTransport : public Transport {
+class TcpTransport : public Transport, private EventLoop::Handler {
  public:
   // Blocks until the mesh is up; throws TimeoutError/CommError.
   TcpTransport(Store& store, int rank, int size, const TcpOptions& options);
@@ -52,8 +54,24 @@ class TcpTransport : public Transport {
     std::timed_mutex sendMutex;
   };
 
-  // Reads every peer's frames on one thread (events_), whatever the world size.
-  void eventLoop();
+  // A peer's frame being read (event loop thread only, or detach's last call).
+  struct Reading {
+    Header h{};
+    size_t headerGot = 0;
+    bool inBody = false;
+    bool abortText = false;
+    Mailbox::Delivery d;
+    uint8_t* dst = nullptr;  // null in a body: drain (nothing may take it)
+    uint64_t left = 0;
+    std::string text;
+    bool done = false;
+  };
+  // The event loop: peer `tag` has data (or hung up).
+  void onReadable(uint32_t tag) override;
+  // The peer's reading ends (lost: its connection broke, not our closing).
+  void finishPeer(int src, bool lost);
+  // A frame's last byte arrived. False when the peer is finished (an Abort frame).
+  bool completeFrame(int src);
   void writeFrame(int dst, const Header& h, const void* data, Deadline deadline, bool bestEffort);
   // writeFrame with dst's send mutex already held (released on return).
   void writeLocked(int dst, const Header& h, const void* data, Deadline deadline, bool bestEffort);
@@ -62,7 +80,9 @@ class TcpTransport : public Transport {
   std::vector<std::unique_ptr<Peer>> peers_;
   std::atomic<bool> closing_{false};
   std::atomic<bool> aborted_{false};
-  std::thread events_;
+  std::shared_ptr<EventLoop> loop_;  // null for a world of one
+  std::vector<Reading> reading_;      // by peer
+  std::vector<uint8_t> sink_;         // drains a payload nothing may take
   std::string listenAddr_;
   int listenPort_ = 0;
 };
