@@ -194,3 +194,135 @@ TEST(Tcp, NoHigherRankTimesOutSetup) {
   EXPECT_THROW(transport::TcpTransport(store, 0, 2, opts), TimeoutError);
   EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
 }
+
+// ---------------------------------------------------------------- connections on demand
+
+namespace {
+
+std::vector<std::unique_ptr<transport::TcpTransport>> makeLazyMesh(transport::Store& store, int n) {
+  std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
+  transport::TcpOptions opts;
+  opts.timeout = 20s;
+  opts.eager = false;
+  ranktest::forEachRank(n, [&](int r) { ts[r] = std::make_unique<transport::TcpTransport>(store, r, n, opts); });
+  return ts;
+}
+
+void allReduceWith(transport::Transport& t, uint64_t seq, std::vector<float>& buf, AllReduceAlgo algo) {
+  Context ctx(t, seq, algorithms::CollectiveKind::AllReduce, DataType::Float32);
+  ctx.signature = buf.size();
+  ctx.chunkBytes = 1 << 16;
+  ctx.deadline = transport::Clock::now() + 20s;
+  AllReduceOptions o;
+  o.data = buf.data();
+  o.count = buf.size();
+  o.algo = algo;
+  allReduce(ctx, o);
+}
+
+}  // namespace
+
+// A ring touches its two neighbours only: rank r dials r+1 when it first sends
+// and is dialed by r-1. Nothing is connected before the first send.
+TEST(TcpLazy, ARingConnectsOnlyItsNeighbours) {
+  for (int n : {3, 5, 8}) {
+    transport::HashStore store;
+    auto ts = makeLazyMesh(store, n);
+    for (auto& t : ts) {
+      ASSERT_FALSE(t->eager());
+      ASSERT_EQ(t->connectionCount(), 0u);
+    }
+    ranktest::forEachRank(n, [&](int r) {
+      for (size_t count : {size_t{3}, size_t{1} << 18}) {
+        std::vector<float> buf(count);
+        for (size_t j = 0; j < count; ++j) buf[j] = static_cast<float>(j % 100 + r);
+        allReduceWith(*ts[r], count, buf, AllReduceAlgo::Ring);
+        for (size_t j = 0; j < count; ++j) ASSERT_EQ(buf[j], n * static_cast<float>(j % 100) + n * (n - 1) / 2);
+      }
+    });
+    for (int r = 0; r < n; ++r) EXPECT_EQ(ts[r]->connectionCount(), 2u) << "rank " << r << " of " << n;
+  }
+}
+
+// Recursive doubling and direct exchange in both directions at once: two
+// ranks may dial each other at the same moment (each then keeps sending on
+// its own first connection); hundreds of ops in a row stay in order.
+TEST(TcpLazy, PairsDialingEachOtherAtOnceStayCorrect) {
+  for (int n : {2, 4, 6}) {
+    transport::HashStore store;
+    auto ts = makeLazyMesh(store, n);
+    ranktest::forEachRank(n, [&](int r) {
+      for (uint64_t i = 1; i <= 200; ++i) {
+        std::vector<float> buf(1 + i % 7, static_cast<float>(r + i));
+        allReduceWith(*ts[r], i, buf, i % 2 ? AllReduceAlgo::RecursiveDoubling : AllReduceAlgo::Direct);
+        for (float v : buf) ASSERT_EQ(v, static_cast<float>(n * i + n * (n - 1) / 2)) << "op " << i;
+      }
+    });
+    // Direct touches every peer: at most 2 connections per pair, at least 1.
+    for (int r = 0; r < n; ++r) {
+      EXPECT_GE(ts[r]->connectionCount(), static_cast<size_t>(n - 1));
+      EXPECT_LE(ts[r]->connectionCount(), static_cast<size_t>(2 * (n - 1)));
+    }
+  }
+}
+
+// Rank 0 decides for the group: a rank asking for the full mesh follows it.
+TEST(TcpLazy, RankZeroDecidesTheMode) {
+  transport::HashStore store;
+  const int n = 3;
+  std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
+  ranktest::forEachRank(n, [&](int r) {
+    transport::TcpOptions opts;
+    opts.timeout = 20s;
+    opts.eager = r != 0;  // rank 0 lazy, the others eager
+    ts[r] = std::make_unique<transport::TcpTransport>(store, r, n, opts);
+  });
+  for (auto& t : ts) EXPECT_FALSE(t->eager());
+  ranktest::forEachRank(n, [&](int r) {
+    std::vector<float> buf(1000, 1.0f);
+    allReduceWith(*ts[r], 1, buf, AllReduceAlgo::Ring);
+    for (float v : buf) ASSERT_EQ(v, 3.0f);
+  });
+}
+
+// A peer that left: the first send to it fails at once (its port refuses),
+// naming it, instead of waiting for the deadline.
+TEST(TcpLazy, DialingAPeerThatLeftFailsNamingIt) {
+  transport::HashStore store;
+  const int n = 2;
+  auto ts = makeLazyMesh(store, n);
+  ts[1].reset();
+  const auto start = std::chrono::steady_clock::now();
+  transport::Header h;
+  h.kind = static_cast<uint8_t>(transport::MsgKind::Collective);
+  try {
+    ts[0]->send(1, h, nullptr, transport::Clock::now() + 20s);
+    FAIL() << "sent to a rank that left";
+  } catch (const CommError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot connect to rank 1"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+}
+
+// Stray and silent connections on a lazy rank's port (kept open for the
+// job's life) are dropped; real peers still connect.
+TEST(TcpLazy, StrayConnectionsOnTheOpenPortAreDropped) {
+  transport::HashStore store;
+  const int n = 2;
+  auto ts = makeLazyMesh(store, n);
+  sockaddr_in to = rank0Address(store);
+  int garbage = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_EQ(connect(garbage, reinterpret_cast<sockaddr*>(&to), sizeof(to)), 0);
+  const char junk[64] = "GET / HTTP/1.0\r\n\r\n this is not a hello frame at all........";
+  ASSERT_EQ(write(garbage, junk, sizeof(junk)), static_cast<ssize_t>(sizeof(junk)));
+  int silent = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_EQ(connect(silent, reinterpret_cast<sockaddr*>(&to), sizeof(to)), 0);
+  ranktest::forEachRank(n, [&](int r) {
+    std::vector<float> buf(1000, 1.0f);
+    allReduceWith(*ts[r], 1, buf, AllReduceAlgo::Ring);
+    for (float v : buf) ASSERT_EQ(v, 2.0f);
+  });
+  EXPECT_LE(ts[0]->connectionCount(), 2u);  // the strays never became connections
+  close(garbage);
+  close(silent);
+}

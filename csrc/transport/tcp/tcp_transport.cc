@@ -37,6 +37,9 @@ constexpr std::chrono::milliseconds kHelloTimeout{2000};
 // A flood beyond this evicts the oldest; the bound grows with the world, since
 // every higher rank dials at once.
 constexpr size_t kMaxPendingHellos = 256;
+// Event-loop tags (connections are tagged by their index, below kPendingTag).
+constexpr uint32_t kPendingTag = 0x40000000;  // | a handshake's id (lazy)
+constexpr uint32_t kListenTag = 0x7fffffff;   // the listener (lazy)
 
 #pragma pack(push, 1)
 struct Hello {
@@ -124,6 +127,21 @@ void setNoDelay(int fd) {
 
 }  // namespace
 
+struct TcpTransport::Conn {
+  int fd = -1;
+  int peer = -1;
+  Reading reading;
+};
+
+struct TcpTransport::Pending {
+  uint32_t id = 0;
+  int fd = -1;
+  std::string from;
+  Hello hello{};
+  size_t got = 0;  // hello bytes read so far
+  Deadline until;
+};
+
 TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& options)
     : Transport(rank, size), mailbox_(rank) {
   const Deadline deadline = Clock::now() + options.timeout;
@@ -164,20 +182,69 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
   mine.magic = kHelloMagic;
   mine.rank = rank;
   mine.size = size;
+  // Rank 0 draws the job token and decides eager or lazy connections for the
+  // group (a rank setting up eagerly waits for dials a lazy one never makes).
   const std::string tokenKey = options.keyPrefix + "token";
   if (rank == 0) {
     std::random_device rd;
     for (auto& b : mine.token) b = static_cast<uint8_t>(rd());
-    store.set(tokenKey, std::vector<uint8_t>(std::begin(mine.token), std::end(mine.token)));
+    eager_ = options.eager.value_or(envFlag("AGENTCOMM_EAGER_CONNECT", true));
+    std::vector<uint8_t> value(std::begin(mine.token), std::end(mine.token));
+    value.push_back(eager_ ? 1 : 0);
+    store.set(tokenKey, value);
   } else {
     auto tok = store.get(tokenKey, options.timeout);
-    AC_CHECK(tok.size() == sizeof(mine.token), CommError, "agentcomm: malformed job token in store");
+    AC_CHECK(tok.size() == sizeof(mine.token) + 1, CommError, "agentcomm: malformed job token in store");
     std::memcpy(mine.token, tok.data(), sizeof(mine.token));
+    eager_ = tok.back() != 0;
   }
   store.set(strCat(options.keyPrefix, "addr/", rank),
             toBytes(strCat(myHost, " ", listenAddr_, " ", listenPort_, " ", ifname.empty() ? 0 : 1)));
   AC_LOG(Info, "tcp transport: rank ", rank, "/", size, " listening on ", listenAddr_, ":", listenPort_,
-         ifname.empty() ? "" : strCat(" (", ifname, ")"));
+         ifname.empty() ? "" : strCat(" (", ifname, ")"), eager_ ? "" : " (connections on demand)");
+  sink_.resize(65536);
+
+  if (!eager_) {
+    // Every peer's address now (each listened before publishing it); no
+    // connection yet. The listener stays open, watched by the event loop.
+    helloBytes_.assign(reinterpret_cast<const uint8_t*>(&mine), reinterpret_cast<const uint8_t*>(&mine) + sizeof mine);
+    std::vector<std::string> keys;
+    std::vector<int> ranks;
+    for (int r = 0; r < size; ++r) {
+      if (r == rank) continue;
+      keys.push_back(strCat(options.keyPrefix, "addr/", r));
+      ranks.push_back(r);
+    }
+    std::vector<std::vector<uint8_t>> values;
+    try {
+      values = store.multiGet(keys, options.timeout);
+    } catch (...) {
+      ::close(lfd);
+      throw;
+    }
+    peerAddr_.resize(static_cast<size_t>(size));
+    for (size_t i = 0; i < ranks.size(); ++i) {
+      std::istringstream in(fromBytes(values[i]));
+      std::string theirHost, theirAddr;
+      int theirPort = 0, pinned = 0;
+      in >> theirHost >> theirAddr >> theirPort >> pinned;
+      const bool loopback = theirHost == myHost && !pinned && ifname.empty();
+      peerAddr_[static_cast<size_t>(ranks[i])] = strCat(loopback ? "127.0.0.1" : theirAddr, " ", theirPort);
+    }
+    ::fcntl(lfd, F_SETFL, ::fcntl(lfd, F_GETFL) | O_NONBLOCK);
+    listenFd_ = lfd;
+    // Each side dials a peer at most once (a second dial only when both dial
+    // at once): 2 per peer at most.
+    conns_.resize(2 * static_cast<size_t>(size));
+    loop_ = EventLoop::shared();
+    try {
+      loop_->add(listenFd_, this, kListenTag);
+    } catch (...) {
+      ::close(lfd);
+      throw;
+    }
+    return;
+  }
 
   auto closeAll = [&] {
     ::close(lfd);
@@ -446,73 +513,97 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
     throw CommError(msg);
   }
   ::close(lfd);
-  for (int r = 0; r < size; ++r)
-    if (r != rank) setNoDelay(peers_[r]->fd);
-  if (size > 1) {
-    reading_.resize(static_cast<size_t>(size));
-    sink_.resize(65536);
-    loop_ = EventLoop::shared();
-    try {
-      for (int r = 0; r < size; ++r)
-        if (r != rank && peers_[r]->fd >= 0) loop_->add(peers_[r]->fd, this, static_cast<uint32_t>(r));
-    } catch (...) {
-      loop_->detach(this);  // no destructor runs for a constructor that throws
-      for (auto& p : peers_)
-        if (p->fd >= 0) ::close(p->fd);
-      throw;
-    }
+  conns_.resize(static_cast<size_t>(size));
+  loop_ = EventLoop::shared();
+  try {
+    for (int r = 0; r < size; ++r)
+      if (r != rank) install(r, peers_[r]->fd);
+  } catch (...) {
+    loop_->detach(this);  // no destructor runs for a constructor that throws
+    for (auto& p : peers_)
+      if (p->fd >= 0) ::close(p->fd);
+    throw;
   }
   AC_LOG(Info, "tcp transport: rank ", rank, " connected to ", size - 1, " peer(s)");
 }
 
 TcpTransport::~TcpTransport() {
   closing_.store(true);
-  for (int r = 0; r < size_; ++r) {
-    if (peers_[r]->fd >= 0) ::shutdown(peers_[r]->fd, SHUT_RDWR);
-  }
+  forEachConn([](Conn& c) { ::shutdown(c.fd, SHUT_RDWR); });
   if (loop_) {
     loop_->detach(this, [this] {
-      for (int r = 0; r < size_; ++r) {
-        Reading& s = reading_[static_cast<size_t>(r)];
-        if (r != rank_ && !s.done && s.inBody && !s.abortText && s.d.accepted) mailbox_.endDelivery(s.d, false);
-      }
+      forEachConn([this](Conn& c) {
+        Reading& s = c.reading;
+        if (!s.done && s.inBody && !s.abortText && s.d.accepted) mailbox_.endDelivery(s.d, false);
+      });
+      for (auto& p : pending_) ::close(p->fd);
+      pending_.clear();
     });
   }
-  for (int r = 0; r < size_; ++r)
-    if (peers_[r]->fd >= 0) ::close(peers_[r]->fd);
+  forEachConn([](Conn& c) { ::close(c.fd); });
+  if (listenFd_ >= 0) ::close(listenFd_);
 }
 
-// The event loop calls onReadable for a peer with data (level-triggered),
-// holding a small state machine per peer: a header, then its payload straight
-// into the receive the mailbox matched (or into a sink when nothing may take
-// it). A peer gets at most kReadBudget bytes per turn, so one large message
-// cannot hold up the small ones of the others (of every group: the loop is the
-// process's). Deliveries, rendezvous pulls and the mailbox's callbacks run on
-// the loop's thread: none may block on another delivery.
-void TcpTransport::finishPeer(int src, bool lost) {
-  Reading& s = reading_[static_cast<size_t>(src)];
+template <typename Fn>
+void TcpTransport::forEachConn(const Fn& fn) {
+  const size_t n = connCount_.load();  // slots below it are set (install)
+  for (size_t i = 0; i < n; ++i) fn(*conns_[i]);
+}
+
+void TcpTransport::install(int peer, int fd) {
+  setNoDelay(fd);
+  size_t idx = 0;
+  {
+    std::lock_guard<std::mutex> lock(connMu_);
+    idx = connCount_.load();
+    if (idx >= conns_.size()) {
+      AC_LOG(Warn, "tcp transport: a connection from rank ", peer, " beyond ", conns_.size(), " was dropped");
+      ::close(fd);
+      return;
+    }
+    auto c = std::make_unique<Conn>();
+    c->fd = fd;
+    c->peer = peer;
+    conns_[idx] = std::move(c);
+    connCount_.store(idx + 1);
+  }
+  int none = -1;
+  peers_[peer]->fd.compare_exchange_strong(none, fd);  // the first connection carries our frames
+  loop_->add(fd, this, static_cast<uint32_t>(idx));
+  if (aborted_.load() || closing_.load()) ::shutdown(fd, SHUT_RDWR);  // raced an abort's sweep
+}
+
+// The event loop calls onReadable for a connection with data (level-triggered),
+// holding a small state machine per connection: a header, then its payload
+// straight into the receive the mailbox matched (or into a sink when nothing
+// may take it). A connection gets at most kReadBudget bytes per turn, so one
+// large message cannot hold up the small ones of the others (of every group:
+// the loop is the process's). Deliveries, rendezvous pulls and the mailbox's
+// callbacks run on the loop's thread: none may block on another delivery.
+void TcpTransport::finishConn(Conn& c, bool lost) {
+  Reading& s = c.reading;
   if (s.inBody && !s.abortText && s.d.accepted) mailbox_.endDelivery(s.d, false);
   s.done = true;
-  loop_->remove(peers_[src]->fd);
+  loop_->remove(c.fd);
   if (lost && !closing_.load()) {
     // Not an abort of the whole communicator: only what still waits on this
     // peer fails (its receives; sends to it fail with EPIPE). A peer that
     // finished its last collective and left early is no error for the others.
-    mailbox_.failPeer(src, strCat("agentcomm: lost the connection to rank ", src,
-                                  " (it exited, crashed, or destroyed its process group)"));
+    mailbox_.failPeer(c.peer, strCat("agentcomm: lost the connection to rank ", c.peer,
+                                     " (it exited, crashed, or destroyed its process group)"));
   }
 }
 
-bool TcpTransport::completeFrame(int src) {
-  Reading& s = reading_[static_cast<size_t>(src)];
+bool TcpTransport::completeFrame(Conn& c) {
+  Reading& s = c.reading;
   s.inBody = false;
   if (s.abortText) {
     // A peer passing on another rank's abort: keep the text of the rank it
     // started on, not a chain of every rank it went through.
     const bool forwarded =
         s.text.rfind("agentcomm: rank ", 0) == 0 && s.text.find(" aborted: ") != std::string::npos;
-    abort(forwarded ? s.text : strCat("agentcomm: rank ", src, " aborted: ", s.text));
-    finishPeer(src, false);
+    abort(forwarded ? s.text : strCat("agentcomm: rank ", c.peer, " aborted: ", s.text));
+    finishConn(c, false);
     return false;
   }
   if (s.d.accepted) mailbox_.endDelivery(s.d, true);
@@ -521,11 +612,14 @@ bool TcpTransport::completeFrame(int src) {
 }
 
 void TcpTransport::onReadable(uint32_t tag) {
+  if (tag == kListenTag) return acceptPending();
+  if ((tag & kPendingTag) != 0) return readHandshake(tag & ~kPendingTag);
   constexpr size_t kReadBudget = size_t{4} << 20;
-  const int src = static_cast<int>(tag);
-  Reading& s = reading_[static_cast<size_t>(src)];
+  Conn& c = *conns_[tag];
+  Reading& s = c.reading;
   if (s.done) return;
-  const int fd = peers_[src]->fd;
+  const int fd = c.fd;
+  const int src = c.peer;
   size_t budget = kReadBudget;
   while (budget > 0) {
     if (!s.inBody) {
@@ -533,14 +627,14 @@ void TcpTransport::onReadable(uint32_t tag) {
                                MSG_DONTWAIT);
       if (r < 0 && errno == EINTR) continue;
       if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-      if (r <= 0) return finishPeer(src, true);
+      if (r <= 0) return finishConn(c, true);
       s.headerGot += static_cast<size_t>(r);
       if (s.headerGot < sizeof(Header)) continue;
       s.headerGot = 0;
       const std::string bad = validateHeader(s.h);
       if (!bad.empty()) {
         abort(strCat("agentcomm: malformed frame from rank ", src, " (", bad, "); dropping the connection"));
-        return finishPeer(src, false);
+        return finishConn(c, false);
       }
       s.inBody = true;
       s.abortText = s.h.kind == static_cast<uint8_t>(MsgKind::Abort);
@@ -553,22 +647,172 @@ void TcpTransport::onReadable(uint32_t tag) {
         s.dst = s.d.accepted ? static_cast<uint8_t*>(s.d.dst) : nullptr;
         s.left = s.h.nbytes;
       }
-      if (s.left == 0 && !completeFrame(src)) return;
+      if (s.left == 0 && !completeFrame(c)) return;
       continue;
     }
     const size_t want = static_cast<size_t>(std::min<uint64_t>(s.left, s.dst ? budget : sink_.size()));
     const ssize_t r = ::recv(fd, s.dst ? s.dst : sink_.data(), want, MSG_DONTWAIT);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-    if (r <= 0) return finishPeer(src, true);
+    if (r <= 0) return finishConn(c, true);
     if (s.dst) s.dst += r;
     s.left -= static_cast<uint64_t>(r);
     budget -= std::min(budget, static_cast<size_t>(r));
-    if (s.left == 0 && !completeFrame(src)) return;
+    if (s.left == 0 && !completeFrame(c)) return;
   }
 }
 
+// ---------------------------------------------------------------- connections on demand
+
+void TcpTransport::acceptPending() {
+  const Deadline now = Clock::now();
+  auto drop = [&](size_t i, const char* why) {
+    AC_LOG(Warn, "dropped a connection from ", pending_[i]->from, ": ", why);
+    loop_->remove(pending_[i]->fd);
+    ::close(pending_[i]->fd);
+    pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
+  };
+  // A silent socket holds its slot until its hello time is up (checked here,
+  // on the next connection): it never holds up the handshakes beside it.
+  for (size_t i = pending_.size(); i-- > 0;)
+    if (now >= pending_[i]->until) drop(i, "no hello in time");
+  while (true) {
+    sockaddr_in from{};
+    socklen_t flen = sizeof(from);
+    const int fd = ::accept4(listenFd_, reinterpret_cast<sockaddr*>(&from), &flen, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      return;  // EAGAIN: nothing more now
+    }
+    if (closing_.load() || aborted_.load()) {
+      ::close(fd);
+      continue;
+    }
+    if (pending_.size() >= std::max(kMaxPendingHellos, 2 * static_cast<size_t>(size_)))
+      drop(0, "too many connections owe their hello");
+    auto p = std::make_unique<Pending>();
+    p->id = nextPending_++ & ~kPendingTag;
+    p->fd = fd;
+    char fromText[INET_ADDRSTRLEN] = "?";
+    ::inet_ntop(AF_INET, &from.sin_addr, fromText, sizeof(fromText));
+    p->from = fromText;
+    p->until = now + kHelloTimeout;
+    loop_->add(fd, this, kPendingTag | p->id);
+    pending_.push_back(std::move(p));
+  }
+}
+
+void TcpTransport::readHandshake(uint32_t id) {
+  size_t i = 0;
+  while (i < pending_.size() && pending_[i]->id != id) ++i;
+  if (i == pending_.size()) return;
+  Pending& p = *pending_[i];
+  auto drop = [&](const std::string& why) {
+    AC_LOG(Warn, "dropped a connection from ", p.from, ": ", why);
+    loop_->remove(p.fd);
+    ::close(p.fd);
+    pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
+  };
+  const ssize_t r = ::recv(p.fd, reinterpret_cast<uint8_t*>(&p.hello) + p.got, sizeof(Hello) - p.got, MSG_DONTWAIT);
+  if (r > 0) {
+    p.got += static_cast<size_t>(r);
+  } else if (r == 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) {
+    return drop("no hello");
+  }
+  if (p.got < sizeof(Hello)) return;
+  const Hello& theirs = p.hello;
+  const auto* mine = reinterpret_cast<const Hello*>(helloBytes_.data());
+  if (theirs.magic != kHelloMagic || std::memcmp(theirs.token, mine->token, sizeof(mine->token)) != 0)
+    return drop("wrong job token");
+  if (theirs.size != size_ || theirs.rank < 0 || theirs.rank >= size_ || theirs.rank == rank_)
+    return drop(strCat("unexpected rank ", theirs.rank, " of ", theirs.size));
+  iovec iov{helloBytes_.data(), helloBytes_.size()};
+  if (writeAll(p.fd, &iov, 1, Clock::now() + kHelloTimeout) != 0) return drop("hello reply failed");
+  const int fd = p.fd;
+  const int peer = theirs.rank;
+  loop_->remove(fd);
+  pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
+  install(peer, fd);
+}
+
+void TcpTransport::dial(int dst, Deadline deadline) {
+  std::istringstream in(peerAddr_[static_cast<size_t>(dst)]);
+  std::string target;
+  int port = 0;
+  in >> target >> port;
+  auto fail = [&](int err, bool timedOut) {
+    const std::string msg =
+        strCat("agentcomm: cannot connect to rank ", dst, " at ", target, ":", port, ": ",
+               timedOut ? std::string("no answer in time") : errnoText(err),
+               " (it exited, crashed, or destroyed its process group)");
+    if (timedOut) throw TimeoutError(msg);
+    throw CommError(msg);
+  };
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(static_cast<uint16_t>(port));
+  ::inet_pton(AF_INET, target.c_str(), &to.sin_addr);
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) fail(errno, false);
+  auto closeAndFail = [&](int err, bool timedOut) {
+    ::close(fd);
+    fail(err, timedOut);
+  };
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof(to)) != 0) {
+    if (errno != EINPROGRESS) closeAndFail(errno, false);
+    pollfd pfd{fd, POLLOUT, 0};
+    int pr = 0;
+    do {
+      pr = ::poll(&pfd, 1, remainingMs(deadline));
+    } while (pr < 0 && errno == EINTR);
+    if (pr == 0) closeAndFail(0, true);
+    int err = 0;
+    socklen_t elen = sizeof(err);
+    ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen);
+    if (err != 0) closeAndFail(err, false);
+  }
+  iovec iov{helloBytes_.data(), helloBytes_.size()};
+  if (int err = writeAll(fd, &iov, 1, deadline); err != 0) closeAndFail(err, err == ETIMEDOUT);
+  Hello theirs{};
+  size_t got = 0;
+  while (got < sizeof theirs) {
+    const ssize_t r = ::recv(fd, reinterpret_cast<uint8_t*>(&theirs) + got, sizeof theirs - got, MSG_DONTWAIT);
+    if (r > 0) {
+      got += static_cast<size_t>(r);
+      continue;
+    }
+    if (r == 0) closeAndFail(ECONNRESET, false);
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) closeAndFail(errno, false);
+    pollfd pfd{fd, POLLIN, 0};
+    if (::poll(&pfd, 1, remainingMs(deadline)) == 0) closeAndFail(0, true);
+  }
+  const auto* mine = reinterpret_cast<const Hello*>(helloBytes_.data());
+  if (theirs.magic != kHelloMagic || theirs.rank != dst ||
+      std::memcmp(theirs.token, mine->token, sizeof(mine->token)) != 0) {
+    ::close(fd);
+    throw CommError(strCat("agentcomm: handshake with rank ", dst, " at ", target, ":", port,
+                           " failed (not part of this job)"));
+  }
+  install(dst, fd);
+}
+
+int TcpTransport::connectionTo(int dst, Deadline deadline, bool mayDial) {
+  Peer& peer = *peers_[dst];
+  int fd = peer.fd.load();
+  if (fd >= 0 || eager_ || !mayDial) return fd;
+  if (aborted_.load()) throw CommError(mailbox_.abortReason().value_or("agentcomm: communicator aborted"));
+  if (!peer.dialMutex.try_lock_until(deadline))
+    throw TimeoutError(strCat("agentcomm: timed out connecting to rank ", dst));
+  std::lock_guard<std::timed_mutex> lock(peer.dialMutex, std::adopt_lock);
+  fd = peer.fd.load();
+  if (fd >= 0) return fd;  // dialed by another sender, or the peer dialed us
+  dial(dst, deadline);
+  return peer.fd.load();
+}
+
 void TcpTransport::writeFrame(int dst, const Header& h, const void* data, Deadline deadline, bool bestEffort) {
+  if (connectionTo(dst, deadline, !bestEffort) < 0) return;  // best effort, never connected: nothing to tell
   Peer& peer = *peers_[dst];
   if (!peer.sendMutex.try_lock_until(deadline)) {
     if (bestEffort) return;
@@ -585,7 +829,7 @@ void TcpTransport::writeLocked(int dst, const Header& h, const void* data, Deadl
   Header copy = h;
   if (h.kind == static_cast<uint8_t>(MsgKind::Collective) && takeCorruption()) copy.count ^= 0x5a5a5a5aULL;  // fault.h
   iovec iov[2] = {{&copy, sizeof(copy)}, {const_cast<void*>(data), static_cast<size_t>(h.nbytes)}};
-  int err = writeAll(peer.fd, iov, h.nbytes > 0 ? 2 : 1, deadline);
+  int err = writeAll(peer.fd.load(), iov, h.nbytes > 0 ? 2 : 1, deadline);
   if (err == 0 || bestEffort) return;
   if (err != ETIMEDOUT) {
     // A peer that aborted sent us an Abort frame before closing; give our
@@ -613,6 +857,7 @@ void TcpTransport::send(int dst, const Header& h, const void* data, Deadline dea
 bool TcpTransport::trySend(int dst, const Header& h, const void* data, Deadline deadline) {
   AC_CHECK(dst >= 0 && dst < size_ && dst != rank_, InvalidArgument, "tcp send: bad destination ", dst);
   if (aborted_.load()) throw CommError(mailbox_.abortReason().value_or("agentcomm: communicator aborted"));
+  if (peers_[dst]->fd.load() < 0) return false;  // not connected yet (lazy): the caller's lane dials
   if (!peers_[dst]->sendMutex.try_lock()) return false;
   writeLocked(dst, h, data, deadline, false);
   return true;
@@ -624,9 +869,7 @@ void TcpTransport::cut(const std::string& reason) {
   // rank's own waits fail with the reason rather than blaming each peer in turn.
   aborted_.store(true);
   mailbox_.abort(reason);
-  for (int r = 0; r < size_; ++r) {
-    if (r != rank_ && peers_[r]->fd >= 0) ::shutdown(peers_[r]->fd, SHUT_RDWR);
-  }
+  forEachConn([](Conn& c) { ::shutdown(c.fd, SHUT_RDWR); });
 }
 
 void TcpTransport::abort(const std::string& reason) {
@@ -643,9 +886,7 @@ void TcpTransport::abort(const std::string& reason) {
     }
   }
   // Queued data (the Abort frame included) is still delivered before the FIN.
-  for (int r = 0; r < size_; ++r) {
-    if (r != rank_ && peers_[r]->fd >= 0) ::shutdown(peers_[r]->fd, SHUT_RDWR);
-  }
+  forEachConn([](Conn& c) { ::shutdown(c.fd, SHUT_RDWR); });
 }
 
 }  // namespace agentcomm::transport

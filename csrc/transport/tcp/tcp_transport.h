@@ -4,7 +4,14 @@
 //
 // Setup: every rank listens (on AGENTCOMM_SOCKET_IFNAME's address if set,
 // otherwise on all addresses), publishes "host-id address port", then connects
-// to every lower rank and accepts every higher one. Rank 0 draws a random
+// to every lower rank and accepts every higher one (eager: the default, or
+// AGENTCOMM_EAGER_CONNECT=1), or (AGENTCOMM_EAGER_CONNECT=0; rank 0's setting
+// decides for the group) connects to nobody yet: a rank dials a peer the first
+// time it sends to it, and keeps listening for the peers that dial it, so a
+// ring touches 2 peers and a tree log n. Lazily, the first frame to a peer
+// waits for a handshake (one round trip), a peer that never connected is not
+// seen to die until a receive from it times out, and an abort reaches only
+// the peers already connected (the others time out). Rank 0 draws a random
 // 128-bit job token and publishes it; a connection that does not present the
 // token (or says nothing within the hello timeout) is dropped and setup goes
 // on; handshakes run side by side, so a silent connection holds only its own
@@ -19,6 +26,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -31,6 +39,9 @@ namespace agentcomm::transport {
 
 struct TcpOptions {
   std::string ifname;  // empty: AGENTCOMM_SOCKET_IFNAME, else all interfaces
+  // Connect every pair at setup (nullopt: AGENTCOMM_EAGER_CONNECT, default
+  // true); rank 0's choice is the group's.
+  std::optional<bool> eager;
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};  // for the whole setup
   std::string keyPrefix = "agentcomm/";
 };
@@ -47,12 +58,21 @@ class TcpTransport : public Transport, private EventLoop::Handler {
   bool trySend(int dst, const Header& h, const void* data, Deadline deadline) override;
   void abort(const std::string& reason) override;
   void cut(const std::string& reason) override;
+  // Whether every pair connected at setup (else on demand: the header).
+  bool eager() const { return eager_; }
+  // Connections made so far, both directions (tests, benches).
+  size_t connectionCount() const { return connCount_.load(); }
 
  private:
   struct Peer {
-    int fd = -1;
+    std::atomic<int> fd{-1};  // the connection frames to this peer go on (the first one made)
     std::timed_mutex sendMutex;
+    std::timed_mutex dialMutex;  // one dial at a time (lazy)
   };
+  // A connection being read: one per peer (eager), one or, when two ranks
+  // dialed each other at once, two (lazy: each side keeps sending on the
+  // first it had; frames of one direction never mix connections).
+  struct Conn;
 
   // A peer's frame being read (event loop thread only, or detach's last call).
   struct Reading {
@@ -66,12 +86,22 @@ class TcpTransport : public Transport, private EventLoop::Handler {
     std::string text;
     bool done = false;
   };
-  // The event loop: peer `tag` has data (or hung up).
+  // The event loop: connection `tag` (or the listener, or a handshake) has data.
   void onReadable(uint32_t tag) override;
-  // The peer's reading ends (lost: its connection broke, not our closing).
-  void finishPeer(int src, bool lost);
-  // A frame's last byte arrived. False when the peer is finished (an Abort frame).
-  bool completeFrame(int src);
+  // The connection's reading ends (lost: it broke, not our closing).
+  void finishConn(Conn& c, bool lost);
+  // A frame's last byte arrived. False when the connection is finished (an Abort frame).
+  bool completeFrame(Conn& c);
+  // Starts reading fd, a connection to peer (made by either side).
+  void install(int peer, int fd);
+  // Lazy: accepts what the listener has, reads handshakes.
+  void acceptPending();
+  void readHandshake(uint32_t id);
+  // The connection frames to dst go on, dialing it first (lazy) unless mayDial is false (-1 then).
+  int connectionTo(int dst, Deadline deadline, bool mayDial);
+  void dial(int dst, Deadline deadline);
+  template <typename Fn>
+  void forEachConn(const Fn& fn);
   void writeFrame(int dst, const Header& h, const void* data, Deadline deadline, bool bestEffort);
   // writeFrame with dst's send mutex already held (released on return).
   void writeLocked(int dst, const Header& h, const void* data, Deadline deadline, bool bestEffort);
@@ -81,8 +111,21 @@ class TcpTransport : public Transport, private EventLoop::Handler {
   std::atomic<bool> closing_{false};
   std::atomic<bool> aborted_{false};
   std::shared_ptr<EventLoop> loop_;  // null for a world of one
-  std::vector<Reading> reading_;      // by peer
   std::vector<uint8_t> sink_;         // drains a payload nothing may take
+  bool eager_ = true;
+  // Connections, by tag (their index); appended under connMu_, read by the loop
+  // (a tag is registered only after its slot is set). Capacity fixed at setup.
+  std::mutex connMu_;
+  std::vector<std::unique_ptr<Conn>> conns_;
+  std::atomic<size_t> connCount_{0};
+  // Lazy: the listener (kept open), every peer's address, the job token, and
+  // the accepted connections that still owe their hello (loop thread only).
+  struct Pending;
+  int listenFd_ = -1;
+  std::vector<std::string> peerAddr_;  // "a.b.c.d port" per rank
+  std::vector<uint8_t> helloBytes_;     // this rank's hello
+  std::vector<std::unique_ptr<Pending>> pending_;
+  uint32_t nextPending_ = 0;
   std::string listenAddr_;
   int listenPort_ = 0;
 };
