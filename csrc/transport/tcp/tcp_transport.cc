@@ -570,7 +570,17 @@ void TcpTransport::install(int peer, int fd) {
   int none = -1;
   peers_[peer]->fd.compare_exchange_strong(none, fd);  // the first connection carries our frames
   loop_->add(fd, this, static_cast<uint32_t>(idx));
-  if (aborted_.load() || closing_.load()) ::shutdown(fd, SHUT_RDWR);  // raced an abort's sweep
+  if (aborted_.load() && !closing_.load()) {
+    // Made after this rank aborted (a peer dialing late, or raced the abort's
+    // sweep): the peer learns why, as the connected ones did.
+    const std::string reason = mailbox_.abortReason().value_or("agentcomm: communicator aborted");
+    Header h;
+    h.kind = static_cast<uint8_t>(MsgKind::Abort);
+    h.nbytes = reason.size();
+    iovec iov[2] = {{&h, sizeof h}, {const_cast<char*>(reason.data()), reason.size()}};
+    writeAll(fd, iov, 2, Clock::now() + std::chrono::milliseconds(200));
+  }
+  if (aborted_.load() || closing_.load()) ::shutdown(fd, SHUT_RDWR);
 }
 
 // The event loop calls onReadable for a connection with data (level-triggered),
@@ -684,7 +694,7 @@ void TcpTransport::acceptPending() {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       return;  // EAGAIN: nothing more now
     }
-    if (closing_.load() || aborted_.load()) {
+    if (closing_.load()) {  // an aborted rank still shakes hands: install() tells the peer why
       ::close(fd);
       continue;
     }
