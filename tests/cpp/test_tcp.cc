@@ -204,6 +204,7 @@ std::vector<std::unique_ptr<transport::TcpTransport>> makeLazyMesh(transport::St
   transport::TcpOptions opts;
   opts.timeout = 20s;
   opts.eager = false;
+  opts.localAtSetup = false;  // every rank here is on this host: on demand for all of them
   ranktest::forEachRank(n, [&](int r) { ts[r] = std::make_unique<transport::TcpTransport>(store, r, n, opts); });
   return ts;
 }
@@ -325,4 +326,22 @@ TEST(TcpLazy, StrayConnectionsOnTheOpenPortAreDropped) {
   EXPECT_LE(ts[0]->connectionCount(), 2u);  // the strays never became connections
   close(garbage);
   close(silent);
+}
+
+// The default: the ranks of one host connect at setup (their connections are
+// the shared-memory paths' liveness and abort channel), on demand otherwise.
+TEST(TcpLazy, RanksOfOneHostConnectAtSetup) {
+  transport::HashStore store;
+  const int n = 4;
+  std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
+  ranktest::forEachRank(n, [&](int r) {
+    transport::TcpOptions opts;
+    opts.timeout = 20s;
+    opts.eager = false;
+    ts[r] = std::make_unique<transport::TcpTransport>(store, r, n, opts);
+  });
+  for (auto& t : ts) {
+    EXPECT_FALSE(t->eager());
+    EXPECT_EQ(t->connectionCount(), static_cast<size_t>(n - 1));
+  }
 }

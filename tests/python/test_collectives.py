@@ -345,10 +345,11 @@ def test_matrix_world_8_subset() -> None:
     assert not failures, "\n".join(failures[:50])
 
 
-def test_matrix_with_connections_on_demand() -> None:
-    """Every collective and send/recv over TCP connected on demand (AGENTCOMM_EAGER_CONNECT=0,
-    shared memory off so every byte crosses a socket), odd world, against Gloo."""
-    env = {"AGENTCOMM_SHM": "0", "AGENTCOMM_EAGER_CONNECT": "0"}
+def test_matrix_over_a_full_tcp_mesh() -> None:
+    """Every collective and send/recv over a TCP full mesh made at setup (AGENTCOMM_EAGER_CONNECT=1;
+    the default connects other hosts on demand), shared memory off so every byte crosses a
+    socket, odd world, against Gloo."""
+    env = {"AGENTCOMM_SHM": "0", "AGENTCOMM_EAGER_CONNECT": "1"}
     results = run_world(collective_matrix, 5, False, timeout=900, env=env)
     failures = [f for _, fs in results for f in fs]
     assert results[0][0] > 100, f"only {results[0][0]} cases ran"

@@ -188,7 +188,7 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
   if (rank == 0) {
     std::random_device rd;
     for (auto& b : mine.token) b = static_cast<uint8_t>(rd());
-    eager_ = options.eager.value_or(envFlag("AGENTCOMM_EAGER_CONNECT", true));
+    eager_ = options.eager.value_or(envFlag("AGENTCOMM_EAGER_CONNECT", false));
     std::vector<uint8_t> value(std::begin(mine.token), std::end(mine.token));
     value.push_back(eager_ ? 1 : 0);
     store.set(tokenKey, value);
@@ -223,6 +223,7 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
       throw;
     }
     peerAddr_.resize(static_cast<size_t>(size));
+    std::vector<int> local;  // lower ranks of this host: dialed now
     for (size_t i = 0; i < ranks.size(); ++i) {
       std::istringstream in(fromBytes(values[i]));
       std::string theirHost, theirAddr;
@@ -230,6 +231,7 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
       in >> theirHost >> theirAddr >> theirPort >> pinned;
       const bool loopback = theirHost == myHost && !pinned && ifname.empty();
       peerAddr_[static_cast<size_t>(ranks[i])] = strCat(loopback ? "127.0.0.1" : theirAddr, " ", theirPort);
+      if (options.localAtSetup && theirHost == myHost && ranks[i] < rank) local.push_back(ranks[i]);
     }
     ::fcntl(lfd, F_SETFL, ::fcntl(lfd, F_GETFL) | O_NONBLOCK);
     listenFd_ = lfd;
@@ -239,8 +241,19 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
     loop_ = EventLoop::shared();
     try {
       loop_->add(listenFd_, this, kListenTag);
+      // The ranks of this host: every lower one now (each higher one dials
+      // us; our listener takes it on the loop). A lower rank's dial may wait
+      // in its listen backlog until its loop watches the listener: no order
+      // between the ranks' setups is needed.
+      for (int peer : local) connectionTo(peer, deadline, true);
     } catch (...) {
+      loop_->detach(this, [this] {
+        for (auto& p : pending_) ::close(p->fd);
+        pending_.clear();
+      });
+      forEachConn([](Conn& c) { ::close(c.fd); });
       ::close(lfd);
+      listenFd_ = -1;
       throw;
     }
     return;

@@ -3,15 +3,18 @@
 // through the rendezvous Store.
 //
 // Setup: every rank listens (on AGENTCOMM_SOCKET_IFNAME's address if set,
-// otherwise on all addresses), publishes "host-id address port", then connects
-// to every lower rank and accepts every higher one (eager: the default, or
-// AGENTCOMM_EAGER_CONNECT=1), or (AGENTCOMM_EAGER_CONNECT=0; rank 0's setting
-// decides for the group) connects to nobody yet: a rank dials a peer the first
-// time it sends to it, and keeps listening for the peers that dial it, so a
-// ring touches 2 peers and a tree log n. Lazily, the first frame to a peer
-// waits for a handshake (one round trip), a peer that never connected is not
-// seen to die until a receive from it times out, and an abort reaches only
-// the peers already connected (the others time out). Rank 0 draws a random
+// otherwise on all addresses) and publishes "host-id address port". Then,
+// with AGENTCOMM_EAGER_CONNECT=1, it connects to every lower rank and accepts
+// every higher one (a full mesh). By default (rank 0's setting decides for the
+// group) it connects at setup only to the ranks of its own host (cheap, and
+// their connections are the liveness and abort channel of the shared-memory
+// paths); a rank of another host is dialed the first time this rank sends to
+// it, and the listener stays open for the peers that dial it, so a ring across
+// hosts touches 2 peers, a tree log n, a hierarchical job only its leaders.
+// On demand, the first frame to a peer waits for a handshake (one round
+// trip), a peer of another host that never connected is not seen to die until
+// a receive from it times out, and an abort reaches the ranks of other hosts
+// through the connections that exist (passed on rank to rank). Rank 0 draws a random
 // 128-bit job token and publishes it; a connection that does not present the
 // token (or says nothing within the hello timeout) is dropped and setup goes
 // on; handshakes run side by side, so a silent connection holds only its own
@@ -40,8 +43,11 @@ namespace agentcomm::transport {
 struct TcpOptions {
   std::string ifname;  // empty: AGENTCOMM_SOCKET_IFNAME, else all interfaces
   // Connect every pair at setup (nullopt: AGENTCOMM_EAGER_CONNECT, default
-  // true); rank 0's choice is the group's.
+  // false); rank 0's choice is the group's.
   std::optional<bool> eager;
+  // On demand: still connect to the ranks of this host at setup (tests of
+  // the on-demand machinery on one host turn it off).
+  bool localAtSetup = true;
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};  // for the whole setup
   std::string keyPrefix = "agentcomm/";
 };
