@@ -40,12 +40,17 @@ class StoreAdapter : public transport::Store {
     try {
       store_->wait(keys, timeout);
     } catch (const c10::Error& e) {
-      std::string missing = keys.front();
-      for (const auto& k : keys) {
-        if (!store_->check({k})) {
-          missing = k;
-          break;
+      // Name the first key still missing, if the store still answers (its
+      // host may have given up and left: then the range of keys waited for).
+      std::string missing = keys.size() == 1 ? keys.front() : strCat(keys.front(), "' .. '", keys.back());
+      try {
+        for (const auto& k : keys) {
+          if (!store_->check({k})) {
+            missing = k;
+            break;
+          }
         }
+      } catch (const c10::Error&) {
       }
       throw TimeoutError(strCat("agentcomm: rendezvous timed out waiting for store key '", missing,
                                 "' (did every rank start and call init_process_group?): ", e.what_without_backtrace()));
