@@ -199,14 +199,24 @@ TEST(Tcp, NoHigherRankTimesOutSetup) {
 
 namespace {
 
-std::vector<std::unique_ptr<transport::TcpTransport>> makeLazyMesh(transport::Store& store, int n) {
+// n ranks as threads; options(r, o) sets rank r's options (timeout 20 s).
+template <typename Fn>
+std::vector<std::unique_ptr<transport::TcpTransport>> makeMeshWith(transport::Store& store, int n, const Fn& options) {
   std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
-  transport::TcpOptions opts;
-  opts.timeout = 20s;
-  opts.eager = false;
-  opts.localAtSetup = false;  // every rank here is on this host: on demand for all of them
-  ranktest::forEachRank(n, [&](int r) { ts[r] = std::make_unique<transport::TcpTransport>(store, r, n, opts); });
+  ranktest::forEachRank(n, [&](int r) {
+    transport::TcpOptions opts;
+    opts.timeout = 20s;
+    options(r, opts);
+    ts[r] = std::make_unique<transport::TcpTransport>(store, r, n, opts);
+  });
   return ts;
+}
+
+std::vector<std::unique_ptr<transport::TcpTransport>> makeLazyMesh(transport::Store& store, int n) {
+  return makeMeshWith(store, n, [](int, transport::TcpOptions& o) {
+    o.eager = false;
+    o.localAtSetup = false;  // every rank here is on this host: on demand for all of them
+  });
 }
 
 void allReduceWith(transport::Transport& t, uint64_t seq, std::vector<float>& buf, AllReduceAlgo algo) {
@@ -271,13 +281,7 @@ TEST(TcpLazy, PairsDialingEachOtherAtOnceStayCorrect) {
 TEST(TcpLazy, RankZeroDecidesTheMode) {
   transport::HashStore store;
   const int n = 3;
-  std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
-  ranktest::forEachRank(n, [&](int r) {
-    transport::TcpOptions opts;
-    opts.timeout = 20s;
-    opts.eager = r != 0;  // rank 0 lazy, the others eager
-    ts[r] = std::make_unique<transport::TcpTransport>(store, r, n, opts);
-  });
+  auto ts = makeMeshWith(store, n, [](int r, transport::TcpOptions& o) { o.eager = r != 0; });  // rank 0 lazy
   for (auto& t : ts) EXPECT_FALSE(t->eager());
   ranktest::forEachRank(n, [&](int r) {
     std::vector<float> buf(1000, 1.0f);
@@ -333,13 +337,7 @@ TEST(TcpLazy, StrayConnectionsOnTheOpenPortAreDropped) {
 TEST(TcpLazy, RanksOfOneHostConnectAtSetup) {
   transport::HashStore store;
   const int n = 4;
-  std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
-  ranktest::forEachRank(n, [&](int r) {
-    transport::TcpOptions opts;
-    opts.timeout = 20s;
-    opts.eager = false;
-    ts[r] = std::make_unique<transport::TcpTransport>(store, r, n, opts);
-  });
+  auto ts = makeMeshWith(store, n, [](int, transport::TcpOptions& o) { o.eager = false; });
   for (auto& t : ts) {
     EXPECT_FALSE(t->eager());
     EXPECT_EQ(t->connectionCount(), static_cast<size_t>(n - 1));
