@@ -120,6 +120,25 @@ std::string pickAddress(const std::string& ifname) {
   return found;
 }
 
+// A peer's published "host-id address port pinned", and where to dial it
+// from host `myHost`: loopback when it is on this host and nobody pinned an
+// interface (loopback always works there), else its published address.
+struct PeerAddress {
+  std::string host;
+  std::string target;
+  int port = 0;
+};
+PeerAddress parsePeerAddress(const std::vector<uint8_t>& published, const std::string& myHost,
+                             const std::string& ifname) {
+  std::istringstream in(fromBytes(published));
+  PeerAddress a;
+  std::string addr;
+  int pinned = 0;
+  in >> a.host >> addr >> a.port >> pinned;
+  a.target = (a.host == myHost && !pinned && ifname.empty()) ? "127.0.0.1" : addr;
+  return a;
+}
+
 void setNoDelay(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -225,13 +244,9 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
     peerAddr_.resize(static_cast<size_t>(size));
     std::vector<int> local;  // lower ranks of this host: dialed now
     for (size_t i = 0; i < ranks.size(); ++i) {
-      std::istringstream in(fromBytes(values[i]));
-      std::string theirHost, theirAddr;
-      int theirPort = 0, pinned = 0;
-      in >> theirHost >> theirAddr >> theirPort >> pinned;
-      const bool loopback = theirHost == myHost && !pinned && ifname.empty();
-      peerAddr_[static_cast<size_t>(ranks[i])] = strCat(loopback ? "127.0.0.1" : theirAddr, " ", theirPort);
-      if (options.localAtSetup && theirHost == myHost && ranks[i] < rank) local.push_back(ranks[i]);
+      const PeerAddress a = parsePeerAddress(values[i], myHost, ifname);
+      peerAddr_[static_cast<size_t>(ranks[i])] = strCat(a.target, " ", a.port);
+      if (options.localAtSetup && a.host == myHost && ranks[i] < rank) local.push_back(ranks[i]);
     }
     ::fcntl(lfd, F_SETFL, ::fcntl(lfd, F_GETFL) | O_NONBLOCK);
     listenFd_ = lfd;
@@ -396,17 +411,13 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
   std::vector<Dial> dials;
   if (connectError.empty()) {
     for (int peer = 0; peer < rank; ++peer) {
-      std::istringstream in(fromBytes(addresses[peer]));
-      std::string theirHost, theirAddr;
-      int theirPort = 0, pinned = 0;
-      in >> theirHost >> theirAddr >> theirPort >> pinned;
+      const PeerAddress a = parsePeerAddress(addresses[peer], myHost, ifname);
       Dial d;
       d.peer = peer;
-      // Same host and nobody pinned an interface: loopback always works there.
-      d.target = (theirHost == myHost && !pinned && ifname.empty()) ? "127.0.0.1" : theirAddr;
-      d.port = theirPort;
+      d.target = a.target;
+      d.port = a.port;
       d.to.sin_family = AF_INET;
-      d.to.sin_port = htons(static_cast<uint16_t>(theirPort));
+      d.to.sin_port = htons(static_cast<uint16_t>(a.port));
       ::inet_pton(AF_INET, d.target.c_str(), &d.to.sin_addr);
       d.retryAt = Clock::now();
       dials.push_back(std::move(d));
@@ -687,14 +698,16 @@ void TcpTransport::onReadable(uint32_t tag) {
 
 // ---------------------------------------------------------------- connections on demand
 
+void TcpTransport::dropPending(size_t i, const std::string& why) {
+  AC_LOG(Warn, "dropped a connection from ", pending_[i]->from, ": ", why);
+  loop_->remove(pending_[i]->fd);
+  ::close(pending_[i]->fd);
+  pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
+}
+
 void TcpTransport::acceptPending() {
   const Deadline now = Clock::now();
-  auto drop = [&](size_t i, const char* why) {
-    AC_LOG(Warn, "dropped a connection from ", pending_[i]->from, ": ", why);
-    loop_->remove(pending_[i]->fd);
-    ::close(pending_[i]->fd);
-    pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
-  };
+  auto drop = [&](size_t i, const char* why) { dropPending(i, why); };
   // A silent socket holds its slot until its hello time is up (checked here,
   // on the next connection): it never holds up the handshakes beside it.
   for (size_t i = pending_.size(); i-- > 0;)
@@ -730,12 +743,7 @@ void TcpTransport::readHandshake(uint32_t id) {
   while (i < pending_.size() && pending_[i]->id != id) ++i;
   if (i == pending_.size()) return;
   Pending& p = *pending_[i];
-  auto drop = [&](const std::string& why) {
-    AC_LOG(Warn, "dropped a connection from ", p.from, ": ", why);
-    loop_->remove(p.fd);
-    ::close(p.fd);
-    pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
-  };
+  auto drop = [&](const std::string& why) { dropPending(i, why); };
   const ssize_t r = ::recv(p.fd, reinterpret_cast<uint8_t*>(&p.hello) + p.got, sizeof(Hello) - p.got, MSG_DONTWAIT);
   if (r > 0) {
     p.got += static_cast<size_t>(r);

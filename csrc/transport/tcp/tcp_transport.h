@@ -103,6 +103,7 @@ class TcpTransport : public Transport, private EventLoop::Handler {
   // Lazy: accepts what the listener has, reads handshakes.
   void acceptPending();
   void readHandshake(uint32_t id);
+  void dropPending(size_t i, const std::string& why);  // closes the i-th handshake, saying why
   // The connection frames to dst go on, dialing it first (lazy) unless mayDial is false (-1 then).
   int connectionTo(int dst, Deadline deadline, bool mayDial);
   void dial(int dst, Deadline deadline);
