@@ -61,6 +61,7 @@ Communicator::Communicator(transport::Store& store, int rank, int size, Communic
   transport::TcpOptions tcp;
   tcp.timeout = options_.timeout;
   tcp.keyPrefix = options_.keyPrefix;
+  tcp.hub = options_.tcpHub;
   transport_ = std::make_unique<transport::TcpTransport>(store, rank, size, tcp);
   startRendezvous();
   try {

@@ -36,6 +36,10 @@
 #include "transport/store.h"
 #include "transport/transport.h"
 
+namespace agentcomm::transport {
+class TcpHub;
+}  // namespace agentcomm::transport
+
 namespace agentcomm::algorithms {
 
 struct CommunicatorOptions {
@@ -47,6 +51,9 @@ struct CommunicatorOptions {
   size_t chunkBytes = 0;
   // Prefix of every store key of the bootstrap; empty: storeKeyPrefix().
   std::string keyPrefix;
+  // The TCP endpoint (null: the process's). Tests that run ranks as threads
+  // of one process give each rank its own (transport::TcpHub::create).
+  std::shared_ptr<transport::TcpHub> tcpHub;
 };
 
 // The prefix of this process's bootstrap keys: "agentcomm/", or under torchrun

@@ -8,7 +8,7 @@ namespace agentcomm::transport {
 
 std::string validateHeader(const Header& h) {
   if (h.magic != kHeaderMagic) return strCat("bad magic 0x", std::hex, h.magic);
-  if (h.kind < 1 || h.kind > 3) return strCat("bad message kind ", int(h.kind));
+  if (h.kind < 1 || h.kind > 4) return strCat("bad message kind ", int(h.kind));
   if (!isValidDataType(h.dtype)) return strCat("bad dtype ", int(h.dtype));
   if (!isValidReduceOp(h.op)) return strCat("bad reduce op ", int(h.op));
   if (h.nbytes > kMaxPayloadBytes) return strCat("payload of ", h.nbytes, " bytes is implausible");

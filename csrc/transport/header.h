@@ -11,7 +11,8 @@ constexpr uint32_t kHeaderMagic = 0x41434d31;  // "ACM1"
 enum class MsgKind : uint8_t {
   Collective = 1,  // matched by (src, seq, tag)
   P2P = 2,         // matched by (src or any, user tag), FIFO per source
-  Abort = 3,       // payload: UTF-8 reason; the sender's communicator is gone
+  Abort = 3,       // payload: UTF-8 reason (at most 64 KiB); the sender's communicator is gone
+  Leave = 4,       // no payload: the sender destroyed its end of the group (TCP)
 };
 
 // The part of a collective message's header that its sender and receiver must

@@ -14,6 +14,7 @@
 #include "algorithms/communicator.h"
 #include "algorithms/device_peers.h"
 #include "core/error.h"
+#include "transport/tcp/tcp_hub.h"
 #include "rank_threads.h"
 
 using namespace agentcomm;
@@ -46,7 +47,11 @@ void runComms(Path path, int n, const std::function<void(Communicator&)>& fn) {
     auto hub = transport::InProcHub::create(n);
     for (int r = 0; r < n; ++r) comms[r] = std::make_unique<Communicator>(hub->connect(r), opts);
   } else {
-    ranktest::forEachRank(n, [&](int r) { comms[r] = std::make_unique<Communicator>(store, r, n, opts); });
+    ranktest::forEachRank(n, [&](int r) {
+      CommunicatorOptions mine = opts;
+      mine.tcpHub = transport::TcpHub::create("");  // ranks are threads here: an endpoint each
+      comms[r] = std::make_unique<Communicator>(store, r, n, mine);
+    });
   }
   ranktest::forEachRank(n, [&](int r) { fn(*comms[r]); });
 }

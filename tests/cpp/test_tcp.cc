@@ -71,7 +71,7 @@ TEST(Tcp, StrayConnectionsAreDroppedAndSetupGoesOn) {
   std::vector<std::unique_ptr<transport::TcpTransport>> ts(n);
   transport::TcpOptions opts;
   opts.timeout = 20s;
-  std::thread rank0([&] { ts[0] = std::make_unique<transport::TcpTransport>(store, 0, n, opts); });
+  std::thread rank0([&] { ts[0] = std::make_unique<transport::TcpTransport>(store, 0, n, ranktest::ownEndpoint(opts)); });
   // Poke rank 0's published address before the real peers arrive.
   sockaddr_in to = rank0Address(store);
   int garbage = socket(AF_INET, SOCK_STREAM, 0);
@@ -81,7 +81,7 @@ TEST(Tcp, StrayConnectionsAreDroppedAndSetupGoesOn) {
   int silent = socket(AF_INET, SOCK_STREAM, 0);  // connects and says nothing
   ASSERT_EQ(connect(silent, reinterpret_cast<sockaddr*>(&to), sizeof(to)), 0);
   std::thread others([&] {
-    ranktest::forEachRank(2, [&](int i) { ts[i + 1] = std::make_unique<transport::TcpTransport>(store, i + 1, n, opts); });
+    ranktest::forEachRank(2, [&](int i) { ts[i + 1] = std::make_unique<transport::TcpTransport>(store, i + 1, n, ranktest::ownEndpoint(opts)); });
   });
   rank0.join();
   others.join();
@@ -106,7 +106,7 @@ TEST(Tcp, SilentConnectionsDoNotHoldUpSetup) {
   std::string rank0Error;
   std::thread rank0([&] {
     try {
-      ts[0] = std::make_unique<transport::TcpTransport>(store, 0, n, opts);
+      ts[0] = std::make_unique<transport::TcpTransport>(store, 0, n, ranktest::ownEndpoint(opts));
     } catch (const std::exception& e) {
       rank0Error = e.what();
     }
@@ -121,7 +121,7 @@ TEST(Tcp, SilentConnectionsDoNotHoldUpSetup) {
   std::string othersError;
   std::thread others([&] {
     try {
-      ranktest::forEachRank(2, [&](int i) { ts[i + 1] = std::make_unique<transport::TcpTransport>(store, i + 1, n, opts); });
+      ranktest::forEachRank(2, [&](int i) { ts[i + 1] = std::make_unique<transport::TcpTransport>(store, i + 1, n, ranktest::ownEndpoint(opts)); });
     } catch (const std::exception& e) {
       othersError = e.what();
     }
@@ -206,6 +206,7 @@ std::vector<std::unique_ptr<transport::TcpTransport>> makeMeshWith(transport::St
   ranktest::forEachRank(n, [&](int r) {
     transport::TcpOptions opts;
     opts.timeout = 20s;
+    opts.hub = transport::TcpHub::create("");
     options(r, opts);
     ts[r] = std::make_unique<transport::TcpTransport>(store, r, n, opts);
   });
@@ -342,4 +343,169 @@ TEST(TcpLazy, RanksOfOneHostConnectAtSetup) {
     EXPECT_FALSE(t->eager());
     EXPECT_EQ(t->connectionCount(), static_cast<size_t>(n - 1));
   }
+}
+
+// ---------------------------------------------------------------- groups sharing links
+
+namespace {
+
+// Processes (an endpoint each) and groups on them: group g's rank i is
+// process members[g][i]; each group bootstraps under its own store prefix.
+struct Job {
+  std::vector<std::shared_ptr<transport::TcpHub>> hubs;
+  std::vector<std::vector<int>> members;
+  std::vector<std::vector<std::unique_ptr<transport::TcpTransport>>> groups;  // [group][rank]
+};
+
+Job makeJob(transport::Store& store, int processes, std::vector<std::vector<int>> members, bool eager) {
+  Job job;
+  for (int p = 0; p < processes; ++p) job.hubs.push_back(transport::TcpHub::create(""));
+  job.members = std::move(members);
+  job.groups.resize(job.members.size());
+  for (size_t g = 0; g < job.members.size(); ++g) {
+    const int n = static_cast<int>(job.members[g].size());
+    job.groups[g].resize(static_cast<size_t>(n));
+    ranktest::forEachRank(n, [&](int r) {
+      transport::TcpOptions o;
+      o.timeout = 20s;
+      o.eager = eager;
+      o.hub = job.hubs[static_cast<size_t>(job.members[g][static_cast<size_t>(r)])];
+      o.keyPrefix = "group" + std::to_string(g) + "/";
+      job.groups[g][static_cast<size_t>(r)] = std::make_unique<transport::TcpTransport>(store, r, n, o);
+    });
+  }
+  return job;
+}
+
+// Every rank of every group at once (a thread each), `ops` all_reduces per
+// group alternating ring and recursive doubling, small and large; returns the
+// number of wrong values.
+int allGroupsAtOnce(Job& job, uint64_t firstSeq, int ops, const std::vector<size_t>& which) {
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (size_t g : which) {
+    const int n = static_cast<int>(job.members[g].size());
+    for (int r = 0; r < n; ++r)
+      threads.emplace_back([&, g, r, n] {
+        for (uint64_t i = firstSeq; i < firstSeq + static_cast<uint64_t>(ops); ++i) {
+          const size_t count = i % 2 ? 5 + g : (size_t{1} << 16) + g;
+          std::vector<float> buf(count, static_cast<float>(r + i + g));
+          allReduceWith(*job.groups[g][static_cast<size_t>(r)], i, buf,
+                        i % 3 ? AllReduceAlgo::Ring : AllReduceAlgo::RecursiveDoubling);
+          const float expected = static_cast<float>(n * (i + g) + n * (n - 1) / 2);
+          for (float v : buf)
+            if (v != expected) wrong.fetch_add(1);
+        }
+      });
+  }
+  for (auto& t : threads) t.join();
+  return wrong.load();
+}
+
+}  // namespace
+
+// A 2-D mesh job's three groups (the world, a copy of it, the even ranks) on
+// 4 processes: one link per pair of processes, not one per group, whether
+// linked at setup or on demand; ops of all three groups at once, interleaved
+// on the shared links, stay correct.
+TEST(TcpShared, GroupsShareOneLinkPerPairOfProcesses) {
+  for (bool eager : {true, false}) {
+    transport::HashStore store;
+    const int n = 4;
+    Job job = makeJob(store, n, {{0, 1, 2, 3}, {0, 1, 2, 3}, {0, 2}}, eager);
+    EXPECT_EQ(allGroupsAtOnce(job, 1, 40, {0, 1, 2}), 0) << (eager ? "eager" : "on demand");
+    for (int p = 0; p < n; ++p)
+      EXPECT_EQ(job.hubs[static_cast<size_t>(p)]->linkCount(), static_cast<size_t>(n - 1))
+          << "process " << p << (eager ? " (eager)" : " (on demand)");
+  }
+}
+
+// On demand across "hosts" (localAtSetup off): a group reuses the link
+// another group made, and two groups dialing the same pair at once still
+// end with at most two links per pair.
+TEST(TcpShared, OnDemandGroupsReuseEachOthersLinks) {
+  transport::HashStore store;
+  const int n = 5;
+  Job job;
+  for (int p = 0; p < n; ++p) job.hubs.push_back(transport::TcpHub::create(""));
+  job.members = {{0, 1, 2, 3, 4}, {4, 3, 2, 1, 0}};  // the second group numbers the processes backwards
+  job.groups.resize(2);
+  for (size_t g = 0; g < 2; ++g) {
+    job.groups[g].resize(n);
+    ranktest::forEachRank(n, [&](int r) {
+      transport::TcpOptions o;
+      o.timeout = 20s;
+      o.eager = false;
+      o.localAtSetup = false;
+      o.hub = job.hubs[static_cast<size_t>(job.members[g][static_cast<size_t>(r)])];
+      o.keyPrefix = "group" + std::to_string(g) + "/";
+      job.groups[g][static_cast<size_t>(r)] = std::make_unique<transport::TcpTransport>(store, r, n, o);
+    });
+  }
+  for (auto& hub : job.hubs) EXPECT_EQ(hub->linkCount(), 0u);
+  // A ring in group 0 links each process to its two neighbours; group 1's
+  // ring (the same neighbours, backwards) needs no new link.
+  EXPECT_EQ(allGroupsAtOnce(job, 4, 1, {0}), 0);  // seq 4: a ring
+  for (auto& hub : job.hubs) EXPECT_EQ(hub->linkCount(), 2u);
+  EXPECT_EQ(allGroupsAtOnce(job, 5, 1, {1}), 0);  // a ring too
+  for (auto& hub : job.hubs) EXPECT_EQ(hub->linkCount(), 2u);
+  // Both groups at once, every algorithm: still correct, at most 2 links per pair.
+  EXPECT_EQ(allGroupsAtOnce(job, 10, 30, {0, 1}), 0);
+  for (auto& hub : job.hubs) EXPECT_LE(hub->linkCount(), static_cast<size_t>(2 * (n - 1)));
+}
+
+// An abort, or the end, of one group is that group's: the others go on over
+// the same links. A broken link fails every group's ranks on it.
+TEST(TcpShared, OneGroupsAbortOrEndLeavesTheOthers) {
+  transport::HashStore store;
+  const int n = 3;
+  Job job = makeJob(store, n, {{0, 1, 2}, {0, 1, 2}, {0, 1, 2}}, false);
+  job.groups[0][1]->abort("agentcomm: test abort of group 0");
+  for (int r = 0; r < n; ++r) {
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (!job.groups[0][static_cast<size_t>(r)]->mailbox().abortReason() && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(5ms);
+    auto why = job.groups[0][static_cast<size_t>(r)]->mailbox().abortReason();
+    ASSERT_TRUE(why.has_value()) << "rank " << r << " of group 0 never heard of the abort";
+    EXPECT_NE(why->find("test abort of group 0"), std::string::npos) << *why;
+    EXPECT_FALSE(job.groups[1][static_cast<size_t>(r)]->mailbox().abortReason().has_value());
+  }
+  EXPECT_EQ(allGroupsAtOnce(job, 1, 10, {1, 2}), 0);
+  for (auto& t : job.groups[1]) t.reset();  // group 1 destroyed everywhere
+  EXPECT_EQ(allGroupsAtOnce(job, 11, 10, {2}), 0);
+  for (auto& hub : job.hubs) EXPECT_EQ(hub->linkCount(), static_cast<size_t>(n - 1));
+  // Process 2's links break (a crash, or the network): group 2's ranks 0
+  // and 1 fail promptly, naming rank 2, instead of waiting for the deadline.
+  job.hubs[2]->cutLinksTo(job.hubs[0]->id());
+  job.hubs[2]->cutLinksTo(job.hubs[1]->id());
+  const auto start = std::chrono::steady_clock::now();
+  ranktest::forEachRank(2, [&](int r) {
+    std::vector<float> buf(1000, 1.0f);
+    try {
+      allReduceWith(*job.groups[2][static_cast<size_t>(r)], 100, buf, AllReduceAlgo::Direct);
+      ADD_FAILURE() << "rank " << r << " reduced with a rank it lost";
+    } catch (const CommError& e) {
+      EXPECT_NE(std::string(e.what()).find("rank 2"), std::string::npos) << e.what();
+    }
+  });
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+}
+
+// Two ranks of one group on one endpoint (one process) is a usage error,
+// named, not a hang.
+TEST(TcpShared, TwoRanksOfAGroupOnOneEndpointAreRefused) {
+  transport::HashStore store;
+  auto hub = transport::TcpHub::create("");
+  std::vector<std::string> errors(2);
+  ranktest::forEachRank(2, [&](int r) {
+    transport::TcpOptions o;
+    o.timeout = 5s;
+    o.hub = hub;
+    try {
+      transport::TcpTransport t(store, r, 2, o);
+    } catch (const InvalidArgument& e) {
+      errors[static_cast<size_t>(r)] = e.what();
+    }
+  });
+  for (const std::string& e : errors) EXPECT_NE(e.find("this very process"), std::string::npos) << e;
 }

@@ -56,8 +56,7 @@ EventLoop::~EventLoop() {
 }
 
 void EventLoop::add(int fd, Handler* h, uint32_t tag) {
-  std::unique_lock<std::mutex> lock(dispatchMu_, std::defer_lock);
-  if (!onLoopThread()) lock.lock();
+  std::lock_guard<std::recursive_mutex> lock(dispatchMu_);
   const uint64_t id = nextId_++;
   regs_.emplace(id, Registration{h, tag, fd});
   byFd_[fd] = id;
@@ -72,7 +71,8 @@ void EventLoop::add(int fd, Handler* h, uint32_t tag) {
   }
 }
 
-void EventLoop::removeLocked(int fd) {
+void EventLoop::remove(int fd) {
+  std::lock_guard<std::recursive_mutex> lock(dispatchMu_);
   auto it = byFd_.find(fd);
   if (it == byFd_.end()) return;
   ::epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
@@ -80,20 +80,18 @@ void EventLoop::removeLocked(int fd) {
   byFd_.erase(it);
 }
 
-void EventLoop::remove(int fd) {
-  if (onLoopThread()) return removeLocked(fd);
-  std::lock_guard<std::mutex> lock(dispatchMu_);
-  removeLocked(fd);
-}
-
 void EventLoop::detach(Handler* h, const std::function<void()>& last) {
-  std::unique_lock<std::mutex> lock(dispatchMu_, std::defer_lock);
-  if (!onLoopThread()) lock.lock();
+  std::lock_guard<std::recursive_mutex> lock(dispatchMu_);
   std::vector<int> fds;
   for (const auto& [id, reg] : regs_)
     if (reg.handler == h) fds.push_back(reg.fd);
-  for (int fd : fds) removeLocked(fd);
+  for (int fd : fds) remove(fd);
   if (last) last();
+}
+
+void EventLoop::locked(const std::function<void()>& fn) {
+  std::lock_guard<std::recursive_mutex> lock(dispatchMu_);
+  fn();
 }
 
 void EventLoop::loop() {
@@ -107,7 +105,7 @@ void EventLoop::loop() {
       AC_LOG(Warn, "agentcomm: the TCP event loop stopped: epoll_wait: ", errnoText(errno));
       return;
     }
-    std::lock_guard<std::mutex> lock(dispatchMu_);
+    std::lock_guard<std::recursive_mutex> lock(dispatchMu_);
     for (int i = 0; i < n; ++i) {
       const uint64_t id = events[static_cast<size_t>(i)].data.u64;
       if (id == 0) continue;  // woken to stop

@@ -12,8 +12,8 @@
 //   - After detach(handler) returns, no call into that handler runs or will
 //     run: detach removes its sockets under dispatchMu_, and an event fetched
 //     before for a removed socket finds no registration (ids, not pointers,
-//     travel through epoll) and is skipped. From the loop's own thread (a
-//     handler finishing its peer) remove() needs no lock: it already holds it.
+//     travel through epoll) and is skipped. The lock is re-entrant: a handler
+//     (on the loop's thread, holding it) may add and remove sockets.
 //   - The loop lives while any transport holds it (shared()); the last one
 //     joins the thread. A child process after fork() gets a fresh loop.
 #include <sys/types.h>
@@ -51,12 +51,14 @@ class EventLoop {
   // Stops watching every socket of h, then runs `last` (if any) under the
   // dispatch lock: no handler call of h runs concurrently or afterwards.
   void detach(Handler* h, const std::function<void()>& last = {});
+  // Runs fn under the dispatch lock (no handler runs meanwhile); fn may call
+  // add and remove. Handlers may call it too (the lock is re-entrant).
+  void locked(const std::function<void()>& fn);
 
  private:
   EventLoop();
   void loop();
   bool onLoopThread() const { return std::this_thread::get_id() == threadId_.load(); }
-  void removeLocked(int fd);
 
   struct Registration {
     Handler* handler;
@@ -66,7 +68,9 @@ class EventLoop {
   const int ep_;
   const int wake_;  // eventfd: stop
   std::atomic<bool> stopping_{false};
-  std::mutex dispatchMu_;  // held by the loop while it calls handlers; regs_, byFd_, nextId_
+  // Held by the loop while it calls handlers; regs_, byFd_, nextId_.
+  // Re-entrant: a handler (or locked()'s fn) may add and remove sockets.
+  std::recursive_mutex dispatchMu_;
   std::unordered_map<uint64_t, Registration> regs_;
   std::unordered_map<int, uint64_t> byFd_;
   uint64_t nextId_ = 1;
