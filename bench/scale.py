@@ -25,8 +25,9 @@ from datetime import timedelta
 from pathlib import Path
 
 COLUMNS = ("init_s", "threads", "sockets", "sockets_end", "rss_mb", "allreduce_4k_us", "allreduce_16m_ms")
-# A backend name with this suffix: agentcomm with connections on demand (AGENTCOMM_EAGER_CONNECT=0).
-ON_DEMAND = "-ondemand"
+# A backend name with this suffix: agentcomm with every pair connected at setup
+# (AGENTCOMM_EAGER_CONNECT=1; the default connects other hosts on demand).
+EAGER = "-eager"
 
 
 def _process_counts() -> dict[str, float]:
@@ -42,9 +43,9 @@ def _process_counts() -> dict[str, float]:
 
 
 def worker(backend: str, out: str) -> None:
-    if backend.endswith(ON_DEMAND):
-        backend = backend[: -len(ON_DEMAND)]
-        os.environ["AGENTCOMM_EAGER_CONNECT"] = "0"
+    if backend.endswith(EAGER):
+        backend = backend[: -len(EAGER)]
+        os.environ["AGENTCOMM_EAGER_CONNECT"] = "1"
     import torch
     import torch.distributed as dist
 
@@ -116,8 +117,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cluster", help="HOSTSxRANKS[@RATE], e.g. 8x4@1gbit (root); default: --ranks on this host")
     p.add_argument("--ranks", type=int, default=8)
-    p.add_argument("--backends", default="agentcomm,agentcomm-ondemand,gloo",
-                   help=f"comma-separated; agentcomm{ON_DEMAND}: connections on demand")
+    p.add_argument("--backends", default="agentcomm,agentcomm-eager,gloo",
+                   help=f"comma-separated; agentcomm{EAGER}: every pair connected at setup")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
