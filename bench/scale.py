@@ -30,18 +30,6 @@ COLUMNS = ("init_s", "threads", "sockets", "sockets_end", "rss_mb", "allreduce_4
 EAGER = "-eager"
 
 
-def _process_counts() -> dict[str, float]:
-    threads = len(os.listdir("/proc/self/task"))
-    sockets = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            sockets += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-        except OSError:
-            pass
-    rss_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
-    return {"threads": threads, "sockets": sockets, "rss_mb": rss_kb / 1024}
-
-
 def worker(backend: str, out: str) -> None:
     if backend.endswith(EAGER):
         backend = backend[: -len(EAGER)]
@@ -49,7 +37,7 @@ def worker(backend: str, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    import agentcomm  # noqa: F401  registers the backend
+    import agentcomm.debug  # registers the backend too
     from agentcomm.bench.harness import median_seconds
 
     torch.set_num_threads(1)
@@ -67,13 +55,13 @@ def worker(backend: str, out: str) -> None:
     for g in (None, copy, even):
         if g is None or dist.get_rank(g) >= 0:
             dist.barrier(group=g)
-    row: dict[str, float] = {"init_s": time.perf_counter() - t0, **_process_counts()}
+    row: dict[str, float] = {"init_s": time.perf_counter() - t0, **agentcomm.debug.process_costs()}
     for key, numel, reps in (("allreduce_4k_us", 1024, 50), ("allreduce_16m_ms", 4 << 20, 5)):
         t = torch.ones(numel)
         dist.all_reduce(t)  # warm: first touch, first use of each connection
         row[key] = median_seconds(lambda: dist.all_reduce(t), reps, before=dist.barrier) * (
             1e6 if key.endswith("_us") else 1e3)
-    row["sockets_end"] = _process_counts()["sockets"]  # after the all_reduces: what they connected
+    row["sockets_end"] = agentcomm.debug.process_costs()["sockets"]  # after the all_reduces: what they connected
     rows: list = [None] * world
     dist.all_gather_object(rows, row)
     if rank == 0:

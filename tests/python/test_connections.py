@@ -8,23 +8,13 @@ ops of all the groups at once stay correct.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
 
+import agentcomm.debug
+
 from harness import run_world
-
-
-def _sockets() -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-        except OSError:
-            pass
-    return count
 
 
 def _three_groups(rank: int, world: int) -> tuple[int, int]:
@@ -33,7 +23,7 @@ def _three_groups(rank: int, world: int) -> tuple[int, int]:
     t = torch.full((1000,), float(rank + 1))
     dist.all_reduce(t)  # every algorithm's peers of the world are connected now (direct: all)
     dist.barrier()
-    before = _sockets()
+    before = agentcomm.debug.process_costs()["sockets"]
     copy = dist.new_group(list(range(world)))
     evens = dist.new_group(list(range(0, world, 2)))
     groups = [(None, range(world)), (copy, range(world))] + ([(evens, range(0, world, 2))] if rank % 2 == 0 else [])
@@ -46,7 +36,7 @@ def _three_groups(rank: int, world: int) -> tuple[int, int]:
         work.wait()
         assert torch.equal(x, torch.full_like(x, want)), (x[:3], want)
     dist.barrier()
-    after = _sockets()
+    after = agentcomm.debug.process_costs()["sockets"]
     dist.destroy_process_group()
     return before, after
 
