@@ -65,7 +65,7 @@ void allReduceRecursiveDoubling(Context& ctx, const AllReduceOptions& opts);
 void allReduceShmFlat(Context& ctx, const AllReduceOptions& opts);
 void allReduceShmStaged(Context& ctx, const AllReduceOptions& opts);
 void allReduceShmCma(Context& ctx, const AllReduceOptions& opts);
-// Several hosts with several ranks each (allreduce_hier.cc): shared memory
+// Several hosts with several ranks each (hierarchical.cc): shared memory
 // inside hosts, the host leaders across them.
 void allReduceHierarchical(Context& ctx, const AllReduceOptions& opts);
 
@@ -99,6 +99,7 @@ struct ReduceScatterOptions {
   std::vector<size_t> counts;
   void* output = nullptr;           // counts[rank] elements; inputs are not modified
   double premulFactor = 1.0;
+  int scaleWorld = 0;  // world size AVG divides by; 0: ctx.size() (the leaders of a hierarchy set it)
 };
 void reduceScatter(Context& ctx, const ReduceScatterOptions& opts);
 
@@ -131,5 +132,12 @@ void allToAll(Context& ctx, const AllToAllOptions& opts);
 
 // Dissemination barrier: ceil(log2 n) rounds of empty messages.
 void barrier(Context& ctx);
+
+// The same scheme for the other collectives whose data crosses every host
+// (hierarchical.cc; chosen whenever ctx.topo is set): the network carries
+// only the host leaders' traffic.
+void broadcastHierarchical(Context& ctx, const BroadcastOptions& opts);
+void allGatherHierarchical(Context& ctx, const AllGatherOptions& opts);
+void reduceScatterHierarchical(Context& ctx, const ReduceScatterOptions& opts);
 
 }  // namespace agentcomm::algorithms

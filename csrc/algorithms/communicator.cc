@@ -122,6 +122,7 @@ void Communicator::bootstrap(transport::Store& store) {
     topo_->local = shm_.get();
     topo_->localRanks = localRanks_;
     topo_->leaders = leaders;
+    for (int leader : leaders) topo_->hosts.push_back(hosts.membersOf(leader));
     topo_->localRank = static_cast<int>(std::find(localRanks_.begin(), localRanks_.end(), rank_) - localRanks_.begin());
     for (size_t i = 0; i < leaders.size(); ++i)
       if (leaders[i] == rank_) topo_->leaderIndex = static_cast<int>(i);

@@ -25,6 +25,7 @@ void reduceScatterByAllReduce(Context& ctx, const ReduceScatterOptions& opts, si
   ar.data = packed;
   ar.count = total;
   ar.premulFactor = opts.premulFactor;
+  ar.scaleWorld = opts.scaleWorld;
   allReduceRecursiveDoubling(ctx, ar);
   if (opts.counts[ctx.rank()] > 0) std::memcpy(opts.output, packed + mine, opts.counts[ctx.rank()] * es);
 }
@@ -36,6 +37,7 @@ void reduceScatter(Context& ctx, const ReduceScatterOptions& opts) {
            "reduce_scatter: need one input block per rank");
   size_t total = 0;
   for (size_t c : opts.counts) total += c;
+  if (ctx.topo != nullptr) return reduceScatterHierarchical(ctx, opts);
   if (Path p = choosePath(ctx, "reduce_scatter", total * ctx.elemSize()); p != Path::Tcp) {
     return reduceScatterShm(ctx, opts, p);
   }
@@ -45,7 +47,7 @@ void reduceScatter(Context& ctx, const ReduceScatterOptions& opts) {
   for (int k = 0; k < n; ++k) rb.inputs.push_back(static_cast<const uint8_t*>(opts.inputs[k]));
   rb.partials.assign(n, nullptr);
   rb.output = static_cast<uint8_t*>(opts.output);
-  detail::ringReduceScatter(ctx, rb, finalScaleFor(ctx.op, n, opts.premulFactor), [](size_t, const Span&) {});
+  detail::ringReduceScatter(ctx, rb, finalScaleFor(ctx.op, opts.scaleWorld > 0 ? opts.scaleWorld : n, opts.premulFactor), [](size_t, const Span&) {});
 }
 
 }  // namespace agentcomm::algorithms

@@ -6,6 +6,8 @@
 #include <unistd.h>
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include <algorithm>
 #include <atomic>
 #include <mutex>
@@ -522,11 +524,16 @@ TEST(ShmErrors, PeerThatNeverAttachesLeavesNoSegment) {
   EXPECT_EQ(countShmEntries(), before);
 }
 
-// Three "hosts" (ranks {0,1,2}, {3,4}, {5}) in one process: each host has its
-// own domain, the leaders 0, 3, 5 talk over the in-process transport.
-TEST(ShmHierarchical, AllReduceAcrossHostsEveryOpAndSize) {
-  const std::vector<std::vector<int>> hosts = {{0, 1, 2}, {3, 4}, {5}};
-  const int n = 6;
+namespace {
+
+// "Hosts" of ranks in one process: each host has its own shared-memory domain,
+// the leaders talk over the in-process transport. Runs fn(rank, topology,
+// context maker) on every rank's thread.
+using MakeContext = std::function<Context(CollectiveKind, ReduceOp, uint64_t)>;
+void runHosts(const std::vector<std::vector<int>>& hosts,
+              const std::function<void(int, const Topology&, const MakeContext&)>& fn) {
+  int n = 0;
+  for (const auto& h : hosts) n += static_cast<int>(h.size());
   auto hub = transport::InProcHub::create(n);
   std::vector<std::unique_ptr<transport::Transport>> ts;
   for (int r = 0; r < n; ++r) ts.push_back(hub->connect(r));
@@ -535,6 +542,7 @@ TEST(ShmHierarchical, AllReduceAcrossHostsEveryOpAndSize) {
     Topology topo;
     for (const auto& h : hosts) {
       topo.leaders.push_back(h[0]);
+      topo.hosts.push_back(h);
       if (std::find(h.begin(), h.end(), r) != h.end()) topo.localRanks = h;
     }
     topo.localRank = static_cast<int>(std::find(topo.localRanks.begin(), topo.localRanks.end(), r) - topo.localRanks.begin());
@@ -546,27 +554,114 @@ TEST(ShmHierarchical, AllReduceAcrossHostsEveryOpAndSize) {
     ASSERT_EQ(shm != nullptr, topo.localRanks.size() > 1);
     topo.local = shm.get();
     uint64_t seq = 0;
-    for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max, ReduceOp::Product}) {
-      for (size_t count : kCounts) {
-        std::vector<float> buf(count);
-        for (size_t j = 0; j < count; ++j) buf[j] = input(r, j);
-        Context ctx(*ts[r], ++seq, CollectiveKind::AllReduce, DataType::Float32);
-        ctx.op = op;
-        ctx.signature = count;
-        ctx.topo = &topo;
-        ctx.deadline = transport::Clock::now() + std::chrono::seconds(30);
-        AllReduceOptions ao;
-        ao.data = buf.data();
-        ao.count = count;
-        allReduce(ctx, ao);
-        ASSERT_EQ(chooseAllReduceAlgo(count * 4, n, nullptr, AllReduceAlgo::Auto, true), AllReduceAlgo::Hierarchical);
-        for (size_t j = 0; j < count; ++j) {
-          const double want = expectedReduce(op, n, j);
-          ASSERT_NEAR(buf[j], want, std::abs(want) * 1e-5) << reduceOpName(op) << " count " << count << " j " << j;
+    MakeContext make = [&](CollectiveKind kind, ReduceOp op, uint64_t signature) {
+      Context ctx(*ts[r], ++seq, kind, DataType::Float32);
+      ctx.op = op;
+      ctx.signature = signature;
+      ctx.topo = &topo;
+      ctx.deadline = transport::Clock::now() + std::chrono::seconds(30);
+      return ctx;
+    };
+    fn(r, topo, make);
+  });
+}
+
+// Contiguous hosts, and hosts whose ranks interleave (a launcher that numbers
+// ranks round-robin over the hosts); a host of one rank in each.
+const std::vector<std::vector<std::vector<int>>> kHostLayouts = {{{0, 1, 2}, {3, 4}, {5}}, {{0, 3, 5}, {1, 4}, {2}}};
+
+}  // namespace
+
+TEST(ShmHierarchical, AllReduceAcrossHostsEveryOpAndSize) {
+  for (const auto& hosts : kHostLayouts) {
+    runHosts(hosts, [&](int r, const Topology&, const MakeContext& make) {
+      const int n = 6;
+      for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max, ReduceOp::Product}) {
+        for (size_t count : kCounts) {
+          std::vector<float> buf(count);
+          for (size_t j = 0; j < count; ++j) buf[j] = input(r, j);
+          Context ctx = make(CollectiveKind::AllReduce, op, count);
+          AllReduceOptions ao;
+          ao.data = buf.data();
+          ao.count = count;
+          allReduce(ctx, ao);
+          ASSERT_EQ(chooseAllReduceAlgo(count * 4, n, nullptr, AllReduceAlgo::Auto, true), AllReduceAlgo::Hierarchical);
+          for (size_t j = 0; j < count; ++j) {
+            const double want = expectedReduce(op, n, j);
+            ASSERT_NEAR(buf[j], want, std::abs(want) * 1e-5) << reduceOpName(op) << " count " << count << " j " << j;
+          }
         }
       }
-    }
-  });
+    });
+  }
+}
+
+// Broadcast from every root (a leader or not), every size.
+TEST(ShmHierarchical, BroadcastFromEveryRoot) {
+  for (const auto& hosts : kHostLayouts) {
+    runHosts(hosts, [&](int r, const Topology&, const MakeContext& make) {
+      for (int root = 0; root < 6; ++root) {
+        for (size_t count : kCounts) {
+          std::vector<float> buf(count, -1.0f);
+          if (r == root)
+            for (size_t j = 0; j < count; ++j) buf[j] = input(root, j);
+          Context ctx = make(CollectiveKind::Broadcast, ReduceOp::Sum, count);
+          broadcast(ctx, {buf.data(), count, root});
+          for (size_t j = 0; j < count; ++j) ASSERT_EQ(buf[j], input(root, j)) << "root " << root << " count " << count;
+        }
+      }
+    });
+  }
+}
+
+// Blocks of different sizes (some empty), in global rank order whatever the
+// hosts' layout.
+TEST(ShmHierarchical, AllGatherAndReduceScatterOfUnevenBlocks) {
+  for (const auto& hosts : kHostLayouts) {
+    runHosts(hosts, [&](int r, const Topology&, const MakeContext& make) {
+      const int n = 6;
+      for (size_t scaleBy : {size_t{0}, size_t{1}, size_t{40}}) {
+        std::vector<size_t> counts(n);
+        for (int k = 0; k < n; ++k) counts[k] = k == 2 ? 0 : scaleBy * (3 + 17 * k) / 3;
+        std::vector<float> in(counts[r]);
+        for (size_t j = 0; j < in.size(); ++j) in[j] = input(r, j);
+        std::vector<std::vector<float>> outs(n);
+        AllGatherOptions g;
+        g.input = in.data();
+        for (int k = 0; k < n; ++k) {
+          outs[k].assign(counts[k], -1);
+          g.outputs.push_back(outs[k].data());
+        }
+        g.counts = counts;
+        Context ctx = make(CollectiveKind::AllGather, ReduceOp::Sum, 0);
+        allGather(ctx, g);
+        for (int k = 0; k < n; ++k)
+          for (size_t j = 0; j < counts[k]; ++j) ASSERT_EQ(outs[k][j], input(k, j)) << "block " << k;
+        for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Min, ReduceOp::Product}) {
+          std::vector<std::vector<float>> ins(n);
+          ReduceScatterOptions o;
+          size_t offset = 0, myOffset = 0;
+          for (int k = 0; k < n; ++k) {
+            if (k == r) myOffset = offset;
+            for (size_t j = 0; j < counts[k]; ++j) ins[k].push_back(input(r, offset + j));
+            o.inputs.push_back(ins[k].data());
+            offset += counts[k];
+          }
+          const auto saved = ins;
+          o.counts = counts;
+          std::vector<float> out(counts[r], -1);
+          o.output = out.data();
+          Context rc = make(CollectiveKind::ReduceScatter, op, 0);
+          reduceScatter(rc, o);
+          for (size_t j = 0; j < out.size(); ++j) {
+            const double want = expectedReduce(op, n, myOffset + j);
+            ASSERT_NEAR(out[j], want, std::abs(want) * 1e-5) << reduceOpName(op) << " j " << j;
+          }
+          ASSERT_EQ(ins, saved);
+        }
+      }
+    });
+  }
 }
 
 TEST(Shm, ManyGroupsShrinkTheirSlotsToTheBudget) {

@@ -61,6 +61,20 @@ assert float(b.min()) == float(b.max()) == 3.0
 outs = [torch.empty(3) for _ in range(4)]
 dist.all_gather(outs, torch.full((3,), float(rank)))
 assert [float(o[0]) for o in outs] == [0.0, 1.0, 2.0, 3.0]
+# broadcast, all_gather and reduce_scatter run hierarchically too: every root, small and large.
+for src in range(4):
+    b = torch.full((70_001,), float(src) + 0.5 if rank == src else -1.0)
+    dist.broadcast(b, src=src)
+    assert float(b.min()) == float(b.max()) == src + 0.5, ("broadcast", src, b[:3])
+for n in (3, 250_001):
+    out = torch.empty(4 * n)
+    dist.all_gather_into_tensor(out, torch.arange(n, dtype=torch.float32) + 1000 * rank)
+    assert torch.equal(out, torch.cat([torch.arange(n, dtype=torch.float32) + 1000 * j for j in range(4)])), n
+    inp = torch.cat([torch.full((n,), float((r + 1) * (rank + 1))) for r in range(4)])
+    for op, want in ((dist.ReduceOp.SUM, 10.0), (dist.ReduceOp.AVG, 2.5), (dist.ReduceOp.MAX, 4.0)):
+        o = torch.empty(n)
+        dist.reduce_scatter_tensor(o, inp, op=op)
+        assert float(o.min()) == float(o.max()) == want * (rank + 1), ("reduce_scatter", n, op, o[:3])
 # gather / scatter of 1.2 MB pieces: by rendezvous with the same-host rank, TCP across hosts.
 big = 300_000
 for root in (0, 3):
