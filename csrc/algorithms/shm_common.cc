@@ -77,6 +77,14 @@ Path pathFor(const Context& ctx, const char* collective, size_t bytes) {
 }
 }  // namespace
 
+bool runsHierarchical(const Context& ctx, const char* collective) {
+  if (ctx.topo == nullptr) return false;
+  const std::string forced = forcedAlgo(collective);
+  if (!forced.empty() && forced != "hierarchical") return false;
+  noteAlgorithm("hierarchical");
+  return true;
+}
+
 Path choosePath(const Context& ctx, const char* collective, size_t bytes) {
   const Path p = pathFor(ctx, collective, bytes);
   noteAlgorithm(p == Path::Tcp ? "tcp" : p == Path::ShmStaged ? "shm_staged" : "shm_cma");

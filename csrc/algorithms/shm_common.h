@@ -47,6 +47,12 @@ transport::ShmOpDesc shmDesc(const Context& ctx, ShmAlgo algo, uint64_t signatur
 // every collective ("ring"), or "collective:name" pairs separated by commas.
 std::string forcedAlgo(const char* collective);
 
+// Whether `collective` runs hierarchically (hierarchical.cc): the group spans
+// hosts (ctx.topo) and AGENTCOMM_ALGO does not force it flat (tcp, ring,
+// direct, recursive_doubling; a forced shm_* then fails in choosePath,
+// naming why).
+bool runsHierarchical(const Context& ctx, const char* collective);
+
 // Automatic choice for collectives other than all_reduce: shared memory when
 // the group has a domain (directly from peers' memory for large messages),
 // otherwise TCP. Honours AGENTCOMM_ALGO: tcp|ring|direct|recursive_doubling force TCP,
