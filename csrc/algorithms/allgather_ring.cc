@@ -46,7 +46,7 @@ void allGather(Context& ctx, const AllGatherOptions& opts) {
            "all_gather: need one output per rank");
   size_t total = 0;
   for (size_t c : opts.counts) total += c;
-  if (runsHierarchical(ctx, "all_gather")) return allGatherHierarchical(ctx, opts);
+  if (runsHierarchical(ctx, "all_gather", total * ctx.elemSize(), true)) return allGatherHierarchical(ctx, opts);
   if (Path p = choosePath(ctx, "all_gather", total * ctx.elemSize()); p != Path::Tcp) return allGatherShm(ctx, opts, p);
   if (logStepApplies(total * ctx.elemSize(), n)) return allGatherBruck(ctx, opts);  // the whole result
   std::vector<uint8_t*> blocks(n);

@@ -41,7 +41,7 @@ void broadcast(Context& ctx, const BroadcastOptions& opts) {
   const size_t es = ctx.elemSize();
   auto* data = static_cast<uint8_t*>(opts.data);
   if (n == 1) return;
-  if (runsHierarchical(ctx, "broadcast")) return broadcastHierarchical(ctx, opts);
+  if (runsHierarchical(ctx, "broadcast", opts.count * es, false)) return broadcastHierarchical(ctx, opts);
   if (Path p = choosePath(ctx, "broadcast", opts.count * es); p != Path::Tcp) return broadcastShm(ctx, opts, p);
   if (opts.count * es <= kFlatMaxBytes && n >= kLogStepMinRanks) return broadcastTree(ctx, data, opts.count * es, opts.root);
   if (opts.count * es <= kFlatMaxBytes) {

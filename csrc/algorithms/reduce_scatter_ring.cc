@@ -37,7 +37,7 @@ void reduceScatter(Context& ctx, const ReduceScatterOptions& opts) {
            "reduce_scatter: need one input block per rank");
   size_t total = 0;
   for (size_t c : opts.counts) total += c;
-  if (runsHierarchical(ctx, "reduce_scatter")) return reduceScatterHierarchical(ctx, opts);
+  if (runsHierarchical(ctx, "reduce_scatter", total * ctx.elemSize(), true)) return reduceScatterHierarchical(ctx, opts);
   if (Path p = choosePath(ctx, "reduce_scatter", total * ctx.elemSize()); p != Path::Tcp) {
     return reduceScatterShm(ctx, opts, p);
   }

@@ -1,5 +1,7 @@
 #include "algorithms/shm_common.h"
 
+#include "algorithms/topology.h"
+
 #include <strings.h>
 
 #include <algorithm>
@@ -77,10 +79,16 @@ Path pathFor(const Context& ctx, const char* collective, size_t bytes) {
 }
 }  // namespace
 
-bool runsHierarchical(const Context& ctx, const char* collective) {
+bool runsHierarchical(const Context& ctx, const char* collective, size_t bytes, bool ringBased) {
   if (ctx.topo == nullptr) return false;
   const std::string forced = forcedAlgo(collective);
   if (!forced.empty() && forced != "hierarchical") return false;
+  if (forced.empty() && ringBased && bytes > kHierRingMaxBytes) {
+    bool consecutive = true;
+    for (const std::vector<int>& host : ctx.topo->hosts)
+      consecutive = consecutive && host.back() - host.front() + 1 == static_cast<int>(host.size());
+    if (consecutive) return false;
+  }
   noteAlgorithm("hierarchical");
   return true;
 }
