@@ -70,6 +70,20 @@ HostMajor hostMajor(const Topology& topo, const std::vector<size_t>& counts) {
   m.hostOffset.push_back(at);
   return m;
 }
+
+// What all_gather and reduce_scatter share: the blocks' host-major layout and
+// a buffer for all of them.
+struct HostMajorBuffer {
+  HostMajorBuffer(const Context& ctx, const std::vector<size_t>& counts)
+      : topo(*ctx.topo), es(ctx.elemSize()), layout(hostMajor(topo, counts)), host(myHost(topo)),
+        bytes(layout.total() * es) {}
+  uint8_t* at(size_t elements) { return bytes.data() + elements * es; }
+  const Topology& topo;
+  const size_t es;
+  const HostMajor layout;
+  const int host;  // this rank's
+  std::vector<uint8_t> bytes;
+};
 }  // namespace
 
 void allReduceHierarchical(Context& ctx, const AllReduceOptions& opts) {
@@ -114,58 +128,53 @@ void broadcastHierarchical(Context& ctx, const BroadcastOptions& opts) {
 }
 
 void allGatherHierarchical(Context& ctx, const AllGatherOptions& opts) {
-  const Topology& topo = *ctx.topo;
-  const size_t es = ctx.elemSize();
-  const int rank = ctx.rank();
-  const HostMajor m = hostMajor(topo, opts.counts);
+  HostMajorBuffer b(ctx, opts.counts);
+  const Topology& topo = b.topo;
+  const HostMajor& m = b.layout;
+  const size_t mine = opts.counts[static_cast<size_t>(ctx.rank())];
   if (m.total() == 0) return;
-  std::vector<uint8_t> packed(m.total() * es);
-  uint8_t* all = packed.data();
-  const int host = myHost(topo);
   if (topo.localRanks.size() > 1) {
     Context local = subContext(ctx, topo.localRanks, topo.localRank, topo.local);
     GatherOptions g;
     g.input = opts.input;
-    g.count = opts.counts[static_cast<size_t>(rank)];
+    g.count = mine;
     if (topo.localRank == 0) {
       for (int r : topo.localRanks) {
-        g.outputs.push_back(all + m.offset[static_cast<size_t>(r)] * es);
+        g.outputs.push_back(b.at(m.offset[static_cast<size_t>(r)]));
         g.counts.push_back(opts.counts[static_cast<size_t>(r)]);
       }
     }
     gather(local, g);
-  } else if (opts.counts[static_cast<size_t>(rank)] > 0) {
-    std::memcpy(all + m.offset[static_cast<size_t>(rank)] * es, opts.input, opts.counts[static_cast<size_t>(rank)] * es);
+  } else if (mine > 0) {
+    std::memcpy(b.at(m.offset[static_cast<size_t>(ctx.rank())]), opts.input, mine * b.es);
   }
   if (topo.leaderIndex >= 0) {
     Context across = subContext(ctx, topo.leaders, topo.leaderIndex, nullptr);
     AllGatherOptions a;
-    a.input = all + m.hostOffset[static_cast<size_t>(host)] * es;
+    a.input = b.at(m.hostOffset[static_cast<size_t>(b.host)]);
     for (size_t h = 0; h < topo.hosts.size(); ++h) {
-      a.outputs.push_back(all + m.hostOffset[h] * es);
+      a.outputs.push_back(b.at(m.hostOffset[h]));
       a.counts.push_back(m.count(static_cast<int>(h)));
     }
     allGather(across, a);
   }
   if (topo.localRanks.size() > 1) {
     Context local = subContext(ctx, topo.localRanks, topo.localRank, topo.local);
-    broadcast(local, {all, m.total(), 0});
+    broadcast(local, {b.at(0), m.total(), 0});
   }
   for (size_t r = 0; r < opts.counts.size(); ++r)
-    if (opts.counts[r] > 0) std::memcpy(opts.outputs[r], all + m.offset[r] * es, opts.counts[r] * es);
+    if (opts.counts[r] > 0) std::memcpy(opts.outputs[r], b.at(m.offset[r]), opts.counts[r] * b.es);
 }
 
 void reduceScatterHierarchical(Context& ctx, const ReduceScatterOptions& opts) {
-  const Topology& topo = *ctx.topo;
-  const size_t es = ctx.elemSize();
-  const int rank = ctx.rank();
-  const HostMajor m = hostMajor(topo, opts.counts);
+  HostMajorBuffer b(ctx, opts.counts);
+  const Topology& topo = b.topo;
+  const HostMajor& m = b.layout;
+  const size_t es = b.es;
+  const size_t mineCount = opts.counts[static_cast<size_t>(ctx.rank())];
   if (m.total() == 0) return;
-  std::vector<uint8_t> packed(m.total() * es);
-  uint8_t* all = packed.data();
   for (size_t r = 0; r < opts.counts.size(); ++r)
-    if (opts.counts[r] > 0) std::memcpy(all + m.offset[r] * es, opts.inputs[r], opts.counts[r] * es);
-  const int host = myHost(topo);
+    if (opts.counts[r] > 0) std::memcpy(b.at(m.offset[r]), opts.inputs[r], opts.counts[r] * es);
   if (topo.localRanks.size() > 1) {
     Context local = subContext(ctx, topo.localRanks, topo.localRank, topo.local);
     local.op = combiningOp(ctx.op);  // SUM for AVG/PREMUL_SUM: scaled once, by the leaders
@@ -173,17 +182,17 @@ void reduceScatterHierarchical(Context& ctx, const ReduceScatterOptions& opts) {
     // is the faster of the two at every size (the reduce takes loopback TCP
     // between 1 and 4 MiB), and only the leader's copy is read.
     AllReduceOptions o;
-    o.data = all;
+    o.data = b.at(0);
     o.count = m.total();
     allReduce(local, o);
   }
   // This host's share, reduced over every host (the leader's; the others' stays unused).
-  std::vector<uint8_t> mine(topo.leaderIndex >= 0 ? m.count(host) * es : 0);
+  std::vector<uint8_t> mine(topo.leaderIndex >= 0 ? m.count(b.host) * es : 0);
   if (topo.leaderIndex >= 0) {
     Context across = subContext(ctx, topo.leaders, topo.leaderIndex, nullptr);
     ReduceScatterOptions o;
     for (size_t h = 0; h < topo.hosts.size(); ++h) {
-      o.inputs.push_back(all + m.hostOffset[h] * es);
+      o.inputs.push_back(b.at(m.hostOffset[h]));
       o.counts.push_back(m.count(static_cast<int>(h)));
     }
     o.output = mine.data();
@@ -191,12 +200,12 @@ void reduceScatterHierarchical(Context& ctx, const ReduceScatterOptions& opts) {
     o.scaleWorld = ctx.size();
     reduceScatter(across, o);
   }
-  const size_t base = m.hostOffset[static_cast<size_t>(host)];
+  const size_t base = m.hostOffset[static_cast<size_t>(b.host)];
   if (topo.localRanks.size() > 1) {
     Context local = subContext(ctx, topo.localRanks, topo.localRank, topo.local);
     ScatterOptions sc;
     sc.output = opts.output;
-    sc.count = opts.counts[static_cast<size_t>(rank)];
+    sc.count = mineCount;
     if (topo.localRank == 0) {
       for (int r : topo.localRanks) {
         sc.inputs.push_back(mine.data() + (m.offset[static_cast<size_t>(r)] - base) * es);
@@ -204,8 +213,8 @@ void reduceScatterHierarchical(Context& ctx, const ReduceScatterOptions& opts) {
       }
     }
     scatter(local, sc);
-  } else if (opts.counts[static_cast<size_t>(rank)] > 0) {
-    std::memcpy(opts.output, mine.data(), opts.counts[static_cast<size_t>(rank)] * es);
+  } else if (mineCount > 0) {
+    std::memcpy(opts.output, mine.data(), mineCount * es);
   }
 }
 
