@@ -1,7 +1,5 @@
 #include "algorithms/shm_common.h"
 
-#include "algorithms/topology.h"
-
 #include <strings.h>
 
 #include <algorithm>
@@ -9,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "algorithms/topology.h"
 #include "core/error.h"
 #include "kernels/kernels.h"
 #include "transport/fault.h"

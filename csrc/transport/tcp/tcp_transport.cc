@@ -123,8 +123,7 @@ TcpTransport::TcpTransport(Store& store, int rank, int size, const TcpOptions& o
         if (!link)
           throw TimeoutError(strCat("agentcomm: timed out during setup waiting for rank ", r,
                                     " to connect to rank ", rank));
-        std::lock_guard<std::mutex> lock(peers_[r]->mu);
-        if (!peers_[r]->link) peers_[r]->link = link;
+        adopt(r, std::move(link));
       }
     }
   } catch (...) {
@@ -156,7 +155,11 @@ std::shared_ptr<TcpLink> TcpTransport::linkTo(int dst, Deadline deadline, bool m
     if (p.link) return p.link;
   }
   auto link = hub_->linkTo(p.process, p.target, p.port, token_, strCat("rank ", dst), deadline, mayDial);
-  if (!link) return nullptr;
+  return link ? adopt(dst, std::move(link)) : nullptr;
+}
+
+std::shared_ptr<TcpLink> TcpTransport::adopt(int dst, std::shared_ptr<TcpLink> link) {
+  Peer& p = *peers_[dst];
   std::lock_guard<std::mutex> lock(p.mu);
   if (!p.link) p.link = std::move(link);  // this group's frames to dst go on it for good
   return p.link;

@@ -94,6 +94,8 @@ class TcpTransport : public Transport, private TcpHub::Group {
   // The link frames to dst go on: the one this group took, else the
   // endpoint's (dialing unless !mayDial: null then).
   std::shared_ptr<TcpLink> linkTo(int dst, Deadline deadline, bool mayDial);
+  // Pins `link` as the one this group sends to dst on, unless one already is; returns the pinned one.
+  std::shared_ptr<TcpLink> adopt(int dst, std::shared_ptr<TcpLink> link);
   // dst's rank from a process id (-1: not in this group).
   int rankOf(uint64_t process) const;
   // Writes a frame of this group; the caller holds link.sendMutex (released on return).
